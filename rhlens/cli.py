@@ -1,0 +1,186 @@
+"""Command line: ``rhlens score``, ``rhlens plot``, ``rhlens models``.
+
+::
+
+    rhlens score --model smollm2-135m --lengths 500,1000 --depths 0.1,0.5,0.9 --needles 2 --out scores.json
+    rhlens plot  scores.json --out heads.png
+
+Other subcommands register themselves through :data:`SUBCOMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+#: ``name -> (add_arguments(parser), run(args) -> exit code)``; modules add theirs here.
+SUBCOMMANDS: dict[str, tuple[Callable, Callable]] = {}
+
+
+def parse_list(text: str, kind=float) -> list:
+    """``"500,1000"`` -> ``[500, 1000]``, with a clear error for bad items."""
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {kind.__name__}s, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("the list is empty")
+    return values
+
+
+def _ints(text: str) -> list[int]:
+    return parse_list(text, int)
+
+
+def _floats(text: str) -> list[float]:
+    values = parse_list(text, float)
+    if any(not 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"depths must lie in [0, 1], got {text!r}")
+    return values
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device``, ``--dtype``: shared by every command that loads a model."""
+    p.add_argument("--model", default="smollm2-135m",
+                   help="smollm2-135m (embedded, offline), a paper model key (see `rhlens "
+                        "models`), a Hugging Face id, a local directory or a .gguf file")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16... (default: fp32 on CPU)")
+
+
+def add_grid_args(p: argparse.ArgumentParser) -> None:
+    """``--lengths``, ``--depths``, ``--needles``, ``--needle-file``, ``--haystack``."""
+    p.add_argument("--lengths", type=_ints, default=[500, 1000], help="prompt lengths in tokens")
+    p.add_argument("--depths", type=_floats, default=[0.1, 0.5, 0.9], help="needle depths, 0..1")
+    p.add_argument("--needles", type=int, default=None,
+                   help="use the first N needles (default: all of them)")
+    p.add_argument("--needle-file", default=None, help="JSON list of {text, question, answer}")
+    p.add_argument("--haystack", default=None,
+                   help="text file, folder of .txt files or hf:DATASET (default: built-in prose)")
+
+
+def _score(args) -> int:
+    import torch
+
+    from .detect import detect_retrieval_heads
+    from .haystack import load_haystack, load_needles
+    from .models import load_model
+    from .plotting import plot_scores
+
+    needles = load_needles(args.needle_file, args.needles)
+    haystack = load_haystack(args.haystack)
+    torch.set_grad_enabled(False)
+    model = load_model(args.model, args.device, args.dtype)
+    run = detect_retrieval_heads(
+        model, args.lengths, args.depths, needles, haystack, mode=args.mode,
+        rouge_gate=args.rouge_gate, out=args.out, max_new_tokens=args.max_new_tokens,
+    )
+    s = run.summary()
+    n_pass = int(sum(r["passed"] for r in run.records))
+    print(f"\n{args.model}: {n_pass}/{len(run.records)} samples passed the ROUGE gate; "
+          f"{s['n_heads']} query heads")
+    print("top heads: " + ", ".join(f"{n} {v:.2f}" for n, v in s["top"]))
+    print(f"share of heads > 0.1: {100 * s['share_above_0.1']:.1f}%   "
+          f"> 0.5: {100 * s['share_above_0.5']:.1f}%   = 0: {100 * s['share_zero']:.1f}%")
+    print(f"wrote {args.out} (and {args.out}.samples.jsonl)")
+    if args.plot:
+        plot_scores(run.scores, title=args.model).savefig(args.plot, dpi=130)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot(args) -> int:
+    from .plotting import plot_scores
+    from .results import load_scores
+
+    scores = load_scores(args.scores)
+    fig = plot_scores(scores, title=args.title or Path(args.scores).stem)
+    fig.savefig(args.out, dpi=130)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _models(args) -> int:
+    from .models import EMBEDDED, PAPER_MODELS
+
+    print(f"{EMBEDDED:26s} SmolLM2-135M-Instruct (embedded GGUF, offline, CPU)")
+    for key, spec in PAPER_MODELS.items():
+        print(f"{key:26s} {spec.hf_id}  ({spec.note})")
+    print("...or any Hugging Face id, local checkpoint directory or .gguf file.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rhlens", description="Find, mask and patch retrieval heads (Wu et al. 2024)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="retrieval score of every head over a NIAH grid")
+    add_model_args(p)
+    add_grid_args(p)
+    p.add_argument("--out", default="scores.json", help="score file ({'layer-head': [...]})")
+    p.add_argument("--mode", choices=["paper", "sum"], default="paper",
+                   help="paper: |g_h ∩ k|/|k| (≤ 1); sum: the public code's summing")
+    p.add_argument("--rouge-gate", type=float, default=0.5,
+                   help="keep samples whose ROUGE-1 recall is above this (default 0.5)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--plot", default=None, help="also save the heatmap here (PNG)")
+    p.set_defaults(func=_score)
+
+    p = sub.add_parser("plot", help="heatmap and sorted-score curve of a score file")
+    p.add_argument("scores", help="score file or URL")
+    p.add_argument("--out", default="heads.png")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=_plot)
+
+    p = sub.add_parser("models", help="list the model names rhlens knows")
+    p.set_defaults(func=_models)
+
+    for name, (add_arguments, run) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=(run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None)
+        add_arguments(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def _register_plugins() -> None:
+    """Import the modules that add subcommands (they fill :data:`SUBCOMMANDS`)."""
+    import importlib
+
+    for module in ("rhlens.niah_cli",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rhlens`` command."""
+    _register_plugins()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .detect import NoPassingSampleError
+    from .models import ModelNotFoundError
+
+    try:
+        return args.func(args)
+    except (ModelNotFoundError, NoPassingSampleError, ValueError, FileNotFoundError) as err:
+        print(f"rhlens {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished samples are saved; rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

