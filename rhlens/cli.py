@@ -110,6 +110,7 @@ def _models(args) -> int:
     print(f"{EMBEDDED:26s} SmolLM2-135M-Instruct (embedded GGUF, offline, CPU)")
     for key, spec in PAPER_MODELS.items():
         print(f"{key:26s} {spec.hf_id}  ({spec.note})")
+    print("tiny-llama, tiny-mistral, tiny-qwen2, tiny-mixtral: random weights, for smoke tests")
     print("...or any Hugging Face id, local checkpoint directory or .gguf file.")
     return 0
 

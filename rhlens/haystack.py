@@ -326,13 +326,13 @@ def insertion_point(hay: list[int], depth: float, enders: set[int]) -> int:
     >>> insertion_point([5, 1, 5, 5, 1, 5], 0.5, {1})
     2
     >>> insertion_point([5, 1, 5, 5, 1, 5], 1.0, {1})
-    6
+    5
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must lie in [0, 1], got {depth}.")
-    target = round(depth * len(hay))
-    if target <= 0 or target >= len(hay):
-        return max(0, min(target, len(hay)))
+    target = min(round(depth * len(hay)), len(hay))
+    if target <= 0:
+        return 0
     for p in range(target, 0, -1):
         if hay[p - 1] in enders:
             return p

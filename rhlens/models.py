@@ -32,6 +32,8 @@ from typing import Any
 import torch
 
 EMBEDDED = "smollm2-135m"
+#: Architectures of the paper's models, each available as a tiny random-weight model.
+ARCHITECTURES = ("llama", "mistral", "qwen2", "mixtral")
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -81,7 +83,7 @@ class ModelNotFoundError(ValueError):
 
 def accepted_models() -> list[str]:
     """Every short name :func:`load_model` accepts (besides any HF id or local path)."""
-    return [EMBEDDED, *PAPER_MODELS]
+    return [EMBEDDED, *PAPER_MODELS, *(f"tiny-{a}" for a in ARCHITECTURES)]
 
 
 def smollm2_gguf_path() -> Path:
@@ -147,7 +149,8 @@ def load_model(
 
     Args:
         name: ``"smollm2-135m"``, a key of :data:`PAPER_MODELS`, a Hugging Face id, a local
-            checkpoint directory, or a path to a ``.gguf`` file.
+            checkpoint directory, a path to a ``.gguf`` file, or ``"tiny-llama"`` (also
+            ``tiny-mistral``, ``tiny-qwen2``, ``tiny-mixtral``: random weights, for smoke tests).
         device: ``"cpu"``, ``"cuda"``...; default: CUDA if available.
         dtype: default float32 on CPU, bfloat16 on GPU.
         load_in_4bit: bitsandbytes 4-bit weights (GPU only); default from the model spec.
@@ -163,6 +166,8 @@ def load_model(
         dtype = getattr(torch, dtype)
     dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
 
+    if name.startswith("tiny-") and name[5:] in ARCHITECTURES:
+        return tiny_model(name[5:])
     if name == EMBEDDED:
         path = smollm2_gguf_path()
         tok = embedded_tokenizer()
@@ -206,9 +211,6 @@ def load_model(
     if "device_map" not in kwargs:
         hf = hf.to(device)
     return _to_bridge(hf, tok, target, device, dtype)
-
-
-ARCHITECTURES = ("llama", "mistral", "qwen2", "mixtral")
 
 
 def tiny_model(
