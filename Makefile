@@ -1,0 +1,25 @@
+# Every target sets up ./.venv first (scripts/setup.sh), so each works on a fresh machine.
+SHELL := /bin/bash
+VENV := . .venv/bin/activate
+
+.PHONY: setup demo test book bench clean
+
+setup:
+	@./scripts/setup.sh
+
+## The main job: score every head of the embedded SmolLM2, write scores.json and heads.png
+demo: setup
+	$(VENV) && rhlens score --model smollm2-135m --lengths 500,1000 --depths 0.1,0.5,0.9 \
+	    --needles 2 --out runs/scores.json
+	$(VENV) && rhlens plot runs/scores.json --out runs/heads.png --title "SmolLM2-135M-Instruct"
+
+## The test suite: unit tests, tiny models of every architecture, SmolLM2, and every notebook
+test: setup
+	$(VENV) && python -m pytest -q -p no:cacheprovider tests notebooks --nbmake --nbmake-timeout=1200
+
+## Speed and memory benchmarks (ratios against a baseline measured in the same run)
+bench: setup
+	$(VENV) && python benchmarks/bench_speed.py
+
+clean:
+	rm -rf _build runs .pytest_cache

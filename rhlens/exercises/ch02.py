@@ -1,0 +1,56 @@
+"""Checks for chapter 02, "Finding retrieval heads"."""
+
+from __future__ import annotations
+
+import torch
+
+from ..scoring import copy_hits, retrieval_scores
+
+_PROMPT = torch.tensor([50, 10, 11, 12, 13, 60, 11])
+_SPAN = (1, 5)
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    yield torch.tensor([[2, 6, 0]]), 11
+    yield torch.tensor([[1, 1], [5, 4]]), 10
+    for _ in range(20):
+        argmax = torch.randint(0, 8, (3, 4), generator=g)
+        token = int(_PROMPT[torch.randint(0, 7, (1,), generator=g)])
+        yield argmax, token
+
+
+def check_copy_hits(fn) -> None:
+    """``fn(argmax [L, H], token, prompt_ids [n], needle_span) -> bool [L, H]``."""
+    for argmax, token in _cases():
+        got = torch.as_tensor(fn(argmax, token, _PROMPT, _SPAN)).bool()
+        want = copy_hits(argmax, token, _PROMPT, _SPAN)
+        assert got.shape == want.shape, f"shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        assert torch.equal(got, want), (
+            f"argmax={argmax.tolist()}, token={token}: got {got.tolist()}, expected "
+            f"{want.tolist()}. Hint: position 6 holds token 11 too, but lies outside the needle."
+        )
+    print("check_copy_hits: all cases pass")
+
+
+def check_retrieval_scores(fn) -> None:
+    """``fn(argmax [T, L, H], tokens [T], prompt_ids, needle_span) -> [L, H]`` (paper mode)."""
+    g = torch.Generator().manual_seed(1)
+    # a head that copies needle position 2 twice, and one that copies all four positions
+    fixed = (torch.tensor([[[2, 1, 0]], [[2, 2, 6]], [[3, 3, 3]], [[4, 4, 4]]]),
+             torch.tensor([11, 11, 12, 13]))
+    cases = [fixed]
+    for _ in range(20):
+        T = int(torch.randint(1, 7, (1,), generator=g))
+        argmax = torch.randint(0, 8, (T, 2, 3), generator=g)
+        cases.append((argmax, _PROMPT[torch.randint(0, 7, (T,), generator=g)]))
+    for argmax, tokens in cases:
+        want = retrieval_scores(argmax, tokens, _PROMPT, _SPAN)
+        got = torch.as_tensor(fn(argmax, tokens, _PROMPT, _SPAN)).float()
+        assert got.shape == want.shape, f"shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        if not torch.allclose(got, want, atol=1e-6):
+            summed = retrieval_scores(argmax, tokens, _PROMPT, _SPAN, mode="sum")
+            hint = (" You are summing every copying step (the public code's arithmetic): count "
+                    "each needle position once." if torch.allclose(got, summed) else "")
+            raise AssertionError(f"got {got.tolist()}, expected {want.tolist()}.{hint}")
+    print("check_retrieval_scores: all cases pass")
