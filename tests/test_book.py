@@ -82,3 +82,14 @@ def test_every_citation_is_in_the_bibliography():
             cited.update(k.strip() for k in group.split(","))
     unknown = sorted(cited - keys)
     assert not unknown, f"citations with no entry in book/references.bib: {unknown}"
+
+
+def test_build_executes_every_chapter_and_fails_on_errors():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    execute = config["execute"]
+    assert execute["execute_notebooks"] == "force" and execute["allow_errors"] is False
+    assert config["sphinx"]["config"]["nb_execution_raise_on_error"] is True
+    assert "sphinxcontrib.bibtex" in config["sphinx"]["extra_extensions"]
+    assert config["bibtex_bibfiles"] == ["book/references.bib"]
+    script = (ROOT / "scripts/build_book.sh").read_text()
+    assert "--warningiserror" in script and "RHLENS_STATIC=1" in script
