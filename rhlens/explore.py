@@ -704,7 +704,7 @@ def score_map_explorer(scores, on_select: Callable | object | None = None, thres
         raise ValueError(f"scores must be [n_layers, n_heads], got shape {tuple(scores.shape)}.")
     if use_static(static):
         n_layers, n_heads = scores.shape
-        fig, ax = plt.subplots(figsize=(max(4, 0.35 * n_heads + 2), 0.22 * n_layers + 1.5))
+        fig, ax = plt.subplots(figsize=(max(4, 0.35 * n_heads + 2), min(9, 0.16 * n_layers + 1.8)))
         plot_score_map(scores, ax=ax)
         fig.tight_layout()
         return _static(fig)
