@@ -1,0 +1,95 @@
+"""The book's table of contents: no dangling entry, no orphan chapter, citations resolve.
+
+These checks are structural and fast; the book build itself (scripts/build_book.sh)
+executes every notebook once and fails on any cell error or warning.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import yaml  # a dependency of transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+SUFFIXES = (".md", ".ipynb")
+
+
+def toc_files(toc: dict) -> list[str]:
+    """Every ``file:`` entry of a jb-book ``_toc.yml`` (root first), in order."""
+    files = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or ():
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections"))
+
+    for part in toc.get("parts", ()):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    return files
+
+
+def resolve(entry: str) -> Path | None:
+    """The file a toc entry points at (entries omit the suffix), or None."""
+    for suffix in ("", *SUFFIXES):
+        path = ROOT / f"{entry}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def toc():
+    return yaml.safe_load((ROOT / "_toc.yml").read_text())
+
+
+def test_toc_walker_finds_nested_entries():
+    toc = {"root": "a", "parts": [{"chapters": [{"file": "b", "sections": [{"file": "c"}]}]}]}
+    assert toc_files(toc) == ["a", "b", "c"]
+
+
+def test_every_toc_entry_exists(toc):
+    files = toc_files(toc)
+    assert files[0] == "book/intro"
+    missing = [f for f in files if resolve(f) is None]
+    assert not missing, f"_toc.yml points at files that do not exist: {missing}"
+    assert len(files) == len(set(files)), "an entry appears twice in _toc.yml"
+
+
+def test_every_notebook_is_in_the_toc(toc):
+    listed = {resolve(f) for f in toc_files(toc)}
+    orphans = [p.name for p in sorted((ROOT / "notebooks").glob("*.ipynb")) if p not in listed]
+    assert not orphans, f"notebooks missing from _toc.yml (add them under 'Chapters'): {orphans}"
+
+
+def test_chapters_are_in_numeric_order(toc):
+    chapters = [f for f in toc_files(toc) if f.startswith("notebooks/")]
+    numbers = [int(re.match(r"notebooks/(\d+)_", f).group(1)) for f in chapters]
+    assert numbers == sorted(numbers) and len(numbers) == 9, chapters
+
+
+def test_every_citation_is_in_the_bibliography():
+    keys = set(re.findall(r"@\w+\{([^,\s]+),", (ROOT / "book/references.bib").read_text()))
+    assert "wu2024retrieval" in keys
+    pages = [*ROOT.glob("book/*.md"), *ROOT.glob("notebooks/*.ipynb")]
+    cited = set()
+    for page in pages:
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", page.read_text()):
+            cited.update(k.strip() for k in group.split(","))
+    unknown = sorted(cited - keys)
+    assert not unknown, f"citations with no entry in book/references.bib: {unknown}"
+
+
+def test_build_executes_every_chapter_and_fails_on_errors():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    execute = config["execute"]
+    assert execute["execute_notebooks"] == "force" and execute["allow_errors"] is False
+    assert config["sphinx"]["config"]["nb_execution_raise_on_error"] is True
+    assert "sphinxcontrib.bibtex" in config["sphinx"]["extra_extensions"]
+    assert config["bibtex_bibfiles"] == ["book/references.bib"]
+    script = (ROOT / "scripts/build_book.sh").read_text()
+    assert "--warningiserror" in script and "RHLENS_STATIC=1" in script
