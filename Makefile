@@ -13,9 +13,15 @@ demo: setup
 	    --needles 2 --out runs/scores.json
 	$(VENV) && rhlens plot runs/scores.json --out runs/heads.png --title "SmolLM2-135M-Instruct"
 
-## The test suite: unit tests, tiny models of every architecture, SmolLM2, and every notebook
+## The test suite: unit tests and doctests, tiny models of every architecture, SmolLM2; then
+## the book build, which executes every chapter notebook once and fails on any cell error
 test: setup
-	$(VENV) && python -m pytest -q -p no:cacheprovider tests notebooks --nbmake --nbmake-timeout=1200
+	$(VENV) && python -m pytest -q -p no:cacheprovider --doctest-modules rhlens tests
+	$(VENV) && ./scripts/build_book.sh
+
+## Only the book (executes every chapter): _build/html/index.html
+book: setup
+	$(VENV) && ./scripts/build_book.sh
 
 ## Speed and memory benchmarks (ratios against a baseline measured in the same run)
 bench: setup
