@@ -42,8 +42,20 @@ _SMOLLM2_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 class ModelSpec:
     """What it takes to load one of the paper's checkpoints faithfully.
 
-    ``config_overrides`` are applied to the Hugging Face config before the weights load
-    (for example the dynamic NTK RoPE scaling of Llama-2-7B-80K).
+    Attributes:
+        hf_id: Hugging Face id of the checkpoint.
+        family: model family, as the paper groups them ("same family, same heads").
+        note: one line for tables.
+        config_overrides: applied to the checkpoint's config before the weights load, through
+            :func:`apply_config_overrides` (which understands both the old ``rope_theta`` /
+            ``rope_scaling`` keys and transformers 5's ``rope_parameters``).
+        load_in_4bit: bitsandbytes 4-bit weights by default on a GPU.
+        arch: the transformers architecture (a key of :data:`ARCHITECTURES`).
+        shape: ``(n_layers, n_heads, n_kv_heads)`` of the checkpoint (query heads are what
+            the score files index).
+        public_rope_reset: ``(max_train_len, factor)`` of the public detection code's
+            ``reset_rope`` call, reproduced by :func:`public_rope_reset`.
+        context_length: positions the model is meant to be run at, when its config says less.
     """
 
     hf_id: str
@@ -51,6 +63,10 @@ class ModelSpec:
     note: str = ""
     config_overrides: dict[str, Any] = field(default_factory=dict)
     load_in_4bit: bool = False
+    arch: str = "llama"
+    shape: tuple[int, int, int] = (32, 32, 32)
+    public_rope_reset: tuple[int, float] | None = None
+    context_length: int | None = None
 
 
 #: The checkpoints of the paper (arXiv 2404.15574), keyed by a short name.
@@ -58,23 +74,158 @@ PAPER_MODELS: dict[str, ModelSpec] = {
     "llama-2-7b-80k": ModelSpec(
         "yaofu/llama-2-7b-80k",
         "llama",
-        "Llama-2-7B continued-pretrained to 80K tokens; dynamic NTK RoPE scaling",
-        {"rope_scaling": {"type": "dynamic", "rope_type": "dynamic", "factor": 10.0}},
+        "Llama-2-7B continued-pretrained at 80K tokens; RoPE as the public code resets it",
+        arch="llama",
+        shape=(32, 32, 32),
+        public_rope_reset=(81920, 10.0),
+        context_length=131072,
     ),
-    "llama-2-7b": ModelSpec("meta-llama/Llama-2-7b-hf", "llama", "base model, 4K context"),
+    "llama-2-7b": ModelSpec(
+        "meta-llama/Llama-2-7b-hf", "llama", "base model, 4K context", shape=(32, 32, 32)
+    ),
     "mistral-7b-instruct-v0.2": ModelSpec(
         "mistralai/Mistral-7B-Instruct-v0.2",
         "mistral",
         "rope theta 1e6, no sliding window",
         {"rope_theta": 1_000_000.0, "sliding_window": None},
+        arch="mistral",
+        shape=(32, 32, 8),
     ),
-    "qwen1.5-14b": ModelSpec("Qwen/Qwen1.5-14B", "qwen", "Qwen2 architecture"),
-    "qwen1.5-14b-chat": ModelSpec("Qwen/Qwen1.5-14B-Chat", "qwen", "Qwen2 architecture, chat"),
+    "qwen1.5-14b": ModelSpec(
+        "Qwen/Qwen1.5-14B", "qwen", "Qwen2 architecture (q/k/v biases)",
+        {"use_sliding_window": False}, arch="qwen2", shape=(40, 40, 40),
+    ),
+    "qwen1.5-14b-chat": ModelSpec(
+        "Qwen/Qwen1.5-14B-Chat", "qwen", "Qwen2 architecture (q/k/v biases), chat",
+        {"use_sliding_window": False}, arch="qwen2", shape=(40, 40, 40),
+    ),
     "mixtral-8x7b": ModelSpec(
-        "mistralai/Mixtral-8x7B-v0.1", "mistral", "MoE, 8 experts, top-2", load_in_4bit=True
+        "mistralai/Mixtral-8x7B-v0.1", "mistral", "MoE, 8 experts, top-2; 4-bit on one GPU",
+        {"rope_theta": 1_000_000.0, "sliding_window": None},
+        load_in_4bit=True, arch="mixtral", shape=(32, 32, 8),
     ),
-    "yi-6b-200k": ModelSpec("01-ai/Yi-6B-200K", "yi", "Llama architecture, 200K context"),
+    "yi-6b-200k": ModelSpec(
+        "01-ai/Yi-6B-200K", "yi", "Llama architecture, 200K context", arch="llama",
+        shape=(32, 32, 4),
+    ),
 }
+
+
+def apply_config_overrides(config, overrides: dict[str, Any]):
+    """Apply ``overrides`` to a transformers config, in the way transformers 5 reads them.
+
+    Since transformers 5, RoPE settings live in ``config.rope_parameters`` (``rope_type``,
+    ``rope_theta``, ``factor``...). Setting the old attributes does nothing (``rope_theta``)
+    or drops the base (``rope_scaling``), so they are folded into ``rope_parameters`` here:
+
+    * ``rope_theta`` -> ``rope_parameters["rope_theta"]``;
+    * ``rope_scaling`` / ``rope_parameters`` (dict, old ``type`` key accepted) -> merged into
+      ``rope_parameters``, keeping the checkpoint's ``rope_theta`` unless given;
+    * anything else -> ``setattr``.
+
+    The result is validated by the config class (``validate_rope``). Returns ``config``.
+
+    >>> from transformers import LlamaConfig
+    >>> cfg = apply_config_overrides(LlamaConfig(), {"rope_scaling": {"type": "dynamic", "factor": 10.0}})
+    >>> cfg.rope_parameters["rope_type"], cfg.rope_parameters["rope_theta"]
+    ('dynamic', 10000.0)
+    """
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    touched_rope = False
+    for key, value in overrides.items():
+        if key == "rope_theta":
+            rope["rope_theta"] = float(value)
+            touched_rope = True
+        elif key in ("rope_scaling", "rope_parameters"):
+            if value is None:
+                rope = {"rope_type": "default", "rope_theta": rope.get("rope_theta")}
+            else:
+                value = dict(value)
+                if "type" in value:
+                    value.setdefault("rope_type", value.pop("type"))
+                rope.update(value)
+            touched_rope = True
+        else:
+            setattr(config, key, value)
+    if {"sliding_window", "use_sliding_window"} & set(overrides):
+        _sync_sliding_window(config)
+    if touched_rope:
+        if rope.get("rope_theta") is None:
+            rope["rope_theta"] = float(getattr(config, "default_theta", 10000.0))
+        rope.setdefault("rope_type", "default")
+        config.rope_parameters = rope
+        config.validate_rope()
+    return config
+
+
+def _sync_sliding_window(config) -> None:
+    """Keep ``sliding_window`` and the per-layer ``layer_types`` consistent after an override
+    (Qwen2 reads the window per layer from ``layer_types``, fixed when the config was made)."""
+    if getattr(config, "use_sliding_window", True) is False:
+        config.sliding_window = None
+    if getattr(config, "layer_types", None) is not None and config.sliding_window is None:
+        config.layer_types = ["full_attention"] * config.num_hidden_layers
+
+
+def ntk_theta(theta: float, seq_len: int, max_position_embeddings: int, factor: float,
+              head_dim: int) -> float:
+    """Base of dynamic-NTK RoPE at ``seq_len`` (the formula of transformers' dynamic scaling).
+
+    ``theta * (factor * seq_len / max_pos - (factor - 1)) ** (d / (d - 2))`` for
+    ``seq_len > max_pos``, else ``theta``.
+    """
+    if seq_len <= max_position_embeddings:
+        return float(theta)
+    ratio = factor * seq_len / max_position_embeddings - (factor - 1)
+    return float(theta * ratio ** (head_dim / (head_dim - 2)))
+
+
+def public_rope_reset(config, max_train_len: int, factor: float):
+    """Reproduce the public detection code's ``reset_rope(model, max_train_len, factor)``.
+
+    That code sets ``rotary_emb.scaling_factor = factor`` and rebuilds the cos/sin cache once
+    for ``max_train_len`` positions. In the transformers version it ran on this has two
+    outcomes, reproduced here:
+
+    * the config declares dynamic-NTK scaling: the base is computed once, at
+      ``max_train_len``, and used for every position. We write that fixed base into
+      ``rope_parameters`` as plain RoPE (``rope_type="default"``). A *static* base also keeps
+      chunked prefill exact: transformers' own dynamic scaling recomputes the base as the
+      sequence grows, so keys cached by early chunks would be rotated with another base
+      than later queries;
+    * the config has plain RoPE: ``scaling_factor`` is ignored by the plain rotary class and
+      the cache rebuild changes nothing, so the config is left as it is.
+
+    Returns ``config``.
+    """
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if rope.get("rope_type", rope.get("type")) != "dynamic":
+        return config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    theta = ntk_theta(rope.get("rope_theta", 10000.0), max_train_len,
+                      config.max_position_embeddings, factor, head_dim)
+    config.rope_parameters = {"rope_type": "default", "rope_theta": theta}
+    config.validate_rope()
+    return config
+
+
+def prepare_config(config, spec: ModelSpec):
+    """The checkpoint's config as :func:`load_model` runs it: overrides, RoPE reset, context.
+
+    The same function prepares the tiny test models of :func:`tiny_paper_model`, so the
+    settings the paper's checkpoints load with are exercised in CI.
+    """
+    apply_config_overrides(config, spec.config_overrides)
+    if spec.public_rope_reset:
+        public_rope_reset(config, *spec.public_rope_reset)
+    if spec.context_length and config.max_position_embeddings < spec.context_length:
+        if (config.rope_parameters or {}).get("rope_type", "default") != "default":
+            raise ValueError(
+                f"{spec.hf_id}: cannot raise the context of a {config.rope_parameters['rope_type']} "
+                "RoPE config without changing its frequencies; set context_length=None."
+            )
+        config.max_position_embeddings = spec.context_length
+    return config
 
 
 class ModelNotFoundError(ValueError):
@@ -178,13 +329,18 @@ def load_model(
     target = spec.hf_id if spec else name
     local = Path(os.path.expanduser(target))
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if spec and spec.config_overrides:
+    if spec:
         from transformers import AutoConfig
 
-        cfg = AutoConfig.from_pretrained(target)
-        for key, value in spec.config_overrides.items():
-            setattr(cfg, key, value)
-        kwargs["config"] = cfg
+        try:
+            cfg = AutoConfig.from_pretrained(target)
+        except (OSError, ValueError) as err:
+            raise ModelNotFoundError(
+                f"Cannot read the config of {name!r} ({target}): {err}\n"
+                "The paper's checkpoints come from the Hugging Face hub: run where it is "
+                "reachable (e.g. Colab), or pass a local checkpoint directory."
+            ) from err
+        kwargs["config"] = prepare_config(cfg, spec)
     want_4bit = spec.load_in_4bit if (load_in_4bit is None and spec) else bool(load_in_4bit)
     if want_4bit and device != "cpu":
         from transformers import BitsAndBytesConfig
@@ -232,13 +388,61 @@ def tiny_model(
     >>> m.cfg.n_layers, m.cfg.n_heads                  # doctest: +SKIP
     (2, 4)
     """
-    from transformers import (
-        AutoModelForCausalLM,
-        LlamaConfig,
-        MistralConfig,
-        MixtralConfig,
-        Qwen2Config,
-    )
+    config = _tiny_config(arch, n_layers, n_heads, n_kv_heads, d_model, **config_overrides)
+    return _tiny_from_config(config, f"tiny-{arch}", seed)
+
+
+#: Config fields of the published checkpoints that change how they compute, copied into the
+#: tiny stand-ins of :func:`tiny_paper_model` (sizes are shrunk, quirks are kept). For
+#: Llama-2-7B-80K the stand-in declares dynamic-NTK scaling (factor 10 over 4K positions), the
+#: case in which the public code's RoPE reset changes the model; with plain RoPE the reset is
+#: a no-op (see :func:`public_rope_reset`).
+TINY_QUIRKS: dict[str, dict[str, Any]] = {
+    "llama-2-7b-80k": {"max_position_embeddings": 4096,
+                       "rope_scaling": {"type": "dynamic", "factor": 10.0}},
+    "llama-2-7b": {"max_position_embeddings": 4096},
+    "mistral-7b-instruct-v0.2": {"max_position_embeddings": 32768, "sliding_window": 4096,
+                                 "rope_theta": 10000.0},
+    "qwen1.5-14b": {"max_position_embeddings": 32768, "rope_theta": 1_000_000.0,
+                    "use_sliding_window": True, "sliding_window": 32768,
+                    "max_window_layers": 0},
+    "qwen1.5-14b-chat": {"max_position_embeddings": 32768, "rope_theta": 1_000_000.0,
+                         "use_sliding_window": True, "sliding_window": 32768,
+                         "max_window_layers": 0},
+    "mixtral-8x7b": {"max_position_embeddings": 32768, "rope_theta": 10000.0,
+                     "sliding_window": 4096,
+                     "num_local_experts": 8, "num_experts_per_tok": 2},
+    "yi-6b-200k": {"max_position_embeddings": 200000, "rope_theta": 5_000_000.0},
+}
+
+
+def tiny_paper_model(name: str, n_layers: int = 2, n_heads: int = 4, d_model: int = 64,
+                     seed: int = 0):
+    """A random-weight stand-in for ``PAPER_MODELS[name]``: same architecture, same head
+    grouping (MHA or GQA), the config quirks of :data:`TINY_QUIRKS`, prepared by
+    :func:`prepare_config` exactly as :func:`load_model` prepares the real checkpoint.
+
+    Sliding windows in the quirks are deliberately set "wrong" (on) where the paper needs them
+    off, so a test fails if the overrides stop being applied.
+
+    >>> m = tiny_paper_model("mixtral-8x7b")           # doctest: +SKIP
+    >>> m.original_model.config.sliding_window is None  # doctest: +SKIP
+    True
+    """
+    if name not in PAPER_MODELS:
+        raise ValueError(f"Unknown paper model {name!r}; choose one of {', '.join(PAPER_MODELS)}.")
+    spec = PAPER_MODELS[name]
+    _, h, kv = spec.shape
+    n_kv = max(1, n_heads * kv // h)
+    quirks = dict(TINY_QUIRKS.get(name, {}))
+    config = _tiny_config(spec.arch, n_layers, n_heads, n_kv, d_model, **quirks)
+    prepare_config(config, spec)
+    return _tiny_from_config(config, f"tiny-{name}", seed)
+
+
+def _tiny_config(arch: str, n_layers: int, n_heads: int, n_kv_heads: int, d_model: int,
+                 **config_overrides: Any):
+    from transformers import LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config
 
     classes = {
         "llama": (LlamaConfig, {}),
@@ -251,6 +455,9 @@ def tiny_model(
     _quiet_transformers()
     tok = embedded_tokenizer()
     cls, extra = classes[arch]
+    settings = {**extra, **config_overrides}
+    rope = {k: settings.pop(k) for k in ("rope_theta", "rope_scaling", "rope_parameters")
+            if k in settings}
     config = cls(
         vocab_size=len(tok),
         hidden_size=d_model,
@@ -258,12 +465,18 @@ def tiny_model(
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=settings.pop("max_position_embeddings", 4096),
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        **{**extra, **config_overrides},
+        **settings,
     )
+    return apply_config_overrides(config, rope) if rope else config
+
+
+def _tiny_from_config(config, name: str, seed: int):
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
     hf = AutoModelForCausalLM.from_config(config)
-    return _to_bridge(hf, tok, f"tiny-{arch}", "cpu", torch.float32)
+    return _to_bridge(hf, embedded_tokenizer(), name, "cpu", torch.float32)

@@ -1,0 +1,40 @@
+"""Checks for chapter 3 (sparsity and universality of retrieval heads)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..compare import pearson as _pearson
+from ..compare import sparsity as _sparsity
+
+
+def _maps():
+    g = torch.Generator().manual_seed(3)
+    a = torch.zeros(6, 5)
+    a.view(-1)[torch.randperm(30, generator=g)[:6]] = torch.rand(6, generator=g)
+    b = torch.rand(6, 5, generator=g) * (torch.rand(6, 5, generator=g) > 0.5)
+    return [a, b, torch.tensor([[0.0, 0.1, 0.5], [0.51, 0.09, 1.0]])]
+
+
+def check_sparsity(fn) -> None:
+    """``fn(scores [L, H]) -> dict`` with ``share_above_0.1``, ``share_above_0.5``,
+    ``share_zero`` (fractions of all heads; strict ``>``, exact ``== 0``)."""
+    for m in _maps():
+        got, want = fn(m.clone()), _sparsity(m)
+        for key, value in want.items():
+            assert key in got, f"missing key {key!r}"
+            assert abs(float(got[key]) - value) < 1e-6, (
+                f"{key}: got {float(got[key]):.4f}, expected {value:.4f}. Hint: the thresholds are "
+                "strict (a head at exactly 0.1 is not above 0.1), and shares are of ALL heads.")
+    print("check_sparsity passed")
+
+
+def check_pearson(fn) -> None:
+    """``fn(a [L, H], b [L, H]) -> float``: Pearson correlation over all heads."""
+    a, b, c = _maps()
+    for x, y in [(a, b), (a, a * 2 + 0.1), (b, -b), (c, c.flip(0))]:
+        got, want = float(fn(x.clone(), y.clone())), _pearson(x, y)
+        assert abs(got - want) < 1e-5, (
+            f"got {got:.4f}, expected {want:.4f}. Hint: flatten both maps, subtract each mean, "
+            "then divide the dot product by the product of the norms.")
+    print("check_pearson passed")

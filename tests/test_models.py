@@ -1,0 +1,223 @@
+"""The paper's checkpoints: config overrides, RoPE reset, and score/mask/patch end to end on
+tiny random-weight stand-ins with each checkpoint's architecture and config quirks."""
+
+from __future__ import annotations
+
+import math
+
+import einops
+import pytest
+import torch
+from transformers import LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config
+
+from rhlens.decode import greedy_decode, prefill, _new_cache
+from rhlens.haystack import NEEDLES, build_sample, default_haystack
+from rhlens.models import (
+    PAPER_MODELS,
+    TINY_QUIRKS,
+    apply_config_overrides,
+    ntk_theta,
+    prepare_config,
+    public_rope_reset,
+    tiny_model,
+    tiny_paper_model,
+)
+from rhlens.scoring import retrieval_scores
+
+CONFIG_CLASSES = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
+                  "mixtral": MixtralConfig}
+SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4)
+
+
+@pytest.fixture(scope="module", params=list(PAPER_MODELS))
+def paper(request):
+    return request.param, tiny_paper_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def haystack():
+    return default_haystack()
+
+
+# ---------------------------------------------------------------- config overrides
+
+
+@pytest.mark.parametrize("name", list(PAPER_MODELS))
+def test_overrides_accepted_by_config_class(name):
+    """Each spec's overrides go through its transformers config class and validate."""
+    spec = PAPER_MODELS[name]
+    quirks = dict(TINY_QUIRKS[name])
+    rope = {k: quirks.pop(k) for k in ("rope_theta", "rope_scaling") if k in quirks}
+    cfg = CONFIG_CLASSES[spec.arch](**SMALL, num_key_value_heads=2, **quirks)
+    apply_config_overrides(cfg, rope)
+    prepare_config(cfg, spec)
+    cfg.validate_rope()
+    rp = cfg.rope_parameters
+    assert rp["rope_type"] == "default" and rp["rope_theta"] > 0
+    for key, value in spec.config_overrides.items():
+        if key == "rope_theta":
+            assert rp["rope_theta"] == value
+        elif key != "use_sliding_window":
+            assert getattr(cfg, key) == value
+    if spec.arch == "qwen2":
+        assert cfg.sliding_window is None
+        assert set(cfg.layer_types) == {"full_attention"}
+
+
+def test_expected_rope_per_checkpoint(paper):
+    name, model = paper
+    cfg = model.original_model.config
+    theta = cfg.rope_parameters["rope_theta"]
+    expected = {
+        "llama-2-7b-80k": ntk_theta(10000.0, 81920, 4096, 10.0, 16),
+        "llama-2-7b": 1e4,
+        "mistral-7b-instruct-v0.2": 1e6,
+        "qwen1.5-14b": 1e6,
+        "qwen1.5-14b-chat": 1e6,
+        "mixtral-8x7b": 1e6,
+        "yi-6b-200k": 5e6,
+    }[name]
+    assert theta == pytest.approx(expected)
+    assert getattr(cfg, "sliding_window", None) is None
+    _, h, kv = PAPER_MODELS[name].shape
+    assert (cfg.num_key_value_heads < cfg.num_attention_heads) == (kv < h)
+
+
+def test_rotary_module_uses_prepared_theta():
+    """The built model's rotary embedding really uses the overridden base (not the default)."""
+    model = tiny_paper_model("mistral-7b-instruct-v0.2")
+    inv_freq = model.original_model.model.rotary_emb.inv_freq
+    dim = model.original_model.config.head_dim
+    assert float(inv_freq[1]) == pytest.approx(1e6 ** (-2 / dim), rel=1e-5)
+
+
+def test_legacy_rope_keys_keep_the_base():
+    """Setting ``rope_scaling`` on a transformers-5 config used to drop ``rope_theta``."""
+    cfg = LlamaConfig(**SMALL, rope_theta=5e6)
+    apply_config_overrides(cfg, {"rope_scaling": {"type": "dynamic", "factor": 10.0}})
+    assert cfg.rope_parameters == {"rope_type": "dynamic", "factor": 10.0, "rope_theta": 5e6}
+    apply_config_overrides(cfg, {"rope_theta": 1e6})
+    assert cfg.rope_parameters["rope_theta"] == 1e6
+    with pytest.raises(KeyError):
+        apply_config_overrides(LlamaConfig(**SMALL), {"rope_scaling": {"type": "yarn"}})
+
+
+def test_public_rope_reset_freezes_dynamic_and_ignores_plain():
+    dyn = LlamaConfig(**SMALL, max_position_embeddings=4096,
+                      rope_scaling={"type": "dynamic", "factor": 10.0})
+    public_rope_reset(dyn, 81920, 10.0)
+    d = 16
+    base = 1e4 * (10 * 81920 / 4096 - 9) ** (d / (d - 2))
+    assert dyn.rope_parameters == {"rope_type": "default", "rope_theta": pytest.approx(base)}
+    plain = LlamaConfig(**SMALL, rope_theta=5e6)
+    public_rope_reset(plain, 81920, 10.0)
+    assert plain.rope_parameters == {"rope_theta": 5e6, "rope_type": "default"}
+
+
+def test_frozen_rope_makes_chunked_prefill_exact():
+    """Static RoPE: chunked prefill = one-shot prefill. Raw dynamic NTK is not (why we freeze)."""
+    ids = torch.arange(10, 10 + 96)
+
+    def last_logits(model, chunk):
+        return prefill(model, ids, _new_cache(model), chunk_size=chunk)
+
+    frozen = tiny_paper_model("llama-2-7b-80k")
+    torch.testing.assert_close(last_logits(frozen, 16), last_logits(frozen, 96), atol=1e-4,
+                               rtol=1e-4)
+    dynamic = tiny_model("llama", max_position_embeddings=32,
+                         rope_scaling={"type": "dynamic", "factor": 10.0})
+    assert not torch.allclose(last_logits(dynamic, 16), last_logits(dynamic, 96), atol=1e-4)
+
+
+# ---------------------------------------------------------------- score / mask / patch
+
+
+def _uniform_head_hook(head: int):
+    """Uniform attention over the visible keys for one query head (pre-softmax scores set to
+    0 where the causal mask allows): the public code's masking."""
+
+    def hook(scores, hook):
+        visible = scores[:, head] > torch.finfo(scores.dtype).min / 2
+        scores[:, head] = torch.where(visible, torch.zeros_like(scores[:, head]), scores[:, head])
+        return scores
+
+    return hook
+
+
+def test_score_end_to_end(paper, haystack):
+    name, model = paper
+    sample = build_sample(model.tokenizer, NEEDLES[0], haystack, 160, 0.5)
+    trace = greedy_decode(model, sample.input_ids, max_new_tokens=6, stop_at_newline=False,
+                          chunk_size=48)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    assert trace.argmax.shape == (len(trace.tokens), L, H)
+    assert int(trace.argmax.max()) < sample.input_ids.numel() + len(trace.tokens)
+    scores = retrieval_scores(trace.argmax, trace.tokens, sample.input_ids, sample.needle_span,
+                              mode="paper")
+    assert scores.shape == (L, H) and float(scores.min()) >= 0 and float(scores.max()) <= 1
+
+
+def test_mask_reaches_head_at_decode_and_prefill(paper, haystack):
+    """Masking works for every architecture (the public code's mask never reached Qwen2 and
+    Mixtral), at decode steps and, when asked, during the chunked prefill."""
+    name, model = paper
+    layer, head = model.cfg.n_layers - 1, 1
+    sample = build_sample(model.tokenizer, NEEDLES[1], haystack, 130, 0.3)
+    n = sample.input_ids.numel()
+    hooks = [(f"blocks.{layer}.attn.hook_attn_scores", _uniform_head_hook(head))]
+    calls = []
+
+    def count(pattern, hook):
+        calls.append(tuple(pattern.shape))
+        # the masked head is uniform over the visible keys of every query row
+        row = pattern[0, head, -1]
+        assert torch.allclose(row, torch.full_like(row, 1 / row.shape[-1]), atol=1e-5)
+        return pattern
+
+    trace = greedy_decode(model, sample.input_ids, max_new_tokens=4, stop_at_newline=False,
+                          decode_hooks=hooks, prefill_hooks=[*hooks, (f"blocks.{layer}.attn.hook_pattern", count)],
+                          record_rows=[(layer, head), (layer, 0)], chunk_size=32)
+    assert len(calls) == math.ceil((n - 1) / 32)
+    assert all(c[2] <= 32 for c in calls)
+    masked, other = trace.rows[(layer, head)], trace.rows[(layer, 0)]
+    for t in range(len(trace.tokens)):
+        keys = n + t
+        assert torch.allclose(masked[t, :keys], torch.full((keys,), 1 / keys), atol=1e-5)
+    assert not torch.allclose(other[0, :n], torch.full((n,), 1 / n), atol=1e-4)
+
+
+def test_patch_hook_z(paper):
+    """Replacing one head's ``hook_z`` changes the output; an identity patch does not."""
+    name, model = paper
+    layer, head = 0, 2
+    clean = torch.arange(100, 140)[None]
+    corrupt = torch.arange(300, 340)[None]
+    stash = {}
+
+    def heads(z):  # [batch, pos, head, d_head] whether the bridge gives it flat or split
+        if z.ndim == 3:
+            return einops.rearrange(z, "b p (h d) -> b p h d", h=model.cfg.n_heads)
+        return z
+
+    def save(z, hook):
+        stash["z"] = heads(z).clone()
+
+    def patch_from(source):
+        def hook(z, hook):
+            split = heads(z).clone()
+            split[:, :, head] = source[:, :, head]
+            return split.reshape(z.shape)
+
+        return hook
+
+    name_z = f"blocks.{layer}.attn.hook_z"
+    model.run_with_hooks(clean, fwd_hooks=[(name_z, save)])
+    base = model(corrupt)
+    model.run_with_hooks(corrupt, fwd_hooks=[(name_z, save)])
+    own = stash["z"]
+    same = model.run_with_hooks(corrupt, fwd_hooks=[(name_z, patch_from(own))])
+    torch.testing.assert_close(same, base)
+    model.run_with_hooks(clean, fwd_hooks=[(name_z, save)])
+    patched = model.run_with_hooks(corrupt, fwd_hooks=[(name_z, patch_from(stash["z"]))])
+    assert not torch.allclose(patched, base, atol=1e-5)
