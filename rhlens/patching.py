@@ -293,12 +293,13 @@ def plot_patching(patch: torch.Tensor, scores: torch.Tensor | None = None, title
     if scores is not None:
         ax = axes[0, 1]
         ax.scatter(scores.flatten(), patch.flatten(), s=10, alpha=0.6)
-        for l, h in top_heads(scores, 5):
+        for l, h in top_heads(scores, min(5, scores.numel())):
             ax.annotate(f"L{l}H{h}", (float(scores[l, h]), float(patch[l, h])), fontsize=7)
-        c = compare_maps(patch, scores, (10,))
+        k = min(10, scores.numel())
+        c = compare_maps(patch, scores, (k,))
         ax.set_xlabel("retrieval score")
         ax.set_ylabel("restored fraction")
-        ax.set_title(f"Spearman {c['spearman']:.2f}, top-10 overlap {c['top10_overlap']:.0%}")
+        ax.set_title(f"Spearman {c['spearman']:.2f}, top-{k} overlap {c[f'top{k}_overlap']:.0%}")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
