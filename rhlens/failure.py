@@ -1,0 +1,180 @@
+"""The two failure modes of the paper: incomplete retrieval and hallucination.
+
+As more retrieval heads are masked, an answer is
+
+* ``complete``: every content word of the needle's answer is in the output;
+* ``incomplete``: some of them (the model retrieved part of the needle);
+* ``hallucinated``: none of them.
+
+Content words leave out a few function words ("a", "the", "in"...), which would otherwise
+make a hallucinated answer look partly right.
+
+The paper reports that when retrieval fails, retrieval heads no longer look at the needle but
+at the first tokens of the prompt (the *attention sink*). :func:`attention_mass` measures both
+from the attention rows recorded by :func:`rhlens.decode.greedy_decode` (``record_rows``).
+
+Example::
+
+    >>> classify_answer("purple walrus seventeen", "The password is purple walrus seventeen.")
+    'complete'
+    >>> classify_answer("purple walrus seventeen", "It is purple cat.")
+    'incomplete'
+    >>> classify_answer("in the old glass greenhouse", "in the library")
+    'hallucinated'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .ablation import mask_hooks, top_heads
+from .decode import greedy_decode
+from .detect import sample_grid
+from .haystack import Needle, load_haystack
+
+CATEGORIES = ("complete", "incomplete", "hallucinated")
+FUNCTION_WORDS = frozenset("a an the in on at of to with and or is was by for".split())
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def content_recall(answer: str, output: str) -> float:
+    """Share of the answer's content words found in ``output`` (all words if the answer has
+    only function words).
+
+    >>> content_recall("a hollow wooden owl", "a wooden box")
+    0.3333333333333333
+    """
+    words = _words(answer)
+    content = [w for w in words if w not in FUNCTION_WORDS] or words
+    if not content:
+        raise ValueError(f"The answer {answer!r} has no words.")
+    found = set(_words(output))
+    return sum(w in found for w in content) / len(content)
+
+
+def classify_answer(answer: str, output: str) -> str:
+    """``"complete"``, ``"incomplete"`` or ``"hallucinated"`` (see the module docstring)."""
+    r = content_recall(answer, output)
+    return "complete" if r == 1.0 else "hallucinated" if r == 0.0 else "incomplete"
+
+
+def attention_mass(rows: torch.Tensor, needle_span: tuple[int, int], sink: int = 4) -> dict:
+    """Where one head looked while answering.
+
+    Args:
+        rows: ``[T, n + T]`` the head's attention row at each decode step.
+        needle_span: ``(start, end)`` of the needle in the prompt.
+        sink: how many first tokens make the attention sink.
+
+    Returns:
+        ``{"needle": mean mass on the needle, "sink": mean mass on the first tokens}``
+        (0 when nothing was generated).
+
+    >>> rows = torch.tensor([[0.5, 0.0, 0.25, 0.25, 0.0]])
+    >>> attention_mass(rows, (2, 4), sink=1)
+    {'needle': 0.5, 'sink': 0.5}
+    """
+    if rows.numel() == 0 or rows.shape[0] == 0:
+        return {"needle": 0.0, "sink": 0.0}
+    start, end = needle_span
+    return {"needle": float(rows[:, start:end].sum(-1).mean()),
+            "sink": float(rows[:, :sink].sum(-1).mean())}
+
+
+def failure_sweep(
+    model,
+    scores: torch.Tensor,
+    ks: Sequence[int],
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    needles: Sequence[Needle],
+    haystack: str | None = None,
+    mode: str = "uniform",
+    watch: int = 5,
+    sink: int = 4,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Mask the top-K heads for each K, classify each answer, and record where the
+    strongest *unmasked* retrieval heads (ranks K+1 … K+``watch``) attend.
+
+    With ``mode="uniform"`` a masked head's attention is uniform by construction, so the
+    heads watched are the next-ranked ones, still free to look where they like.
+
+    Returns:
+        a row per (K, sample): ``k``, ``needle``, ``length``, ``depth``, ``answer``,
+        ``category``, ``needle_mass`` and ``sink_mass`` (means over the watched heads and the
+        decode steps), ``watched``.
+    """
+    text = haystack if haystack is not None else load_haystack(None)
+    samples = sample_grid(model.tokenizer, needles, text, lengths, depths, model.cfg.n_ctx)
+    ranked = top_heads(scores, scores.numel())
+    rows = []
+    jobs = [(k, s) for k in ks for s in samples]
+    for k, sample in tqdm(jobs, desc="failure modes", disable=not progress):
+        masked, watched = ranked[:k], ranked[k : k + watch]
+        hooks = mask_hooks(masked, mode, n_heads=model.cfg.n_heads)
+        trace = greedy_decode(model, sample.input_ids, max_new_tokens, decode_hooks=hooks,
+                              record_rows=watched)
+        masses = [attention_mass(trace.rows[h], sample.needle_span, sink) for h in watched]
+        rows.append({
+            "k": k, "needle": sample.needle.text, "length": sample.length, "depth": sample.depth,
+            "answer": trace.text, "category": classify_answer(sample.needle.answer, trace.text),
+            "needle_mass": sum(m["needle"] for m in masses) / max(len(masses), 1),
+            "sink_mass": sum(m["sink"] for m in masses) / max(len(masses), 1),
+            "watched": " ".join(f"L{l}H{h}" for l, h in watched),
+        })
+    return pd.DataFrame(rows)
+
+
+def failure_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Share of each category per K (rows: K, columns: the three categories)."""
+    table = pd.crosstab(df["k"], df["category"], normalize="index")
+    return table.reindex(columns=list(CATEGORIES), fill_value=0.0)
+
+
+def attention_by_category(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean attention mass on the needle and on the sink per answer category."""
+    out = df.groupby("category")[["needle_mass", "sink_mass"]].mean()
+    out["n"] = df.groupby("category").size()
+    return out.reindex([c for c in CATEGORIES if c in out.index])
+
+
+def plot_failure_modes(df: pd.DataFrame, title: str | None = None):
+    """Left: answer categories against K (stacked). Right: where the watched heads attend,
+    per category (needle vs attention sink)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    table = failure_table(df)
+    colors = {"complete": "C2", "incomplete": "C1", "hallucinated": "C3"}
+    bottom = pd.Series(0.0, index=table.index)
+    xs = range(len(table.index))
+    for cat in CATEGORIES:
+        a.bar(xs, table[cat], bottom=bottom, color=colors[cat], label=cat)
+        bottom = bottom + table[cat]
+    a.set_xticks(list(xs), [str(k) for k in table.index])
+    a.set_xlabel("K top retrieval heads masked")
+    a.set_ylabel("share of answers")
+    a.legend(fontsize=8)
+    a.set_title("answers as retrieval heads are masked")
+    att = attention_by_category(df)
+    pos = range(len(att.index))
+    b.bar([p - 0.2 for p in pos], att["needle_mass"], width=0.4, label="on the needle", color="C0")
+    b.bar([p + 0.2 for p in pos], att["sink_mass"], width=0.4, label="on the first tokens (sink)",
+          color="C7")
+    b.set_xticks(list(pos), [f"{c}\n(n={n})" for c, n in zip(att.index, att["n"])])
+    b.set_ylabel("attention mass per step")
+    b.legend(fontsize=8)
+    b.set_title("where the strongest unmasked retrieval heads look")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

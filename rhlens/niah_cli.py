@@ -1,0 +1,132 @@
+"""``rhlens niah``: needle-in-a-haystack with retrieval heads (or random heads) masked.
+
+::
+
+    rhlens niah --model smollm2-135m --scores scores.json --mask-top 20 --out niah.csv
+    rhlens niah --model smollm2-135m --scores scores.json --mask-random 20 --seed 0 --out rnd.csv
+    rhlens niah --scores scores.json --sweep-k auto --seeds 0,1,2 --out sweep.csv --plot k.png
+
+Needles: the masking run must not reuse the needles that selected the heads. By default the
+needles found in ``<scores>.samples.jsonl`` (written by ``rhlens score``) are left out; with
+``--skip-needles N`` the first N built-in needles are left out instead (``rhlens score
+--needles N`` uses exactly those).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .cli import SUBCOMMANDS, add_grid_args, add_model_args, parse_list
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_grid_args(p)
+    p.add_argument("--scores", default=None,
+                   help="score file ({'layer-head': [...]}) that ranks the heads; needed to mask")
+    p.add_argument("--mask-top", type=int, default=0, metavar="K", help="mask the K best heads")
+    p.add_argument("--mask-random", type=int, default=0, metavar="K",
+                   help="mask K random heads scoring <= --threshold (never a retrieval head)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --mask-random")
+    p.add_argument("--threshold", type=float, default=0.1,
+                   help="retrieval-head threshold; random heads are drawn below it (0.1)")
+    p.add_argument("--mask-mode", choices=["uniform", "zero", "mean"], default="uniform",
+                   help="uniform attention (the paper), zeroed output, or mean output")
+    p.add_argument("--mask-prefill", action="store_true",
+                   help="also mask while the prompt is read (the paper: decoding only)")
+    p.add_argument("--skip-needles", type=int, default=None, metavar="N",
+                   help="leave out the first N needles (default: leave out those the score "
+                        "run used, read from <scores>.samples.jsonl)")
+    p.add_argument("--sweep-k", default=None, metavar="K,K,...|auto",
+                   help="sweep K for top vs random heads instead of one run "
+                        "('auto': the paper's 0..100-of-1024 grid scaled to this model)")
+    p.add_argument("--seeds", default="0,1,2", help="random-head seeds of --sweep-k")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--out", default="niah.csv", help="CSV, a row per (needle, length, depth)")
+    p.add_argument("--plot", default=None, help="save the heatmap (or the K curve) here")
+
+
+def _needles(args):
+    from .haystack import load_needles
+    from .niah_grid import held_out_needles, needles_used_by
+
+    needles = load_needles(args.needle_file, None)
+    if args.skip_needles is not None:
+        used = {n.text for n in needles[: args.skip_needles]}
+    elif args.scores:
+        used = needles_used_by(args.scores)
+    else:
+        used = set()
+    kept = held_out_needles(needles, used)
+    if used:
+        print(f"leaving out {len(needles) - len(kept)} needle(s) used to compute the scores")
+    if args.needles is not None:
+        if args.needles > len(kept):
+            raise ValueError(f"Asked for {args.needles} needles but only {len(kept)} are held "
+                             "out; pass a --needle-file with more, or ask for fewer.")
+        kept = kept[: args.needles]
+    return kept
+
+
+def run(args) -> int:
+    """needle-in-a-haystack grid with top-K or random heads masked; CSV and heatmap"""
+    import torch
+
+    from .ablation import head_means, k_grid, random_heads, top_heads
+    from .haystack import load_haystack
+    from .models import load_model
+    from .niah_grid import k_curve, k_sweep, niah_heatmap, plot_k_curve, run_niah
+    from .results import load_scores
+
+    if (args.mask_top or args.mask_random or args.sweep_k) and not args.scores:
+        raise ValueError("Masking needs --scores (make one with `rhlens score`).")
+    if args.mask_top and args.mask_random:
+        raise ValueError("Use --mask-top or --mask-random in one run, not both.")
+    needles = _needles(args)
+    haystack = load_haystack(args.haystack)
+    torch.set_grad_enabled(False)
+    model = load_model(args.model, args.device, args.dtype)
+    scores = load_scores(args.scores) if args.scores else None
+    if scores is not None and tuple(scores.shape) != (model.cfg.n_layers, model.cfg.n_heads):
+        raise ValueError(f"{args.scores} scores {tuple(scores.shape)} heads, but the model has "
+                         f"{model.cfg.n_layers} x {model.cfg.n_heads}: wrong score file?")
+    means = None
+    if args.mask_mode == "mean":
+        from .detect import sample_grid
+
+        ref = sample_grid(model.tokenizer, needles, haystack, args.lengths[:1], [0.5])
+        means = head_means(model, [s.input_ids for s in ref])
+    import matplotlib.pyplot as plt
+
+    if args.sweep_k:
+        n_total = model.cfg.n_layers * model.cfg.n_heads
+        ks = k_grid(n_total) if args.sweep_k == "auto" else parse_list(args.sweep_k, int)
+        df = k_sweep(model, scores, ks, args.lengths, args.depths, needles, haystack,
+                     parse_list(args.seeds, int), args.threshold, args.mask_mode,
+                     args.mask_prefill, means, args.out, args.max_new_tokens)
+        curve = k_curve(df)
+        print(curve.round(1).to_string(index=False))
+        if args.plot:
+            plot_k_curve(curve, n_heads_total=n_total, title=args.model).figure.savefig(
+                args.plot, dpi=130, bbox_inches="tight")
+    else:
+        if args.mask_top:
+            heads = top_heads(scores, args.mask_top)
+        elif args.mask_random:
+            heads = random_heads(scores, args.mask_random, args.seed, args.threshold)
+        else:
+            heads = []
+        if heads:
+            print("masking " + " ".join(f"L{l}H{h}" for l, h in heads) + f" ({args.mask_mode})")
+        df = run_niah(model, args.lengths, args.depths, needles, haystack, heads,
+                      args.mask_mode, args.mask_prefill, means, args.out, args.max_new_tokens)
+        print(f"\nNIAH score {df['score'].mean():.1f} over {len(df)} samples")
+        if args.plot:
+            niah_heatmap(df, title=f"{args.model}: {len(heads)} heads masked").figure.savefig(
+                args.plot, dpi=130, bbox_inches="tight")
+    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    plt.close("all")
+    return 0
+
+
+SUBCOMMANDS["niah"] = (add_arguments, run)
