@@ -1,0 +1,36 @@
+"""Checks for chapter 9 (KV-cache compression)."""
+
+from __future__ import annotations
+
+from ..kvcache import kv_cache_bytes, kv_heads_of
+
+
+def check_kv_heads_of(fn) -> None:
+    """``fn(query_heads, n_heads, n_kv_heads) -> sorted list of (layer, kv_head)``."""
+    cases = [
+        ([(0, 0), (0, 2), (1, 8)], 9, 3),
+        ([(3, 5), (3, 4)], 8, 2),
+        ([(2, 1), (2, 3)], 4, 4),
+        ([], 9, 3),
+    ]
+    for heads, n, k in cases:
+        want, got = kv_heads_of(heads, n, k), sorted(map(tuple, fn(heads, n, k)))
+        assert got == want, (
+            f"query heads {heads} with {n} query / {k} KV heads: expected {want}, got {got}. "
+            "Hint: query head h reads KV head h // (n_heads // n_kv_heads); each KV head once."
+        )
+    print("✓ GQA groups mapped correctly")
+
+
+def check_kv_bytes(fn) -> None:
+    """``fn(n_layers, n_kv_heads, d_head, n_tokens, n_full, sink, window) -> bytes kept (bf16)``."""
+    for args in [(30, 3, 64, 1000, 0, 4, 60), (30, 3, 64, 1000, 9, 4, 28), (32, 8, 128, 4096, 20, 4, 1020),
+                 (2, 2, 16, 10, 1, 4, 60)]:
+        L, K, d, n, f, s, w = args
+        want = kv_cache_bytes(L, K, d, n, [(i // K, i % K) for i in range(f)], s, w)["kept"]
+        got = int(fn(*args))
+        assert got == want, (
+            f"{args}: expected {want} bytes, got {got}. Hint: K and V, 2 bytes each, d_head "
+            "values per token per KV head; compressed heads keep min(n_tokens, sink + window)."
+        )
+    print("✓ KV-cache bytes are correct")
