@@ -184,4 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m rhlens.cli`, this file is `__main__`, not the `rhlens.cli` module that
+    # plugins register their subcommands into: call that module's main.
+    from rhlens.cli import main as _main
+
+    sys.exit(_main())
