@@ -1,0 +1,254 @@
+"""The toy chapters' measurements, all through the same code that scores a 7B model.
+
+* :func:`toy_retrieval_scores`: greedy-decode toy prompts with :func:`rhlens.decode.greedy_decode`
+  and score every head with :func:`rhlens.scoring.retrieval_scores` (needle span = the value
+  tokens in the prompt);
+* :func:`head_mask_hooks` / :func:`masked_accuracy`: mask heads (uniform attention, as the
+  paper's code, or zero output) at the decode positions and measure exact-value accuracy;
+* :func:`prev_token_induction_scores`: TransformerLens ``head_detector`` scores;
+* :func:`emergence`: retrieval, induction and previous-token scores at every checkpoint;
+* :func:`score_correlation`: Pearson correlation of two score maps.
+
+Example::
+
+    >>> run = toy_retrieval_scores(bridge, task, n=16)                # doctest: +SKIP
+    >>> run.scores.shape, run.accuracy                                # doctest: +SKIP
+    (torch.Size([2, 4]), 1.0)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from ..decode import greedy_decode
+from ..scoring import retrieval_scores
+from .task import ToyTask
+from .train import accuracy, hf_module, to_bridge
+
+Head = tuple[int, int]
+
+
+@dataclass
+class ToyScoreRun:
+    """Retrieval scores of a toy model.
+
+    Attributes:
+        scores: ``[n_layers, n_heads]`` mean over samples.
+        per_sample: ``[n, n_layers, n_heads]``.
+        correct: ``[n]`` bool, whether greedy decoding produced the exact value.
+        depth: ``[n]`` needle depths.
+    """
+
+    scores: torch.Tensor
+    per_sample: torch.Tensor
+    correct: torch.Tensor
+    depth: torch.Tensor
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.float().mean())
+
+
+@torch.no_grad()
+def toy_retrieval_scores(
+    model, task: ToyTask, n: int = 32, seed: int = 1000, mode: str = "paper",
+    with_key: bool = False, decode_hooks=(), only_correct: bool = False,
+) -> ToyScoreRun:
+    """Decode ``n`` prompts of ``task`` greedily and compute each head's retrieval score.
+
+    The needle span is the value tokens (``with_key`` adds the key). ``only_correct`` averages
+    over the samples answered exactly (the analogue of the paper's ROUGE gate); by default all
+    samples count, so an untrained model scores near 0 rather than raising.
+    """
+    bridge = to_bridge(model)
+    batch = task.sample(n, seed=seed)
+    per_sample, correct = [], []
+    for i in range(n):
+        prompt = batch.input_ids[i]
+        trace = greedy_decode(bridge, prompt, max_new_tokens=task.value_len,
+                              decode_hooks=decode_hooks, stop_at_newline=False)
+        span = batch.needle_span(i, with_key=with_key)
+        per_sample.append(retrieval_scores(trace.argmax, trace.tokens, prompt, span, mode))
+        correct.append(trace.tokens.tolist() == batch.values[i].tolist())
+    per = torch.stack(per_sample)
+    ok = torch.tensor(correct)
+    keep = per[ok] if only_correct and ok.any() else per
+    return ToyScoreRun(keep.mean(0), per, ok, batch.depth)
+
+
+def head_mask_hooks(heads: Iterable[Head], mode: str = "uniform", from_pos: int = 0):
+    """TransformerLens hooks that mask ``heads`` at query positions ``>= from_pos``.
+
+    ``mode="uniform"``: the head attends uniformly to all keys it may see (the paper's code
+    sets its pre-softmax scores to 0); ``mode="zero"``: its attention row is zeroed, so its
+    output is 0 (zero ablation). Positions are absolute: at a cached decode step the single
+    query sits at ``n_keys - 1``, so ``from_pos = len(prompt) - 1`` masks exactly the decode
+    steps whether the model runs with a KV cache or on the whole sequence.
+
+    Returns a list of ``(hook_name, fn)`` pairs for ``run_with_hooks`` / ``hooks()`` /
+    ``greedy_decode(decode_hooks=...)``.
+
+    >>> hooks = head_mask_hooks([(1, 2)])
+    >>> hooks[0][0]
+    'blocks.1.attn.hook_pattern'
+    """
+    if mode not in ("uniform", "zero"):
+        raise ValueError(f"mode must be 'uniform' or 'zero', got {mode!r}.")
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(int(layer), []).append(int(head))
+
+    def make(head_ids: list[int]):
+        def fn(pattern: torch.Tensor, hook):
+            q, k = pattern.shape[-2:]
+            qpos = torch.arange(k - q, k, device=pattern.device)[:, None]  # absolute query pos
+            kpos = torch.arange(k, device=pattern.device)[None, :]
+            visible = (kpos <= qpos).to(pattern.dtype)  # [q, k] causal
+            rows = qpos >= from_pos  # [q, 1]
+            new = visible / visible.sum(-1, keepdim=True) if mode == "uniform" else 0 * visible
+            pattern = pattern.clone()
+            for h in head_ids:
+                pattern[:, h] = torch.where(rows, new, pattern[:, h])
+            return pattern
+
+        return fn
+
+    return [(f"blocks.{layer}.attn.hook_pattern", make(hs)) for layer, hs in sorted(by_layer.items())]
+
+
+@torch.no_grad()
+def masked_accuracy(model, task: ToyTask, heads: Iterable[Head] = (), n: int = 256,
+                    seed: int = 12345, mode: str = "uniform") -> float:
+    """Exact-value accuracy with ``heads`` masked at the decode positions only (teacher
+    forcing on the batch: the same as masking during KV-cached greedy decoding)."""
+    heads = list(heads)
+    if not heads:
+        return accuracy(model, task, n, seed)["accuracy"]
+    bridge = to_bridge(model)
+    batch = task.sample(n, seed=seed)
+    full = batch.full()
+    n_prompt = batch.input_ids.shape[1]
+    logits = bridge.run_with_hooks(
+        full[:, :-1], fwd_hooks=head_mask_hooks(heads, mode, from_pos=n_prompt - 1)
+    )
+    pred = logits[:, n_prompt - 1: n_prompt - 1 + task.value_len].argmax(-1)
+    return float((pred == batch.values).all(1).float().mean())
+
+
+def top_heads(scores: torch.Tensor, k: int) -> list[Head]:
+    """The ``k`` highest-scoring ``(layer, head)`` of a ``[n_layers, n_heads]`` map."""
+    n_heads = scores.shape[1]
+    order = torch.argsort(scores.flatten(), descending=True, stable=True)[:k]
+    return [(int(i) // n_heads, int(i) % n_heads) for i in order]
+
+
+def random_heads(scores: torch.Tensor, k: int, seed: int = 0, exclude: Sequence[Head] = ()) -> list[Head]:
+    """``k`` heads drawn (seeded) from the heads not in ``exclude``."""
+    n_layers, n_heads = scores.shape
+    pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in set(exclude)]
+    if k > len(pool):
+        raise ValueError(f"Cannot draw {k} heads from the {len(pool)} not excluded.")
+    return random.Random(seed).sample(pool, k)
+
+
+def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int] = (1, 2),
+                   n_random: int = 5, n: int = 256, mode: str = "uniform", seed: int = 0,
+                   retrieval_threshold: float = 0.1):
+    """Accuracy with the top-``k`` retrieval heads masked versus ``k`` random heads.
+
+    Random heads are drawn (seeded, ``n_random`` draws per ``k``) among heads scoring at most
+    ``retrieval_threshold``, so they never include a retrieval head.
+
+    Returns a pandas DataFrame: ``k``, ``top_heads``, ``acc_top``, ``acc_random`` (mean over
+    draws), ``acc_random_min``, ``acc_none``.
+    """
+    import pandas as pd
+
+    base = masked_accuracy(model, task, (), n)
+    retrieval = [hd for hd in top_heads(scores, scores.numel()) if scores[hd] > retrieval_threshold]
+    rows = []
+    for k in ks:
+        top = top_heads(scores, k)
+        rand = [masked_accuracy(model, task, random_heads(scores, k, seed + d, retrieval), n, mode=mode)
+                for d in range(n_random)]
+        rows.append({
+            "k": k,
+            "top_heads": ", ".join(f"L{l}H{h}" for l, h in top),
+            "acc_none": base,
+            "acc_top": masked_accuracy(model, task, top, n, mode=mode),
+            "acc_random": sum(rand) / len(rand),
+            "acc_random_min": min(rand),
+        })
+    return pd.DataFrame(rows)
+
+
+def _repeated_text(task: ToyTask, length: int, seed: int) -> str:
+    voc = task.vocab
+    gen = torch.Generator().manual_seed(seed)
+    half = (torch.randperm(voc.n_filler, generator=gen)[:length] + voc.filler.start).tolist()
+    tokens = voc.tokens()
+    return " ".join(tokens[i] for i in half + half)
+
+
+@torch.no_grad()
+def prev_token_induction_scores(model, task: ToyTask, n: int = 4, length: int = 20, seed: int = 0):
+    """Previous-token and induction scores of every head (TransformerLens ``detect_head``,
+    ``"mul"`` measure: the share of attention on the expected key) on ``n`` sequences of
+    ``length`` distinct filler tokens repeated twice.
+
+    Returns ``(prev [n_layers, n_heads], induction [n_layers, n_heads])``.
+    """
+    from transformer_lens.head_detector import detect_head
+
+    bridge = to_bridge(model)
+    length = min(length, task.vocab.n_filler)
+    texts = [_repeated_text(task, length, seed + i) for i in range(n)]
+    prev = detect_head(bridge, texts, "previous_token_head", exclude_bos=True)
+    ind = detect_head(bridge, texts, "induction_head", exclude_bos=True)
+    return prev.float(), ind.float()
+
+
+def score_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two score maps of the same shape (flattened)."""
+    if a.shape != b.shape:
+        raise ValueError(f"Score maps differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}.")
+    x = torch.stack([a.flatten().double(), b.flatten().double()])
+    return float(torch.corrcoef(x)[0, 1])
+
+
+def emergence(model, task: ToyTask, history, n: int = 16, seed: int = 1000):
+    """Retrieval, induction and previous-token scores of every head at every checkpoint.
+
+    Args:
+        model: the trained model (its weights are restored afterwards).
+        history: the DataFrame of :func:`rhlens.toy.train` with ``attrs["checkpoints"]``.
+
+    Returns:
+        a long pandas DataFrame: ``step``, ``head`` (``L1H2``), ``retrieval``, ``induction``,
+        ``prev_token``, joined with the history's ``loss`` and ``accuracy``.
+    """
+    import pandas as pd
+
+    hf = hf_module(model)
+    final = {k: v.clone() for k, v in hf.state_dict().items()}
+    rows = []
+    try:
+        for step, state in sorted(history.attrs["checkpoints"].items()):
+            hf.load_state_dict(state)
+            run = toy_retrieval_scores(model, task, n=n, seed=seed)
+            prev, ind = prev_token_induction_scores(model, task, n=2)
+            n_layers, n_heads = run.scores.shape
+            for l in range(n_layers):
+                for h in range(n_heads):
+                    rows.append({"step": step, "head": f"L{l}H{h}", "layer": l,
+                                 "retrieval": float(run.scores[l, h]),
+                                 "induction": float(ind[l, h]), "prev_token": float(prev[l, h]),
+                                 "greedy_accuracy": run.accuracy})
+    finally:
+        hf.load_state_dict(final)
+    frame = pd.DataFrame(rows)
+    return frame.merge(history[["step", "loss", "accuracy"]], on="step", how="left")
