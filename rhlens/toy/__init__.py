@@ -24,3 +24,4 @@ from .analysis import (
     top_heads,
     toy_retrieval_scores,
 )
+from .recipes import RECIPES, Recipe, cache_dir, trained_model

@@ -186,27 +186,22 @@ def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int]
     return pd.DataFrame(rows)
 
 
-def _repeated_text(task: ToyTask, length: int, seed: int) -> str:
-    voc = task.vocab
-    gen = torch.Generator().manual_seed(seed)
-    half = (torch.randperm(voc.n_filler, generator=gen)[:length] + voc.filler.start).tolist()
-    tokens = voc.tokens()
-    return " ".join(tokens[i] for i in half + half)
-
-
 @torch.no_grad()
-def prev_token_induction_scores(model, task: ToyTask, n: int = 4, length: int = 20, seed: int = 0):
-    """Previous-token and induction scores of every head (TransformerLens ``detect_head``,
-    ``"mul"`` measure: the share of attention on the expected key) on ``n`` sequences of
-    ``length`` distinct filler tokens repeated twice.
+def prev_token_induction_scores(model, task: ToyTask, n: int = 8, seed: int = 2000):
+    """Previous-token and induction scores of every head, with TransformerLens
+    ``detect_head`` (``"mul"`` measure: the share of a head's attention on the expected keys),
+    on ``n`` full task sequences (prompt + value): the induction pattern marks, for each token
+    seen before, the position just after its earlier occurrence -- for the answer tokens, the
+    next needle token.
 
     Returns ``(prev [n_layers, n_heads], induction [n_layers, n_heads])``.
     """
     from transformer_lens.head_detector import detect_head
 
     bridge = to_bridge(model)
-    length = min(length, task.vocab.n_filler)
-    texts = [_repeated_text(task, length, seed + i) for i in range(n)]
+    batch = task.sample(n, seed=seed)
+    tok = bridge.tokenizer
+    texts = [tok.decode(row[1:-1]) for row in batch.full()]  # to_tokens adds <bos>
     prev = detect_head(bridge, texts, "previous_token_head", exclude_bos=True)
     ind = detect_head(bridge, texts, "induction_head", exclude_bos=True)
     return prev.float(), ind.float()
@@ -240,7 +235,7 @@ def emergence(model, task: ToyTask, history, n: int = 16, seed: int = 1000):
         for step, state in sorted(history.attrs["checkpoints"].items()):
             hf.load_state_dict(state)
             run = toy_retrieval_scores(model, task, n=n, seed=seed)
-            prev, ind = prev_token_induction_scores(model, task, n=2)
+            prev, ind = prev_token_induction_scores(model, task, n=4)
             n_layers, n_heads = run.scores.shape
             for l in range(n_layers):
                 for h in range(n_heads):

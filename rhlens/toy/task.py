@@ -4,8 +4,12 @@ A prompt is a run of *filler* tokens (the haystack) with a *needle* inserted at 
 depth: a key token followed by a value of ``value_len`` tokens. After the haystack the key
 comes again as the question, and the model must continue with the value::
 
-    <bos> f12 f3 f40 K7 v3 v28 v9 f8 f8 f51 ... f2 K7   ->   v3 v28 v9 <eos>
-                     ^^^^^^^^^^^^ needle (key + value)    ^^ query
+    <bos> f12 f3 f40 k7 f93 f28 f9 f8 f8 f51 ... f2 k7   ->   f93 f28 f9 <eos>
+                     ^^^^^^^^^^^^^^ needle (key + value)   ^^ query
+
+Value tokens come from the same vocabulary as the filler (but appear nowhere else in the
+prompt), so a model cannot spot the value by its kind of token: it must find the key and copy
+what follows, token by token -- the copy-paste behaviour retrieval heads are defined by.
 
 Optional *distractors* are other key/value pairs in the haystack, so the model must match
 the key, not just find "the" needle. The ``chat`` format wraps the same content in template
@@ -36,41 +40,35 @@ PAD, BOS, EOS, USER, SEP, ASST = range(len(SPECIALS))
 
 @dataclass(frozen=True)
 class Vocab:
-    """Token id layout: specials, then keys ``k*``, values ``v*``, fillers ``f*``."""
+    """Token id layout: specials, then keys ``k*``, then filler/value tokens ``f*``."""
 
-    n_keys: int = 16
-    n_values: int = 32
-    n_filler: int = 64
+    n_keys: int = 8
+    n_filler: int = 32
 
     @property
     def keys(self) -> range:
         return range(len(SPECIALS), len(SPECIALS) + self.n_keys)
 
     @property
-    def values(self) -> range:
-        return range(self.keys.stop, self.keys.stop + self.n_values)
-
-    @property
     def filler(self) -> range:
-        return range(self.values.stop, self.values.stop + self.n_filler)
+        return range(self.keys.stop, self.keys.stop + self.n_filler)
 
     @property
     def size(self) -> int:
         return self.filler.stop
 
     def tokens(self) -> list[str]:
-        """Token strings in id order (``<bos>``, ``k0``, ``v0``, ``f0`` ...)."""
+        """Token strings in id order (``<bos>``, ``k0``, ..., ``f0`` ...)."""
         return [
             *SPECIALS,
             *(f"k{i}" for i in range(self.n_keys)),
-            *(f"v{i}" for i in range(self.n_values)),
             *(f"f{i}" for i in range(self.n_filler)),
         ]
 
 
-def toy_vocab(n_keys: int = 16, n_values: int = 32, n_filler: int = 64) -> Vocab:
+def toy_vocab(n_keys: int = 8, n_filler: int = 32) -> Vocab:
     """The vocabulary shared by every format of the task."""
-    return Vocab(n_keys, n_values, n_filler)
+    return Vocab(n_keys, n_filler)
 
 
 @functools.lru_cache(maxsize=8)
@@ -80,10 +78,10 @@ def toy_tokenizer(vocab: Vocab = Vocab()):
     It prepends ``<bos>`` like Llama's, so ``TransformerBridge.to_tokens`` works unchanged.
 
     >>> tok = toy_tokenizer()
-    >>> tok("k0 v1").input_ids
-    [1, 6, 23]
-    >>> tok.decode([6, 23])
-    'k0 v1'
+    >>> tok("k0 f1").input_ids
+    [1, 6, 15]
+    >>> tok.decode([6, 15])
+    'k0 f1'
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -159,10 +157,10 @@ class ToyTask:
 
     def __post_init__(self):
         pairs = 1 + self.n_distractors
-        if self.value_len * pairs > self.vocab.n_values:
+        if self.value_len * pairs >= self.vocab.n_filler // 2:
             raise ValueError(
-                f"{pairs} needles of {self.value_len} distinct value tokens need at least "
-                f"{self.value_len * pairs} value tokens; raise vocab.n_values."
+                f"{pairs} needles of {self.value_len} distinct value tokens need a filler "
+                f"vocabulary of more than {2 * self.value_len * pairs} tokens; raise vocab.n_filler."
             )
         if pairs > self.vocab.n_keys:
             raise ValueError(f"{pairs} needles need {pairs} distinct keys; raise vocab.n_keys.")
@@ -197,12 +195,14 @@ class ToyTask:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         voc, m, pairs = self.vocab, self.value_len, 1 + self.n_distractors
         free = self.haystack_len - pairs * (1 + m)  # filler tokens around the needles
-        filler = torch.randint(voc.filler.start, voc.filler.stop, (n, free), generator=generator)
+        n_rest = voc.n_filler - pairs * m
+        filler_idx = torch.randint(0, n_rest, (n, free), generator=generator)
         rows, values, starts, depths = [], [], [], []
         for i in range(n):
             keys = (torch.randperm(voc.n_keys, generator=generator)[:pairs] + voc.keys.start).tolist()
-            vals = torch.randperm(voc.n_values, generator=generator)[: pairs * m] + voc.values.start
-            vals = vals.view(pairs, m)
+            perm = torch.randperm(voc.n_filler, generator=generator) + voc.filler.start
+            vals = perm[: pairs * m].view(pairs, m)  # values: distinct, nowhere else
+            filler = perm[pairs * m:][filler_idx[i]]
             if depth is None:
                 u = torch.rand(1, generator=generator).item()
                 d = self.min_depth + (self.max_depth - self.min_depth) * u
@@ -213,12 +213,12 @@ class ToyTask:
             order = sorted(range(pairs), key=lambda j: (points[j], j))
             seq, src, start = list(self.prefix), 0, -1
             for j in order:
-                seq.extend(filler[i, src: points[j]].tolist())
+                seq.extend(filler[src: points[j]].tolist())
                 src = max(src, points[j])
                 if j == 0:
                     start = len(seq)
                 seq.extend([keys[j], *vals[j].tolist()])
-            seq.extend(filler[i, src:].tolist())
+            seq.extend(filler[src:].tolist())
             seq.extend(self.suffix(keys[0]))
             rows.append(seq)
             values.append(vals[0])
