@@ -43,7 +43,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "attn-only-2l": Recipe(ATTN_ONLY_2L, seed=0),
     "attn-only-2l-seed1": Recipe(ATTN_ONLY_2L, seed=1),
-    "wide-4l": Recipe(WIDE_4L, seed=0),
+    "wide-4l": Recipe(WIDE_4L, seed=0, steps=2000),
 }
 
 

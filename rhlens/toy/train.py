@@ -49,7 +49,7 @@ class ToyModelConfig:
 
 #: The two models of the toy chapters.
 ATTN_ONLY_2L = ToyModelConfig(n_layers=2, n_heads=4, d_model=64, attn_only=True)
-WIDE_4L = ToyModelConfig(n_layers=4, n_heads=8, d_model=64, attn_only=False, d_mlp=128)
+WIDE_4L = ToyModelConfig(n_layers=4, n_heads=8, d_model=128, attn_only=True)
 
 
 def build_model(config: ToyModelConfig = ATTN_ONLY_2L, vocab: Vocab = Vocab(), seed: int = 0):
