@@ -14,6 +14,7 @@ from rhlens.toy import (
     ToyModelConfig,
     ToyTask,
     build_model,
+    control_pool,
     head_mask_hooks,
     masked_accuracy,
     random_heads,
@@ -144,11 +145,23 @@ def test_head_selection_helpers():
     assert sorted(drawn) == [(0, 0), (1, 1)]
     assert random_heads(scores, 1, seed=5) == random_heads(scores, 1, seed=5)
     assert score_correlation(scores, 2 * scores) == pytest.approx(1.0)
+    assert random_heads(scores, 1, seed=0, exclude=[(1, 0)], layers=[1]) == [(1, 1)]
+    with pytest.raises(ValueError, match="lower k"):
+        random_heads(scores, 2, exclude=[(1, 0)], layers=[1])
+
+
+def test_control_pool_never_holds_a_retrieval_head():
+    scores = torch.tensor([[0.0, 0.02, 0.3], [0.95, 0.05, 0.0], [0.0, 0.0, 0.0]])
+    # same_layers: only layers 0 and 1 hold a head >= 0.1
+    assert control_pool(scores) == [(0, 0), (0, 1), (1, 1), (1, 2)]
+    everywhere = control_pool(scores, same_layers=False)
+    assert (2, 0) in everywhere and all(scores[hd] < 0.1 for hd in everywhere)
 
 
 @pytest.mark.slow
 def test_masking_top_head_breaks_retrieval_random_heads_do_not():
     """Trains the chapter's 2-layer model (about a minute) and checks the causal claim."""
+    from rhlens.toy import control_pool as toy_control_pool
     from rhlens.toy import trained_model
 
     bridge, history = trained_model("attn-only-2l", cache=False)
@@ -158,3 +171,6 @@ def test_masking_top_head_breaks_retrieval_random_heads_do_not():
     retrieval = [hd for hd in top_heads(run.scores, 8) if run.scores[hd] > 0.5]
     acc_top = masked_accuracy(bridge, task, retrieval, n=128)
     assert acc_top < 0.2
+    control = [hd for hd in toy_control_pool(run.scores)][: len(retrieval)]
+    if control:  # non-retrieval heads of the retrieval heads' layer barely matter
+        assert masked_accuracy(bridge, task, control, n=128) > 0.8

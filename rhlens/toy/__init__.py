@@ -19,6 +19,7 @@ from .analysis import (
     masked_accuracy,
     masking_effect,
     prev_token_induction_scores,
+    control_pool,
     random_heads,
     score_correlation,
     top_heads,

@@ -146,42 +146,76 @@ def top_heads(scores: torch.Tensor, k: int) -> list[Head]:
     return [(int(i) // n_heads, int(i) % n_heads) for i in order]
 
 
-def random_heads(scores: torch.Tensor, k: int, seed: int = 0, exclude: Sequence[Head] = ()) -> list[Head]:
-    """``k`` heads drawn (seeded) from the heads not in ``exclude``."""
+def random_heads(scores: torch.Tensor, k: int, seed: int = 0, exclude: Sequence[Head] = (),
+                 layers: Iterable[int] | None = None) -> list[Head]:
+    """``k`` heads drawn (seeded) from the heads not in ``exclude`` (and, if given, in ``layers``)."""
     n_layers, n_heads = scores.shape
-    pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in set(exclude)]
+    layers = range(n_layers) if layers is None else sorted(set(int(l) for l in layers))
+    excluded = set(exclude)
+    pool = [(l, h) for l in layers for h in range(n_heads) if (l, h) not in excluded]
     if k > len(pool):
-        raise ValueError(f"Cannot draw {k} heads from the {len(pool)} not excluded.")
+        raise ValueError(f"Cannot draw {k} heads from the {len(pool)} in the pool; lower k.")
     return random.Random(seed).sample(pool, k)
+
+
+def control_pool(scores: torch.Tensor, threshold: float = 0.1, same_layers: bool = True) -> list[Head]:
+    """Heads eligible as a random control: those scoring below ``threshold`` (never a retrieval
+    head); with ``same_layers`` only in the layers that hold a head scoring above it.
+
+    In a 2-layer model layer 0 builds the previous-token features the retrieval heads of layer 1
+    read, so masking a layer-0 head can break retrieval without being a retrieval head; drawing
+    the control from the retrieval heads' own layer compares like with like.
+
+    >>> control_pool(torch.tensor([[0.0, 0.05], [0.9, 0.0]]))
+    [(1, 1)]
+    """
+    n_layers, n_heads = scores.shape
+    layers = {l for l in range(n_layers) if (scores[l] >= threshold).any()} if same_layers else set(range(n_layers))
+    return [(l, h) for l in sorted(layers) for h in range(n_heads) if scores[l, h] < threshold]
 
 
 def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int] = (1, 2),
                    n_random: int = 5, n: int = 256, mode: str = "uniform", seed: int = 0,
-                   retrieval_threshold: float = 0.1):
+                   retrieval_threshold: float = 0.1, same_layers: bool = True):
     """Accuracy with the top-``k`` retrieval heads masked versus ``k`` random heads.
 
-    Random heads are drawn (seeded, ``n_random`` draws per ``k``) among heads scoring at most
-    ``retrieval_threshold``, so they never include a retrieval head.
+    Random heads are drawn (seeded, ``n_random`` draws per ``k``, or every subset when there are
+    fewer) from :func:`control_pool`: heads scoring below ``retrieval_threshold``, with
+    ``same_layers`` only in the retrieval heads' layers. When the pool has fewer than ``k``
+    heads, the random columns are NaN.
 
-    Returns a pandas DataFrame: ``k``, ``top_heads``, ``acc_top``, ``acc_random`` (mean over
-    draws), ``acc_random_min``, ``acc_none``.
+    Returns a pandas DataFrame: ``k``, ``top_heads``, ``top_scores`` (min score among them),
+    ``acc_none``, ``acc_top``, ``acc_random`` (mean over draws), ``acc_random_min``,
+    ``random_draws`` (the distinct control sets used), ``pool_size``.
     """
+    import itertools
+    import math
+
     import pandas as pd
 
     base = masked_accuracy(model, task, (), n)
-    retrieval = [hd for hd in top_heads(scores, scores.numel()) if scores[hd] > retrieval_threshold]
+    pool = control_pool(scores, retrieval_threshold, same_layers)
     rows = []
     for k in ks:
         top = top_heads(scores, k)
-        rand = [masked_accuracy(model, task, random_heads(scores, k, seed + d, retrieval), n, mode=mode)
-                for d in range(n_random)]
+        if k > len(pool):
+            draws = []
+        elif math.comb(len(pool), k) <= n_random:
+            draws = [list(c) for c in itertools.combinations(pool, k)]
+        else:
+            rng = random.Random(seed + k)
+            draws = [rng.sample(pool, k) for _ in range(n_random)]
+        rand = [masked_accuracy(model, task, d, n, mode=mode) for d in draws]
         rows.append({
             "k": k,
             "top_heads": ", ".join(f"L{l}H{h}" for l, h in top),
+            "top_min_score": float(min(scores[hd] for hd in top)),
             "acc_none": base,
             "acc_top": masked_accuracy(model, task, top, n, mode=mode),
-            "acc_random": sum(rand) / len(rand),
-            "acc_random_min": min(rand),
+            "acc_random": sum(rand) / len(rand) if rand else float("nan"),
+            "acc_random_min": min(rand) if rand else float("nan"),
+            "random_draws": len(draws),
+            "pool_size": len(pool),
         })
     return pd.DataFrame(rows)
 
