@@ -4,6 +4,7 @@ and the analyses of the book's toy chapters (emergence, masking, intrinsic prope
 from .task import ASST, BOS, EOS, SEP, SPECIALS, USER, ToyBatch, ToyTask, Vocab, toy_tokenizer, toy_vocab
 from .train import (
     ATTN_ONLY_2L,
+    ATTN_ONLY_3L,
     WIDE_4L,
     ToyModelConfig,
     accuracy,
