@@ -4,7 +4,6 @@ and the analyses of the book's toy chapters (emergence, masking, intrinsic prope
 from .task import ASST, BOS, EOS, SEP, SPECIALS, USER, ToyBatch, ToyTask, Vocab, toy_tokenizer, toy_vocab
 from .train import (
     ATTN_ONLY_2L,
-    ATTN_ONLY_3L,
     WIDE_4L,
     ToyModelConfig,
     accuracy,
@@ -26,4 +25,4 @@ from .analysis import (
     top_heads,
     toy_retrieval_scores,
 )
-from .recipes import RECIPES, Recipe, cache_dir, trained_model
+from .recipes import ATTN_ONLY_3L, RECIPES, Recipe, cache_dir, trained_model

@@ -47,11 +47,8 @@ class ToyModelConfig:
     init_std: float = 0.1
 
 
-#: The models of the toy chapters. Wider attention-only models (2-4 layers x 8 heads) were still
-#: at 0 % accuracy after 650-950 steps of the default recipe, so the larger model of the chapter is
-#: deeper, not wider: 3 layers x 4 heads.
+#: The two models of the toy chapters.
 ATTN_ONLY_2L = ToyModelConfig(n_layers=2, n_heads=4, d_model=64, attn_only=True)
-ATTN_ONLY_3L = ToyModelConfig(n_layers=3, n_heads=4, d_model=64, attn_only=True)
 WIDE_4L = ToyModelConfig(n_layers=4, n_heads=8, d_model=128, attn_only=True)
 
 
