@@ -249,6 +249,28 @@ def score_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(x)[0, 1])
 
 
+def _plain_state(hf) -> dict:
+    """The Hugging Face module's weights under their plain names: once wrapped in a bridge,
+    its ``state_dict`` keys gain ``._original_component`` segments (and bridge aliases)."""
+    plain = {}
+    for key, value in hf.state_dict().items():
+        plain.setdefault(key.replace("._original_component", ""), value)
+    return plain
+
+
+@torch.no_grad()
+def _load_plain_state(hf, state: dict) -> None:
+    """Copy ``state`` (plain Hugging Face names, e.g. a checkpoint saved before wrapping) into
+    ``hf`` in place, whether or not it is wrapped in a bridge."""
+    current = _plain_state(hf)
+    missing = [k for k in state if k not in current]
+    if missing:
+        raise KeyError(f"Checkpoint keys not found in the model: {missing[:3]}...; "
+                       "was it saved from a model of another shape?")
+    for key, value in state.items():
+        current[key].copy_(value)
+
+
 def emergence(model, task: ToyTask, history, n: int = 16, seed: int = 1000):
     """Retrieval, induction and previous-token scores of every head at every checkpoint.
 
@@ -263,11 +285,11 @@ def emergence(model, task: ToyTask, history, n: int = 16, seed: int = 1000):
     import pandas as pd
 
     hf = hf_module(model)
-    final = {k: v.clone() for k, v in hf.state_dict().items()}
+    final = {k: v.clone() for k, v in _plain_state(hf).items()}
     rows = []
     try:
         for step, state in sorted(history.attrs["checkpoints"].items()):
-            hf.load_state_dict(state)
+            _load_plain_state(hf, state)
             run = toy_retrieval_scores(model, task, n=n, seed=seed)
             prev, ind = prev_token_induction_scores(model, task, n=4)
             n_layers, n_heads = run.scores.shape
@@ -278,6 +300,6 @@ def emergence(model, task: ToyTask, history, n: int = 16, seed: int = 1000):
                                  "induction": float(ind[l, h]), "prev_token": float(prev[l, h]),
                                  "greedy_accuracy": run.accuracy})
     finally:
-        hf.load_state_dict(final)
+        _load_plain_state(hf, final)
     frame = pd.DataFrame(rows)
     return frame.merge(history[["step", "loss", "accuracy"]], on="step", how="left")
