@@ -174,3 +174,17 @@ def test_masking_top_head_breaks_retrieval_random_heads_do_not():
     control = [hd for hd in toy_control_pool(run.scores)][: len(retrieval)]
     if control:  # non-retrieval heads of the retrieval heads' layer barely matter
         assert masked_accuracy(bridge, task, control, n=128) > 0.8
+
+
+def test_emergence_replays_checkpoints_on_a_bridge_and_restores_the_weights():
+    from rhlens.toy import accuracy, emergence
+
+    task = ToyTask(length=16, value_len=2)
+    model = build_model(TINY, task.vocab, seed=0)
+    history = train(model, task, steps=20, eval_every=10, eval_n=32, warmup=5, checkpoint_every=10)
+    bridge = to_bridge(model)  # checkpoints were saved before wrapping: plain names
+    final_loss = accuracy(bridge, task, 32)["loss"]
+    em = emergence(bridge, task, history, n=2)
+    assert sorted(em.step.unique()) == [0, 10, 20] and len(em) == 3 * 2 * 2
+    assert accuracy(bridge, task, 32)["loss"] == pytest.approx(final_loss)
+    assert final_loss == pytest.approx(history.loss.iloc[-1], rel=1e-5)
