@@ -1,0 +1,30 @@
+"""Checks for chapter 01 (toy models)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_exact_value_accuracy(fn) -> None:
+    """``fn(logits [n, m, vocab], values [n, m]) -> float``: share of rows whose every value
+    token is the argmax."""
+    logits = torch.zeros(3, 2, 5)
+    values = torch.tensor([[1, 2], [3, 4], [0, 0]])
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            logits[i, j, v] = 1.0
+    logits[2, 1, 3] = 5.0  # row 2 gets its second token wrong
+    got = float(fn(logits, values))
+    assert abs(got - 2 / 3) < 1e-6, (
+        f"Expected 2/3 (rows 0 and 1 fully right, row 2 has one wrong token), got {got}. "
+        "Hint: compare argmax(-1) with values, then require .all() along the value axis.")
+    print("✓ exact-value accuracy is correct")
+
+
+def check_uniform_row(fn) -> None:
+    """``fn(n_keys: int) -> Tensor [n_keys]``: the uniform attention row a masked head gets."""
+    for k in (1, 4, 9):
+        row = fn(k)
+        assert row.shape == (k,), f"Expected shape ({k},), got {tuple(row.shape)}."
+        assert torch.allclose(row, torch.full((k,), 1.0 / k)), "Every key should get 1/n_keys."
+    print("✓ uniform attention row is correct")

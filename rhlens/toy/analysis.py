@@ -1,0 +1,305 @@
+"""The toy chapters' measurements, all through the same code that scores a 7B model.
+
+* :func:`toy_retrieval_scores`: greedy-decode toy prompts with :func:`rhlens.decode.greedy_decode`
+  and score every head with :func:`rhlens.scoring.retrieval_scores` (needle span = the value
+  tokens in the prompt);
+* :func:`head_mask_hooks` / :func:`masked_accuracy`: mask heads (uniform attention, as the
+  paper's code, or zero output) at the decode positions and measure exact-value accuracy;
+* :func:`prev_token_induction_scores`: TransformerLens ``head_detector`` scores;
+* :func:`emergence`: retrieval, induction and previous-token scores at every checkpoint;
+* :func:`score_correlation`: Pearson correlation of two score maps.
+
+Example::
+
+    >>> run = toy_retrieval_scores(bridge, task, n=16)                # doctest: +SKIP
+    >>> run.scores.shape, run.accuracy                                # doctest: +SKIP
+    (torch.Size([2, 4]), 1.0)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from ..decode import greedy_decode
+from ..scoring import retrieval_scores
+from .task import ToyTask
+from .train import accuracy, hf_module, to_bridge
+
+Head = tuple[int, int]
+
+
+@dataclass
+class ToyScoreRun:
+    """Retrieval scores of a toy model.
+
+    Attributes:
+        scores: ``[n_layers, n_heads]`` mean over samples.
+        per_sample: ``[n, n_layers, n_heads]``.
+        correct: ``[n]`` bool, whether greedy decoding produced the exact value.
+        depth: ``[n]`` needle depths.
+    """
+
+    scores: torch.Tensor
+    per_sample: torch.Tensor
+    correct: torch.Tensor
+    depth: torch.Tensor
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.float().mean())
+
+
+@torch.no_grad()
+def toy_retrieval_scores(
+    model, task: ToyTask, n: int = 32, seed: int = 1000, mode: str = "paper",
+    with_key: bool = False, decode_hooks=(), only_correct: bool = False,
+) -> ToyScoreRun:
+    """Decode ``n`` prompts of ``task`` greedily and compute each head's retrieval score.
+
+    The needle span is the value tokens (``with_key`` adds the key). ``only_correct`` averages
+    over the samples answered exactly (the analogue of the paper's ROUGE gate); by default all
+    samples count, so an untrained model scores near 0 rather than raising.
+    """
+    bridge = to_bridge(model)
+    batch = task.sample(n, seed=seed)
+    per_sample, correct = [], []
+    for i in range(n):
+        prompt = batch.input_ids[i]
+        trace = greedy_decode(bridge, prompt, max_new_tokens=task.value_len,
+                              decode_hooks=decode_hooks, stop_at_newline=False)
+        span = batch.needle_span(i, with_key=with_key)
+        per_sample.append(retrieval_scores(trace.argmax, trace.tokens, prompt, span, mode))
+        correct.append(trace.tokens.tolist() == batch.values[i].tolist())
+    per = torch.stack(per_sample)
+    ok = torch.tensor(correct)
+    keep = per[ok] if only_correct and ok.any() else per
+    return ToyScoreRun(keep.mean(0), per, ok, batch.depth)
+
+
+def head_mask_hooks(heads: Iterable[Head], mode: str = "uniform", from_pos: int = 0):
+    """TransformerLens hooks that mask ``heads`` at query positions ``>= from_pos``.
+
+    ``mode="uniform"``: the head attends uniformly to all keys it may see (the paper's code
+    sets its pre-softmax scores to 0); ``mode="zero"``: its attention row is zeroed, so its
+    output is 0 (zero ablation). Positions are absolute: at a cached decode step the single
+    query sits at ``n_keys - 1``, so ``from_pos = len(prompt) - 1`` masks exactly the decode
+    steps whether the model runs with a KV cache or on the whole sequence.
+
+    Returns a list of ``(hook_name, fn)`` pairs for ``run_with_hooks`` / ``hooks()`` /
+    ``greedy_decode(decode_hooks=...)``.
+
+    >>> hooks = head_mask_hooks([(1, 2)])
+    >>> hooks[0][0]
+    'blocks.1.attn.hook_pattern'
+    """
+    if mode not in ("uniform", "zero"):
+        raise ValueError(f"mode must be 'uniform' or 'zero', got {mode!r}.")
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(int(layer), []).append(int(head))
+
+    def make(head_ids: list[int]):
+        def fn(pattern: torch.Tensor, hook):
+            q, k = pattern.shape[-2:]
+            qpos = torch.arange(k - q, k, device=pattern.device)[:, None]  # absolute query pos
+            kpos = torch.arange(k, device=pattern.device)[None, :]
+            visible = (kpos <= qpos).to(pattern.dtype)  # [q, k] causal
+            rows = qpos >= from_pos  # [q, 1]
+            new = visible / visible.sum(-1, keepdim=True) if mode == "uniform" else 0 * visible
+            pattern = pattern.clone()
+            for h in head_ids:
+                pattern[:, h] = torch.where(rows, new, pattern[:, h])
+            return pattern
+
+        return fn
+
+    return [(f"blocks.{layer}.attn.hook_pattern", make(hs)) for layer, hs in sorted(by_layer.items())]
+
+
+@torch.no_grad()
+def masked_accuracy(model, task: ToyTask, heads: Iterable[Head] = (), n: int = 256,
+                    seed: int = 12345, mode: str = "uniform") -> float:
+    """Exact-value accuracy with ``heads`` masked at the decode positions only (teacher
+    forcing on the batch: the same as masking during KV-cached greedy decoding)."""
+    heads = list(heads)
+    if not heads:
+        return accuracy(model, task, n, seed)["accuracy"]
+    bridge = to_bridge(model)
+    batch = task.sample(n, seed=seed)
+    full = batch.full()
+    n_prompt = batch.input_ids.shape[1]
+    logits = bridge.run_with_hooks(
+        full[:, :-1], fwd_hooks=head_mask_hooks(heads, mode, from_pos=n_prompt - 1)
+    )
+    pred = logits[:, n_prompt - 1: n_prompt - 1 + task.value_len].argmax(-1)
+    return float((pred == batch.values).all(1).float().mean())
+
+
+def top_heads(scores: torch.Tensor, k: int) -> list[Head]:
+    """The ``k`` highest-scoring ``(layer, head)`` of a ``[n_layers, n_heads]`` map."""
+    n_heads = scores.shape[1]
+    order = torch.argsort(scores.flatten(), descending=True, stable=True)[:k]
+    return [(int(i) // n_heads, int(i) % n_heads) for i in order]
+
+
+def random_heads(scores: torch.Tensor, k: int, seed: int = 0, exclude: Sequence[Head] = (),
+                 layers: Iterable[int] | None = None) -> list[Head]:
+    """``k`` heads drawn (seeded) from the heads not in ``exclude`` (and, if given, in ``layers``)."""
+    n_layers, n_heads = scores.shape
+    layers = range(n_layers) if layers is None else sorted(set(int(l) for l in layers))
+    excluded = set(exclude)
+    pool = [(l, h) for l in layers for h in range(n_heads) if (l, h) not in excluded]
+    if k > len(pool):
+        raise ValueError(f"Cannot draw {k} heads from the {len(pool)} in the pool; lower k.")
+    return random.Random(seed).sample(pool, k)
+
+
+def control_pool(scores: torch.Tensor, threshold: float = 0.1, same_layers: bool = True) -> list[Head]:
+    """Heads eligible as a random control: those scoring below ``threshold`` (never a retrieval
+    head); with ``same_layers`` only in the layers that hold a head scoring above it.
+
+    In a 2-layer model layer 0 builds the previous-token features the retrieval heads of layer 1
+    read, so masking a layer-0 head can break retrieval without being a retrieval head; drawing
+    the control from the retrieval heads' own layer compares like with like.
+
+    >>> control_pool(torch.tensor([[0.0, 0.05], [0.9, 0.0]]))
+    [(1, 1)]
+    """
+    n_layers, n_heads = scores.shape
+    layers = {l for l in range(n_layers) if (scores[l] >= threshold).any()} if same_layers else set(range(n_layers))
+    return [(l, h) for l in sorted(layers) for h in range(n_heads) if scores[l, h] < threshold]
+
+
+def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int] = (1, 2),
+                   n_random: int = 5, n: int = 256, mode: str = "uniform", seed: int = 0,
+                   retrieval_threshold: float = 0.1, same_layers: bool = True):
+    """Accuracy with the top-``k`` retrieval heads masked versus ``k`` random heads.
+
+    Random heads are drawn (seeded, ``n_random`` draws per ``k``, or every subset when there are
+    fewer) from :func:`control_pool`: heads scoring below ``retrieval_threshold``, with
+    ``same_layers`` only in the retrieval heads' layers. When the pool has fewer than ``k``
+    heads, the random columns are NaN.
+
+    Returns a pandas DataFrame: ``k``, ``top_heads``, ``top_scores`` (min score among them),
+    ``acc_none``, ``acc_top``, ``acc_random`` (mean over draws), ``acc_random_min``,
+    ``random_draws`` (the distinct control sets used), ``pool_size``.
+    """
+    import itertools
+    import math
+
+    import pandas as pd
+
+    base = masked_accuracy(model, task, (), n)
+    pool = control_pool(scores, retrieval_threshold, same_layers)
+    rows = []
+    for k in ks:
+        top = top_heads(scores, k)
+        if k > len(pool):
+            draws = []
+        elif math.comb(len(pool), k) <= n_random:
+            draws = [list(c) for c in itertools.combinations(pool, k)]
+        else:
+            rng = random.Random(seed + k)
+            draws = [rng.sample(pool, k) for _ in range(n_random)]
+        rand = [masked_accuracy(model, task, d, n, mode=mode) for d in draws]
+        rows.append({
+            "k": k,
+            "top_heads": ", ".join(f"L{l}H{h}" for l, h in top),
+            "top_min_score": float(min(scores[hd] for hd in top)),
+            "acc_none": base,
+            "acc_top": masked_accuracy(model, task, top, n, mode=mode),
+            "acc_random": sum(rand) / len(rand) if rand else float("nan"),
+            "acc_random_min": min(rand) if rand else float("nan"),
+            "random_draws": len(draws),
+            "pool_size": len(pool),
+        })
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def prev_token_induction_scores(model, task: ToyTask, n: int = 8, seed: int = 2000):
+    """Previous-token and induction scores of every head, with TransformerLens
+    ``detect_head`` (``"mul"`` measure: the share of a head's attention on the expected keys),
+    on ``n`` full task sequences (prompt + value): the induction pattern marks, for each token
+    seen before, the position just after its earlier occurrence -- for the answer tokens, the
+    next needle token.
+
+    Returns ``(prev [n_layers, n_heads], induction [n_layers, n_heads])``.
+    """
+    from transformer_lens.head_detector import detect_head
+
+    bridge = to_bridge(model)
+    batch = task.sample(n, seed=seed)
+    tok = bridge.tokenizer
+    texts = [tok.decode(row[1:-1]) for row in batch.full()]  # to_tokens adds <bos>
+    prev = detect_head(bridge, texts, "previous_token_head", exclude_bos=True)
+    ind = detect_head(bridge, texts, "induction_head", exclude_bos=True)
+    return prev.float(), ind.float()
+
+
+def score_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two score maps of the same shape (flattened)."""
+    if a.shape != b.shape:
+        raise ValueError(f"Score maps differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}.")
+    x = torch.stack([a.flatten().double(), b.flatten().double()])
+    return float(torch.corrcoef(x)[0, 1])
+
+
+def _plain_state(hf) -> dict:
+    """The Hugging Face module's weights under their plain names: once wrapped in a bridge,
+    its ``state_dict`` keys gain ``._original_component`` segments (and bridge aliases)."""
+    plain = {}
+    for key, value in hf.state_dict().items():
+        plain.setdefault(key.replace("._original_component", ""), value)
+    return plain
+
+
+@torch.no_grad()
+def _load_plain_state(hf, state: dict) -> None:
+    """Copy ``state`` (plain Hugging Face names, e.g. a checkpoint saved before wrapping) into
+    ``hf`` in place, whether or not it is wrapped in a bridge."""
+    current = _plain_state(hf)
+    missing = [k for k in state if k not in current]
+    if missing:
+        raise KeyError(f"Checkpoint keys not found in the model: {missing[:3]}...; "
+                       "was it saved from a model of another shape?")
+    for key, value in state.items():
+        current[key].copy_(value)
+
+
+def emergence(model, task: ToyTask, history, n: int = 16, seed: int = 1000):
+    """Retrieval, induction and previous-token scores of every head at every checkpoint.
+
+    Args:
+        model: the trained model (its weights are restored afterwards).
+        history: the DataFrame of :func:`rhlens.toy.train` with ``attrs["checkpoints"]``.
+
+    Returns:
+        a long pandas DataFrame: ``step``, ``head`` (``L1H2``), ``retrieval``, ``induction``,
+        ``prev_token``, joined with the history's ``loss`` and ``accuracy``.
+    """
+    import pandas as pd
+
+    hf = hf_module(model)
+    final = {k: v.clone() for k, v in _plain_state(hf).items()}
+    rows = []
+    try:
+        for step, state in sorted(history.attrs["checkpoints"].items()):
+            _load_plain_state(hf, state)
+            run = toy_retrieval_scores(model, task, n=n, seed=seed)
+            prev, ind = prev_token_induction_scores(model, task, n=4)
+            n_layers, n_heads = run.scores.shape
+            for l in range(n_layers):
+                for h in range(n_heads):
+                    rows.append({"step": step, "head": f"L{l}H{h}", "layer": l,
+                                 "retrieval": float(run.scores[l, h]),
+                                 "induction": float(ind[l, h]), "prev_token": float(prev[l, h]),
+                                 "greedy_accuracy": run.accuracy})
+    finally:
+        _load_plain_state(hf, final)
+    frame = pd.DataFrame(rows)
+    return frame.merge(history[["step", "loss", "accuracy"]], on="step", how="left")
