@@ -36,7 +36,6 @@ import torch
 
 from .decode import DecodeTrace, greedy_decode
 from .haystack import Sample
-from .niah import rouge1_recall
 
 STATIC_ENV = "RHLENS_STATIC"
 CLASSES = ("complete", "incomplete", "hallucinated")
@@ -85,7 +84,9 @@ def classify_score(score: float) -> str:
 
 
 def classify_answer(answer: str, needle_answer: str) -> str:
-    """Class of a model's ``answer`` given the needle's answer span (ROUGE-1 recall).
+    """Class of a model's ``answer`` given the needle's answer span.
+
+    The same rule as :func:`rhlens.failure.classify_answer` (which takes the needle first).
 
     >>> classify_answer("eat a sandwich in Dolores Park", "eat a sandwich")
     'complete'
@@ -94,7 +95,9 @@ def classify_answer(answer: str, needle_answer: str) -> str:
     >>> classify_answer("go surfing", "eat a sandwich")
     'hallucinated'
     """
-    return classify_score(100.0 * rouge1_recall(needle_answer, answer))
+    from .failure import classify_answer as classify
+
+    return classify(needle_answer, answer)
 
 
 # --------------------------------------------------------------------------- head explorer data
