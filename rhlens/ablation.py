@@ -82,11 +82,19 @@ def _as_heads(z: torch.Tensor, n_heads: int) -> torch.Tensor:
     return z
 
 
-def _uniform_fn(head_idx: list[int]):
+def _query_rows(n_query: int, offset: int, from_pos: int, device) -> torch.Tensor:
+    """``[n_query, 1]`` bool: which query rows sit at absolute position ``>= from_pos``."""
+    return (torch.arange(n_query, device=device) + offset >= from_pos)[:, None]
+
+
+def _uniform_fn(head_idx: list[int], from_pos: int = 0):
     def hook(scores: torch.Tensor, hook) -> torch.Tensor:
         # scores: [batch, head, query, key], hidden keys already at the dtype's minimum
         sub = scores[:, head_idx]
         visible = torch.isfinite(sub) & (sub > torch.finfo(sub.dtype).min / 2)
+        if from_pos > 0:  # the queries are the last n_query of the n_key positions
+            q, k = sub.shape[-2:]
+            visible = visible & _query_rows(q, k - q, from_pos, sub.device)
         scores = scores.clone()
         scores[:, head_idx] = torch.where(visible, torch.zeros_like(sub), sub)
         return scores
@@ -94,11 +102,17 @@ def _uniform_fn(head_idx: list[int]):
     return hook
 
 
-def _replace_fn(head_idx: list[int], n_heads: int | None, fill: torch.Tensor | None = None):
+def _replace_fn(head_idx: list[int], n_heads: int | None, fill: torch.Tensor | None = None,
+                from_pos: int = 0):
     def hook(z: torch.Tensor, hook) -> torch.Tensor:
         # z: [batch, pos, head, d_head] (or flat [batch, pos, head * d_head])
         zz = _as_heads(z, n_heads).clone()
-        zz[:, :, head_idx] = 0.0 if fill is None else fill.to(zz.dtype).to(zz.device)
+        new = zz[:, :, head_idx]
+        new = torch.zeros_like(new) if fill is None else fill.to(zz).expand_as(new)
+        if from_pos > 0:
+            rows = _query_rows(zz.shape[1], 0, from_pos, zz.device)[None, :, :, None]
+            new = torch.where(rows, new, zz[:, :, head_idx])
+        zz[:, :, head_idx] = new
         return zz.reshape(z.shape)
 
     return hook
@@ -109,6 +123,7 @@ def mask_hooks(
     mode: str = "uniform",
     means: torch.Tensor | None = None,
     n_heads: int | None = None,
+    from_pos: int = 0,
 ) -> list[Hook]:
     """Hooks that mask the query heads ``heads`` (``[(layer, head), ...]``).
 
@@ -119,6 +134,11 @@ def mask_hooks(
             (see :func:`head_means`).
         n_heads: query heads per layer; only needed if the model gives ``hook_z`` flat
             (``[batch, pos, n_heads * d_head]``).
+        from_pos: mask only queries at position ``>= from_pos`` (0: every query). Use it to
+            mask the answer positions of a teacher-forced run without a KV cache, e.g.
+            ``from_pos=len(prompt) - 1``. ``"uniform"`` reads absolute positions from the
+            number of keys, so it also holds with a KV cache; ``"zero"`` and ``"mean"`` count
+            the positions of the current forward pass.
 
     Returns:
         ``[(hook name, fn), ...]``, one per masked layer.
@@ -131,10 +151,10 @@ def mask_hooks(
     hooks: list[Hook] = []
     for layer, idx in heads_by_layer(heads).items():
         if mode == "uniform":
-            hooks.append((f"blocks.{layer}.attn.hook_attn_scores", _uniform_fn(idx)))
+            hooks.append((f"blocks.{layer}.attn.hook_attn_scores", _uniform_fn(idx, from_pos)))
             continue
         fill = None if mode == "zero" else means[layer, idx]  # [k, d_head]
-        hooks.append((f"blocks.{layer}.attn.hook_z", _replace_fn(idx, n_heads, fill)))
+        hooks.append((f"blocks.{layer}.attn.hook_z", _replace_fn(idx, n_heads, fill, from_pos)))
     return hooks
 
 
@@ -170,37 +190,68 @@ def top_heads(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
     """The ``k`` heads with the highest score (``scores``: ``[n_layers, n_heads]``).
 
     Ties are broken by position (lower layer, then lower head), so the choice is stable.
+
+    >>> top_heads(torch.tensor([[0.1, 0.9], [0.5, 0.5]]), 3)
+    [(0, 1), (1, 0), (1, 1)]
     """
     flat = scores.flatten()
     if not 0 <= k <= flat.numel():
         raise ValueError(f"k must lie in [0, {flat.numel()}], got {k}.")
-    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))[:k]
+    order = torch.argsort(-flat.float(), stable=True)[:k].tolist()
     n_heads = scores.shape[1]
     return [(i // n_heads, i % n_heads) for i in order]
 
 
+def control_pool(
+    scores: torch.Tensor, threshold: float | None = 0.1, same_layers: bool = False
+) -> list[tuple[int, int]]:
+    """Heads a random control may draw: those that are *not* retrieval heads.
+
+    A retrieval head scores above ``threshold`` (0.1 in the paper), so the pool holds the heads
+    scoring ``<= threshold`` (every head if ``threshold`` is None). With ``same_layers``, only
+    heads in layers that hold a retrieval head: in a 2-layer toy model, layer 0 builds the
+    features layer 1's retrieval heads read, so masking any layer-0 head can break retrieval
+    without being a retrieval head; drawing from the retrieval heads' own layers compares like
+    with like.
+
+    >>> s = torch.tensor([[0.0, 0.05], [0.9, 0.0]])
+    >>> control_pool(s), control_pool(s, same_layers=True)
+    ([(0, 0), (0, 1), (1, 1)], [(1, 1)])
+    """
+    n_layers, n_heads = scores.shape
+    if threshold is None:
+        return [(l, h) for l in range(n_layers) for h in range(n_heads)]
+    below = scores <= threshold  # compared in the scores' dtype: a float32 0.1 is at the threshold
+    layers = range(n_layers)
+    if same_layers:
+        layers = [l for l in layers if not bool(below[l].all())]
+    return [(l, h) for l in layers for h in range(n_heads) if bool(below[l, h])]
+
+
 def random_heads(
-    scores: torch.Tensor, k: int, seed: int, threshold: float = 0.1
+    scores: torch.Tensor, k: int, seed: int, threshold: float | None = 0.1,
+    same_layers: bool = False, exclude: Iterable[tuple[int, int]] = (),
 ) -> list[tuple[int, int]]:
     """``k`` heads drawn at random, with ``seed``, among heads that are *not* retrieval heads.
 
-    A retrieval head scores above ``threshold`` (0.1 in the paper); only heads with score
-    ``<= threshold`` can be drawn, so the control never masks a retrieval head.
+    The pool is :func:`control_pool` (heads scoring ``<= threshold``, optionally only in the
+    retrieval heads' layers) less ``exclude``, so the control never masks a retrieval head.
+    The same seed always gives the same heads.
 
     >>> s = torch.tensor([[0.9, 0.0, 0.05], [0.0, 0.3, 0.0]])
     >>> sorted(random_heads(s, 4, seed=0)) == [(0, 1), (0, 2), (1, 0), (1, 2)]
     True
     """
-    n_heads = scores.shape[1]
-    pool = torch.nonzero(scores.flatten() <= threshold).flatten().tolist()  # in the scores' dtype
+    excluded = {(int(l), int(h)) for l, h in exclude}
+    pool = [hd for hd in control_pool(scores, threshold, same_layers) if hd not in excluded]
     if k > len(pool):
+        where = "" if threshold is None else f" score <= {threshold}"
         raise ValueError(
-            f"Only {len(pool)} heads score <= {threshold}; cannot draw {k} random "
+            f"Only {len(pool)} heads{where} are left to draw from; cannot draw {k} random "
             "non-retrieval heads. Use a smaller k."
         )
     g = torch.Generator().manual_seed(int(seed))
-    chosen = [pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()]
-    return [(i // n_heads, i % n_heads) for i in chosen]
+    return [pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()]
 
 
 def k_grid(n_heads_total: int, paper_grid: Sequence[int] = PAPER_K_GRID) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rhlens.ablation import mask_hooks
 from rhlens.toy import (
     ATTN_ONLY_2L,
     ASST,
@@ -15,7 +16,6 @@ from rhlens.toy import (
     ToyTask,
     build_model,
     control_pool,
-    head_mask_hooks,
     masked_accuracy,
     random_heads,
     score_correlation,
@@ -123,39 +123,40 @@ def test_mask_hooks_only_touch_decode_positions_and_heads():
 
     from_pos = task.length - 1
     for mode in ("uniform", "zero"):
-        hooks = head_mask_hooks([(1, 0)], mode, from_pos=from_pos)
+        hooks = mask_hooks([(1, 0)], mode, from_pos=from_pos)
         masked = bridge.run_with_hooks(ids, fwd_hooks=[*hooks, ("blocks.1.attn.hook_pattern", grab)])
         assert torch.allclose(masked[:, :from_pos], clean[:, :from_pos], atol=1e-5)
         assert not torch.allclose(masked[:, from_pos:], clean[:, from_pos:])
         row = seen["p"][0, 0, from_pos]
         if mode == "uniform":
             assert torch.allclose(row[: from_pos + 1], torch.full((from_pos + 1,), 1 / (from_pos + 1)))
-        else:
-            assert not row.any()
+        else:  # "zero" sets the head's output (hook_z) to 0, its pattern is left alone
+            assert torch.allclose(row, cache["blocks.1.attn.hook_pattern"][0, 0, from_pos])
         untouched = cache["blocks.1.attn.hook_pattern"][0, 1]
         assert torch.allclose(seen["p"][0, 1], untouched)
-    with pytest.raises(ValueError):
-        head_mask_hooks([(0, 0)], "mean")
+    with pytest.raises(ValueError, match="means"):
+        mask_hooks([(0, 0)], "mean")
 
 
 def test_head_selection_helpers():
     scores = torch.tensor([[0.0, 0.9], [0.3, 0.05]])
     assert top_heads(scores, 2) == [(0, 1), (1, 0)]
-    drawn = random_heads(scores, 2, seed=0, exclude=[(0, 1), (1, 0)])
+    drawn = random_heads(scores, 2, seed=0, threshold=None, exclude=[(0, 1), (1, 0)])
     assert sorted(drawn) == [(0, 0), (1, 1)]
     assert random_heads(scores, 1, seed=5) == random_heads(scores, 1, seed=5)
     assert score_correlation(scores, 2 * scores) == pytest.approx(1.0)
-    assert random_heads(scores, 1, seed=0, exclude=[(1, 0)], layers=[1]) == [(1, 1)]
-    with pytest.raises(ValueError, match="lower k"):
-        random_heads(scores, 2, exclude=[(1, 0)], layers=[1])
+    # non-retrieval heads (<= 0.1) in the layers holding a retrieval head: (0, 0) and (1, 1)
+    assert sorted(random_heads(scores, 2, seed=0, same_layers=True)) == [(0, 0), (1, 1)]
+    with pytest.raises(ValueError, match="smaller k"):
+        random_heads(scores, 3, seed=0)
 
 
 def test_control_pool_never_holds_a_retrieval_head():
     scores = torch.tensor([[0.0, 0.02, 0.3], [0.95, 0.05, 0.0], [0.0, 0.0, 0.0]])
     # same_layers: only layers 0 and 1 hold a head >= 0.1
-    assert control_pool(scores) == [(0, 0), (0, 1), (1, 1), (1, 2)]
-    everywhere = control_pool(scores, same_layers=False)
-    assert (2, 0) in everywhere and all(scores[hd] < 0.1 for hd in everywhere)
+    assert control_pool(scores, same_layers=True) == [(0, 0), (0, 1), (1, 1), (1, 2)]
+    everywhere = control_pool(scores)
+    assert (2, 0) in everywhere and all(scores[hd] <= 0.1 for hd in everywhere)
 
 
 @pytest.mark.slow
@@ -171,7 +172,7 @@ def test_masking_top_head_breaks_retrieval_random_heads_do_not():
     retrieval = [hd for hd in top_heads(run.scores, 8) if run.scores[hd] > 0.5]
     acc_top = masked_accuracy(bridge, task, retrieval, n=128)
     assert acc_top < 0.2
-    control = [hd for hd in toy_control_pool(run.scores)][: len(retrieval)]
+    control = [hd for hd in toy_control_pool(run.scores, same_layers=True)][: len(retrieval)]
     if control:  # non-retrieval heads of the retrieval heads' layer barely matter
         assert masked_accuracy(bridge, task, control, n=128) > 0.8
 

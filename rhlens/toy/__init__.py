@@ -15,7 +15,6 @@ from .train import (
 from .analysis import (
     ToyScoreRun,
     emergence,
-    head_mask_hooks,
     masked_accuracy,
     masking_effect,
     prev_token_induction_scores,

@@ -3,8 +3,9 @@
 * :func:`toy_retrieval_scores`: greedy-decode toy prompts with :func:`rhlens.decode.greedy_decode`
   and score every head with :func:`rhlens.scoring.retrieval_scores` (needle span = the value
   tokens in the prompt);
-* :func:`head_mask_hooks` / :func:`masked_accuracy`: mask heads (uniform attention, as the
-  paper's code, or zero output) at the decode positions and measure exact-value accuracy;
+* :func:`masked_accuracy`: mask heads with :func:`rhlens.ablation.mask_hooks` (uniform
+  attention, as the paper, or zero output) at the decode positions and measure exact-value
+  accuracy; :func:`masking_effect`: top-K against random-K (:func:`rhlens.ablation.random_heads`);
 * :func:`prev_token_induction_scores`: TransformerLens ``head_detector`` scores;
 * :func:`emergence`: retrieval, induction and previous-token scores at every checkpoint;
 * :func:`score_correlation`: Pearson correlation of two score maps.
@@ -18,12 +19,12 @@ Example::
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 
+from ..ablation import control_pool, mask_hooks, random_heads, top_heads  # noqa: F401
 from ..decode import greedy_decode
 from ..scoring import retrieval_scores
 from .task import ToyTask
@@ -80,46 +81,6 @@ def toy_retrieval_scores(
     return ToyScoreRun(keep.mean(0), per, ok, batch.depth)
 
 
-def head_mask_hooks(heads: Iterable[Head], mode: str = "uniform", from_pos: int = 0):
-    """TransformerLens hooks that mask ``heads`` at query positions ``>= from_pos``.
-
-    ``mode="uniform"``: the head attends uniformly to all keys it may see (the paper's code
-    sets its pre-softmax scores to 0); ``mode="zero"``: its attention row is zeroed, so its
-    output is 0 (zero ablation). Positions are absolute: at a cached decode step the single
-    query sits at ``n_keys - 1``, so ``from_pos = len(prompt) - 1`` masks exactly the decode
-    steps whether the model runs with a KV cache or on the whole sequence.
-
-    Returns a list of ``(hook_name, fn)`` pairs for ``run_with_hooks`` / ``hooks()`` /
-    ``greedy_decode(decode_hooks=...)``.
-
-    >>> hooks = head_mask_hooks([(1, 2)])
-    >>> hooks[0][0]
-    'blocks.1.attn.hook_pattern'
-    """
-    if mode not in ("uniform", "zero"):
-        raise ValueError(f"mode must be 'uniform' or 'zero', got {mode!r}.")
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(int(layer), []).append(int(head))
-
-    def make(head_ids: list[int]):
-        def fn(pattern: torch.Tensor, hook):
-            q, k = pattern.shape[-2:]
-            qpos = torch.arange(k - q, k, device=pattern.device)[:, None]  # absolute query pos
-            kpos = torch.arange(k, device=pattern.device)[None, :]
-            visible = (kpos <= qpos).to(pattern.dtype)  # [q, k] causal
-            rows = qpos >= from_pos  # [q, 1]
-            new = visible / visible.sum(-1, keepdim=True) if mode == "uniform" else 0 * visible
-            pattern = pattern.clone()
-            for h in head_ids:
-                pattern[:, h] = torch.where(rows, new, pattern[:, h])
-            return pattern
-
-        return fn
-
-    return [(f"blocks.{layer}.attn.hook_pattern", make(hs)) for layer, hs in sorted(by_layer.items())]
-
-
 @torch.no_grad()
 def masked_accuracy(model, task: ToyTask, heads: Iterable[Head] = (), n: int = 256,
                     seed: int = 12345, mode: str = "uniform") -> float:
@@ -133,45 +94,10 @@ def masked_accuracy(model, task: ToyTask, heads: Iterable[Head] = (), n: int = 2
     full = batch.full()
     n_prompt = batch.input_ids.shape[1]
     logits = bridge.run_with_hooks(
-        full[:, :-1], fwd_hooks=head_mask_hooks(heads, mode, from_pos=n_prompt - 1)
+        full[:, :-1], fwd_hooks=mask_hooks(heads, mode, from_pos=n_prompt - 1)
     )
     pred = logits[:, n_prompt - 1: n_prompt - 1 + task.value_len].argmax(-1)
     return float((pred == batch.values).all(1).float().mean())
-
-
-def top_heads(scores: torch.Tensor, k: int) -> list[Head]:
-    """The ``k`` highest-scoring ``(layer, head)`` of a ``[n_layers, n_heads]`` map."""
-    n_heads = scores.shape[1]
-    order = torch.argsort(scores.flatten(), descending=True, stable=True)[:k]
-    return [(int(i) // n_heads, int(i) % n_heads) for i in order]
-
-
-def random_heads(scores: torch.Tensor, k: int, seed: int = 0, exclude: Sequence[Head] = (),
-                 layers: Iterable[int] | None = None) -> list[Head]:
-    """``k`` heads drawn (seeded) from the heads not in ``exclude`` (and, if given, in ``layers``)."""
-    n_layers, n_heads = scores.shape
-    layers = range(n_layers) if layers is None else sorted(set(int(l) for l in layers))
-    excluded = set(exclude)
-    pool = [(l, h) for l in layers for h in range(n_heads) if (l, h) not in excluded]
-    if k > len(pool):
-        raise ValueError(f"Cannot draw {k} heads from the {len(pool)} in the pool; lower k.")
-    return random.Random(seed).sample(pool, k)
-
-
-def control_pool(scores: torch.Tensor, threshold: float = 0.1, same_layers: bool = True) -> list[Head]:
-    """Heads eligible as a random control: those scoring below ``threshold`` (never a retrieval
-    head); with ``same_layers`` only in the layers that hold a head scoring above it.
-
-    In a 2-layer model layer 0 builds the previous-token features the retrieval heads of layer 1
-    read, so masking a layer-0 head can break retrieval without being a retrieval head; drawing
-    the control from the retrieval heads' own layer compares like with like.
-
-    >>> control_pool(torch.tensor([[0.0, 0.05], [0.9, 0.0]]))
-    [(1, 1)]
-    """
-    n_layers, n_heads = scores.shape
-    layers = {l for l in range(n_layers) if (scores[l] >= threshold).any()} if same_layers else set(range(n_layers))
-    return [(l, h) for l in sorted(layers) for h in range(n_heads) if scores[l, h] < threshold]
 
 
 def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int] = (1, 2),
@@ -180,9 +106,9 @@ def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int]
     """Accuracy with the top-``k`` retrieval heads masked versus ``k`` random heads.
 
     Random heads are drawn (seeded, ``n_random`` draws per ``k``, or every subset when there are
-    fewer) from :func:`control_pool`: heads scoring below ``retrieval_threshold``, with
-    ``same_layers`` only in the retrieval heads' layers. When the pool has fewer than ``k``
-    heads, the random columns are NaN.
+    fewer) from :func:`rhlens.ablation.control_pool`: heads scoring ``<= retrieval_threshold``,
+    with ``same_layers`` only in the retrieval heads' layers. When the pool has fewer than
+    ``k`` heads, the random columns are NaN.
 
     Returns a pandas DataFrame: ``k``, ``top_heads``, ``top_scores`` (min score among them),
     ``acc_none``, ``acc_top``, ``acc_random`` (mean over draws), ``acc_random_min``,
@@ -203,8 +129,8 @@ def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int]
         elif math.comb(len(pool), k) <= n_random:
             draws = [list(c) for c in itertools.combinations(pool, k)]
         else:
-            rng = random.Random(seed + k)
-            draws = [rng.sample(pool, k) for _ in range(n_random)]
+            draws = [random_heads(scores, k, seed + 1000 * k + j, retrieval_threshold, same_layers)
+                     for j in range(n_random)]
         rand = [masked_accuracy(model, task, d, n, mode=mode) for d in draws]
         rows.append({
             "k": k,
