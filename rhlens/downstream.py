@@ -41,84 +41,37 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from .ablation import mask_hooks, random_heads, top_heads  # noqa: F401 (re-exported)
 from .decode import Hook, _model_device, _new_cache, prefill
 from .haystack import Needle, _encode, chat_parts
 
 # --------------------------------------------------------------------------- head sets
 
 
-def top_heads(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
-    """The ``k`` query heads with the highest scores (``scores``: ``[n_layers, n_heads]``).
-
-    >>> top_heads(torch.tensor([[0.1, 0.9], [0.5, 0.0]]), 2)
-    [(0, 1), (1, 0)]
-    """
-    if k < 0 or k > scores.numel():
-        raise ValueError(f"k must lie in [0, {scores.numel()}], got {k}.")
-    order = scores.flatten().argsort(descending=True, stable=True)[:k]
-    n_heads = scores.shape[1]
-    return [(int(i) // n_heads, int(i) % n_heads) for i in order]
-
-
-def random_heads(
-    scores: torch.Tensor, k: int, seed: int, below: float = 0.1
-) -> list[tuple[int, int]]:
-    """``k`` heads drawn at random (seeded) among those with score ``< below``.
-
-    Unlike the public code, the draw is reproducible and never picks a retrieval head.
-
-    >>> s = torch.tensor([[0.9, 0.0], [0.0, 0.05]])
-    >>> sorted(random_heads(s, 3, seed=0))
-    [(0, 1), (1, 0), (1, 1)]
-    """
-    pool = [(l, h) for l in range(scores.shape[0]) for h in range(scores.shape[1])
-            if float(scores[l, h]) < below]
-    if k > len(pool):
-        raise ValueError(
-            f"Only {len(pool)} heads score below {below}; cannot draw {k} random ones. "
-            "Ask for fewer heads."
-        )
-    return sorted(random.Random(seed).sample(pool, k))
-
-
-def _uniform_mask_hooks(heads: Sequence[tuple[int, int]]) -> list[Hook]:
-    """Hooks giving ``heads`` uniform attention at decode steps (the paper's mask).
-
-    Sets their pre-softmax scores ``blocks.{l}.attn.hook_attn_scores[:, h]`` to 0. At a
-    decode step every cached key is visible (no causal mask to keep), so zero scores mean
-    uniform attention over all keys. Meant for decode hooks only.
-    """
-    by_layer: dict[int, list[int]] = collections.defaultdict(list)
-    for layer, head in heads:
-        by_layer[int(layer)].append(int(head))
-    hooks = []
-    for layer, hs in sorted(by_layer.items()):
-        def fn(scores, hook, hs=tuple(hs)):
-            scores[:, list(hs)] = 0.0
-            return scores
-        hooks.append((f"blocks.{layer}.attn.hook_attn_scores", fn))
-    return hooks
-
-
-#: The mask used by :func:`head_conditions` (swap in another ``heads -> hooks`` function).
-mask_hooks: Callable[[Sequence[tuple[int, int]]], list[Hook]] = _uniform_mask_hooks
+def _uniform_mask(heads: Sequence[tuple[int, int]]) -> list[Hook]:
+    """The paper's mask (uniform attention) for ``heads``: :func:`rhlens.ablation.mask_hooks`."""
+    return mask_hooks(heads, mode="uniform")
 
 
 def head_conditions(
     scores: torch.Tensor,
     k: int,
     seeds: Sequence[int] = (0, 1, 2),
-    below: float = 0.1,
+    threshold: float = 0.1,
     masker: Callable[[Sequence[tuple[int, int]]], list[Hook]] | None = None,
 ) -> dict[str, list[Hook]]:
     """The paper's three conditions as named decode-hook lists.
 
+    Top-K heads come from :func:`rhlens.ablation.top_heads`, random ones (score ``<=
+    threshold``, one draw per seed) from :func:`rhlens.ablation.random_heads`; ``masker``
+    turns heads into hooks (default: the uniform mask of :func:`rhlens.ablation.mask_hooks`).
+
     Returns ``{"none": [], "top-K": mask(top K), "random-K-s0": mask(K random), ...}``.
     """
-    masker = masker or mask_hooks
+    masker = masker or _uniform_mask
     conds = {"none": [], f"top-{k}": masker(top_heads(scores, k))}
     for seed in seeds:
-        conds[f"random-{k}-s{seed}"] = masker(random_heads(scores, k, seed, below))
+        conds[f"random-{k}-s{seed}"] = masker(random_heads(scores, k, seed, threshold))
     return conds
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rhlens.ablation import mask_hooks, random_heads, top_heads
 from rhlens.decode import greedy_decode
 from rhlens.downstream import (
-    _uniform_mask_hooks,
     batched_hooks,
     cot_prompt,
     decode_conditions,
@@ -20,10 +20,8 @@ from rhlens.downstream import (
     make_qa_items,
     normalize_answer,
     qa_prompt,
-    random_heads,
     summarize_conditions,
     token_f1,
-    top_heads,
 )
 from rhlens.kvcache import compressed_cache_hooks
 from rhlens.models import embedded_tokenizer
@@ -89,7 +87,7 @@ def test_head_sets_are_seeded_and_below_threshold():
     assert draw != random_heads(scores, 5, seed=4)
     assert all(scores[l, h] < 0.1 for l, h in draw)
     assert len(set(draw)) == 5
-    with pytest.raises(ValueError, match="below"):
+    with pytest.raises(ValueError, match="cannot draw"):
         random_heads(scores, 23, seed=0)
     conds = head_conditions(scores, 2, seeds=(0, 1))
     assert list(conds) == ["none", "top-2", "random-2-s0", "random-2-s1"]
@@ -120,7 +118,7 @@ def test_uniform_mask_gives_uniform_attention(tiny_llama):
     def rec(pattern, hook):
         rows.setdefault(hook.name, []).append(pattern[0, :, -1].clone())
 
-    hooks = _uniform_mask_hooks([(1, 2)]) + [(lambda n: n.endswith("hook_pattern"), rec)]
+    hooks = mask_hooks([(1, 2)]) + [(lambda n: n.endswith("hook_pattern"), rec)]
     greedy_decode(tiny_llama, ids, 3, decode_hooks=hooks, stop_at_newline=False)
     for row in rows["blocks.1.attn.hook_pattern"]:
         n = row.shape[-1]
@@ -132,7 +130,7 @@ def test_decode_conditions_match_greedy_decode(tiny_llama):
     ids = torch.arange(300, 340)
     conds = {
         "none": [],
-        "mask": _uniform_mask_hooks([(0, 0), (1, 3)]),
+        "mask": mask_hooks([(0, 0), (1, 3)]),
         "sink": compressed_cache_hooks([], 2, 4, 2, sink=1, window=0),
     }
     outs = decode_conditions(tiny_llama, ids, conds, max_new_tokens=6, stop_at_newline=False)
