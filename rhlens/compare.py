@@ -105,10 +105,11 @@ def spearman(a: ScoreSource, b: ScoreSource) -> float:
 
 
 def top_heads(source: ScoreSource, k: int) -> list[tuple[int, int]]:
-    """The ``k`` highest-scoring ``(layer, head)`` pairs (ties broken by position)."""
-    m = as_map(source)
-    order = torch.argsort(-m.flatten(), stable=True)[:k]
-    return [(int(i) // m.shape[1], int(i) % m.shape[1]) for i in order]
+    """The ``k`` highest-scoring ``(layer, head)`` pairs of any score source (tensor, file, URL,
+    dict): :func:`rhlens.ablation.top_heads` (ties broken by position)."""
+    from .ablation import top_heads as _top
+
+    return _top(as_map(source), k)
 
 
 def top_k_overlap(a: ScoreSource, b: ScoreSource, k: int = 20) -> float:

@@ -64,12 +64,15 @@ class ScoreRun:
 def sample_grid(
     tokenizer,
     needles: Sequence[Needle],
-    haystack: str,
+    haystack: str | None,
     lengths: Sequence[int],
     depths: Sequence[float],
     n_ctx: int | None = None,
 ) -> list[Sample]:
-    """Every (needle, length, depth) prompt, in that nesting order."""
+    """Every (needle, length, depth) prompt, in that nesting order; ``haystack=None`` uses
+    the built-in haystack. The one grid that scoring, NIAH, K sweeps and failure sweeps share."""
+    if haystack is None:
+        haystack = load_haystack(None)
     return [
         build_sample(tokenizer, needle, haystack, length, depth, n_ctx=n_ctx)
         for needle in needles
@@ -129,8 +132,7 @@ def detect_retrieval_heads(
         needle_list = load_needles(needles)
     else:
         needle_list = list(needles)
-    text = haystack if haystack is not None else load_haystack(None)
-    samples = sample_grid(model.tokenizer, needle_list, text, lengths, depths, model.cfg.n_ctx)
+    samples = sample_grid(model.tokenizer, needle_list, haystack, lengths, depths, model.cfg.n_ctx)
     settings = {
         "model": str(model.cfg.model_name),
         "mode": mode,

@@ -83,23 +83,6 @@ def classify_score(score: float) -> str:
     return "incomplete"
 
 
-def classify_answer(answer: str, needle_answer: str) -> str:
-    """Class of a model's ``answer`` given the needle's answer span.
-
-    The same rule as :func:`rhlens.failure.classify_answer` (which takes the needle first).
-
-    >>> classify_answer("eat a sandwich in Dolores Park", "eat a sandwich")
-    'complete'
-    >>> classify_answer("eat pizza", "eat a sandwich")
-    'incomplete'
-    >>> classify_answer("go surfing", "eat a sandwich")
-    'hallucinated'
-    """
-    from .failure import classify_answer as classify
-
-    return classify(needle_answer, answer)
-
-
 # --------------------------------------------------------------------------- head explorer data
 
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .ablation import mask_hooks, top_heads
 from .decode import greedy_decode
 from .detect import sample_grid
-from .haystack import Needle, load_haystack
+from .haystack import Needle
 
 CATEGORIES = ("complete", "incomplete", "hallucinated")
 FUNCTION_WORDS = frozenset("a an the in on at of to with and or is was by for".split())
@@ -115,8 +115,7 @@ def failure_sweep(
         ``category``, ``needle_mass`` and ``sink_mass`` (means over the watched heads and the
         decode steps), ``watched``.
     """
-    text = haystack if haystack is not None else load_haystack(None)
-    samples = sample_grid(model.tokenizer, needles, text, lengths, depths, model.cfg.n_ctx)
+    samples = sample_grid(model.tokenizer, needles, haystack, lengths, depths, model.cfg.n_ctx)
     ranked = top_heads(scores, scores.numel())
     rows = []
     jobs = [(k, s) for k in ks for s in samples]

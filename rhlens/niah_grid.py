@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .ablation import check_heads, mask_hooks, random_heads, top_heads
 from .decode import greedy_decode
 from .detect import sample_grid
-from .haystack import Needle, load_haystack
+from .haystack import Needle
 from .niah import niah_score
 from .results import SampleLog, atomic_write_text
 
@@ -97,8 +97,7 @@ def run_niah(
     heads = [tuple(map(int, h)) for h in heads]
     check_heads(model, heads)
     hooks = mask_hooks(heads, mode, means, model.cfg.n_heads)
-    text = haystack if haystack is not None else load_haystack(None)
-    samples = sample_grid(model.tokenizer, needles, text, lengths, depths, model.cfg.n_ctx)
+    samples = sample_grid(model.tokenizer, needles, haystack, lengths, depths, model.cfg.n_ctx)
     settings = {"model": str(model.cfg.model_name), "heads": [list(h) for h in heads],
                 "mode": mode, "prefill": prefill, "max_new_tokens": max_new_tokens}
     log = SampleLog(f"{out}.samples.jsonl", settings) if out else None

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import matplotlib.pyplot as plt
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .ablation import _as_heads, top_heads
+from .compare import spearman, top_k_overlap
 from .decode import _model_device, _new_cache, greedy_decode, prefill
 from .haystack import Sample
 
@@ -250,28 +250,13 @@ def patching_map(model, samples: Sequence[Sample], seed: int = 0, max_new_tokens
 # --------------------------------------------------------------------------- comparison
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two maps of the same shape (average ranks for ties).
-
-    >>> spearman(torch.tensor([1., 2., 3.]), torch.tensor([10., 30., 20.]))
-    0.5
-    """
-    ra = pd.Series(a.flatten().double().numpy()).rank()
-    rb = pd.Series(b.flatten().double().numpy()).rank()
-    return float(ra.corr(rb))
-
-
-def top_k_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
-    """Share of the top-``k`` heads of ``a`` that are also top-``k`` heads of ``b``.
-
-    >>> top_k_overlap(torch.tensor([[3., 2.], [1., 0.]]), torch.tensor([[3., 0.], [2., 1.]]), 2)
-    0.5
-    """
-    return len(set(top_heads(a, k)) & set(top_heads(b, k))) / k if k else 1.0
-
-
 def compare_maps(patch: torch.Tensor, scores: torch.Tensor, ks: Sequence[int] = (5, 10, 20)) -> dict:
-    """Spearman correlation and top-K overlaps of the patching map with the score map."""
+    """Spearman correlation and top-K overlaps of the patching map with the score map
+    (:func:`rhlens.compare.spearman`, :func:`rhlens.compare.top_k_overlap`).
+
+    >>> compare_maps(torch.tensor([[3., 2.], [1., 0.]]), torch.tensor([[3., 0.], [2., 1.]]), (2,))
+    {'spearman': 0.4, 'top2_overlap': 0.5}
+    """
     out = {"spearman": spearman(patch, scores)}
     for k in ks:
         out[f"top{k}_overlap"] = top_k_overlap(patch, scores, k)

@@ -9,8 +9,9 @@ import torch
 
 from rhlens import NEEDLES, build_sample, default_haystack
 from rhlens.decode import DecodeTrace
+from rhlens.failure import classify_answer
 from rhlens.explore import (
-    classify_answer, classify_score, head_data, head_explorer, masking_explorer, masking_row,
+    classify_score, head_data, head_explorer, masking_explorer, masking_row,
     score_map_explorer, share_above, step_view, use_static,
 )
 
@@ -55,9 +56,9 @@ def masking_frame():
 
 
 def test_classify_answer_uses_rouge_recall():
-    assert classify_answer("They eat a sandwich.", "eat a sandwich") == "complete"
-    assert classify_answer("eat a pizza", "eat a sandwich") == "incomplete"
-    assert classify_answer("nothing here", "eat a sandwich") == "hallucinated"
+    assert classify_answer("eat a sandwich", "They eat a sandwich.") == "complete"
+    assert classify_answer("eat a sandwich", "eat a pizza") == "incomplete"
+    assert classify_answer("eat a sandwich", "nothing here") == "hallucinated"
 
 
 def test_static_mode_follows_the_environment(monkeypatch):
