@@ -103,12 +103,18 @@ def failure_sweep(
     sink: int = 4,
     max_new_tokens: int = 32,
     progress: bool = True,
+    answered_only: bool = False,
 ) -> pd.DataFrame:
     """Mask the top-K heads for each K, classify each answer, and record where the
     strongest *unmasked* retrieval heads (ranks K+1 … K+``watch``) attend.
 
     With ``mode="uniform"`` a masked head's attention is uniform by construction, so the
     heads watched are the next-ranked ones, still free to look where they like.
+
+    Args:
+        answered_only: keep only the prompts the unmasked model answers completely (a
+            failure caused by masking needs an answer to lose); the number left out is in
+            ``df.attrs["unanswered"]``.
 
     Returns:
         a row per (K, sample): ``k``, ``needle``, ``length``, ``depth``, ``answer``,
@@ -117,22 +123,40 @@ def failure_sweep(
     """
     samples = sample_grid(model.tokenizer, needles, haystack, lengths, depths, model.cfg.n_ctx)
     ranked = top_heads(scores, scores.numel())
-    rows = []
-    jobs = [(k, s) for k in ks for s in samples]
-    for k, sample in tqdm(jobs, desc="failure modes", disable=not progress):
+
+    def run(k: int, sample) -> dict:
         masked, watched = ranked[:k], ranked[k : k + watch]
         hooks = mask_hooks(masked, mode, n_heads=model.cfg.n_heads)
         trace = greedy_decode(model, sample.input_ids, max_new_tokens, decode_hooks=hooks,
                               record_rows=watched)
         masses = [attention_mass(trace.rows[h], sample.needle_span, sink) for h in watched]
-        rows.append({
+        return {
             "k": k, "needle": sample.needle.text, "length": sample.length, "depth": sample.depth,
             "answer": trace.text, "category": classify_answer(sample.needle.answer, trace.text),
             "needle_mass": sum(m["needle"] for m in masses) / max(len(masses), 1),
             "sink_mass": sum(m["sink"] for m in masses) / max(len(masses), 1),
             "watched": " ".join(f"L{l}H{h}" for l, h in watched),
-        })
-    return pd.DataFrame(rows)
+        }
+
+    rows, unanswered = [], 0
+    bar = tqdm(total=len(samples) * len(ks), desc="failure modes", disable=not progress)
+    for sample in samples:
+        done = {}
+        if answered_only:
+            done[0] = run(0, sample)
+            if done[0]["category"] != "complete":
+                unanswered += 1
+                bar.update(len(ks))
+                continue
+        for k in ks:
+            rows.append(done[k] if k in done else run(k, sample))
+            bar.update(1)
+    bar.close()
+    df = pd.DataFrame(rows, columns=["k", "needle", "length", "depth", "answer", "category",
+                                     "needle_mass", "sink_mass", "watched"])
+    df = df.sort_values("k", kind="stable").reset_index(drop=True)
+    df.attrs["unanswered"] = unanswered
+    return df
 
 
 def failure_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -50,3 +50,8 @@ def test_failure_sweep(tiny_llama):
     assert t.sum(axis=1).tolist() == pytest.approx([1.0, 1.0])
     assert "n" in attention_by_category(df)
     assert len(plot_failure_modes(df).axes) == 2
+    # a random-weight model answers nothing, so keeping only answered prompts keeps none
+    kept = failure_sweep(tiny_llama, scores, [0, 2], [160], [0.5], NEEDLES[:1], HAY, watch=2,
+                         max_new_tokens=3, progress=False, answered_only=True)
+    assert kept.empty and kept.attrs["unanswered"] == 1
+    assert list(kept.columns) == list(df.columns)
