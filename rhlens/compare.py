@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from . import ablation
 from .results import load_scores
 
 ScoreSource = str | Path | dict | torch.Tensor
@@ -107,9 +108,7 @@ def spearman(a: ScoreSource, b: ScoreSource) -> float:
 def top_heads(source: ScoreSource, k: int) -> list[tuple[int, int]]:
     """The ``k`` highest-scoring ``(layer, head)`` pairs of any score source (tensor, file, URL,
     dict): :func:`rhlens.ablation.top_heads` (ties broken by position)."""
-    from .ablation import top_heads as _top
-
-    return _top(as_map(source), k)
+    return ablation.top_heads(as_map(source), k)
 
 
 def top_k_overlap(a: ScoreSource, b: ScoreSource, k: int = 20) -> float:

@@ -138,23 +138,22 @@ def failure_sweep(
             "watched": " ".join(f"L{l}H{h}" for l, h in watched),
         }
 
-    rows, unanswered = [], 0
+    by_k: dict[int, list[dict]] = {k: [] for k in ks}  # rows come out K by K, in ``ks`` order
+    unanswered = 0
     bar = tqdm(total=len(samples) * len(ks), desc="failure modes", disable=not progress)
     for sample in samples:
-        done = {}
-        if answered_only:
-            done[0] = run(0, sample)
-            if done[0]["category"] != "complete":
-                unanswered += 1
-                bar.update(len(ks))
-                continue
+        base = run(0, sample) if answered_only else None  # also the K = 0 row
+        if base is not None and base["category"] != "complete":
+            unanswered += 1
+            bar.update(len(ks))
+            continue
         for k in ks:
-            rows.append(done[k] if k in done else run(k, sample))
+            by_k[k].append(base if k == 0 and base is not None else run(k, sample))
             bar.update(1)
     bar.close()
-    df = pd.DataFrame(rows, columns=["k", "needle", "length", "depth", "answer", "category",
-                                     "needle_mass", "sink_mass", "watched"])
-    df = df.sort_values("k", kind="stable").reset_index(drop=True)
+    df = pd.DataFrame([row for k in dict.fromkeys(ks) for row in by_k[k]],
+                      columns=["k", "needle", "length", "depth", "answer", "category",
+                               "needle_mass", "sink_mass", "watched"])
     df.attrs["unanswered"] = unanswered
     return df
 
