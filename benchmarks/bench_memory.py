@@ -107,7 +107,7 @@ def gpu_7b(lengths=(8192, 16384, 32768), chunk_size: int = 512) -> list[dict]:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from rhlens.decode import greedy_decode
-    from rhlens.models import _to_bridge, embedded_tokenizer
+    from rhlens.models import bridge_from_hf, embedded_tokenizer
 
     tok = embedded_tokenizer()
     config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -115,7 +115,7 @@ def gpu_7b(lengths=(8192, 16384, 32768), chunk_size: int = 512) -> list[dict]:
                          max_position_embeddings=max(lengths) + 64, rope_theta=5e6)
     with torch.device("cuda"):
         hf = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model = _to_bridge(hf, tok, "random-llama-2-7b", "cuda", torch.bfloat16)
+    model = bridge_from_hf(hf, tok, "random-llama-2-7b", "cuda", torch.bfloat16)
     weights = torch.cuda.memory_allocated()
     rows = []
     for n in lengths:

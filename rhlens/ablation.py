@@ -1,7 +1,11 @@
-"""Mask attention heads with TransformerLens hooks, and choose which heads to mask.
+"""Mask attention heads with TransformerLens hooks: the :class:`Mask`.
 
-Three ways to take one *query* head out of the model (under grouped-query attention each
-query head is masked on its own; its key/value group is untouched):
+A :class:`Mask` says which *query* heads to take out of the model and how; it is the one
+object that every masking experiment (NIAH grids, K sweeps, failure modes, downstream tasks,
+toy models) takes, and :meth:`Mask.hooks` is the one place where its hooks are built.
+
+Three ways to take one query head out (under grouped-query attention each query head is
+masked on its own; its key/value group is untouched):
 
 * ``"uniform"`` (the paper's): the head's pre-softmax scores are replaced by a constant, so
   it attends uniformly over the keys it can see. The causal mask (and a sliding window) is
@@ -10,72 +14,122 @@ query head is masked on its own; its key/value group is untouched):
 * ``"zero"``: the head's output ``blocks.{l}.attn.hook_z`` (``[batch, pos, head, d_head]``)
   is set to 0;
 * ``"mean"``: ``hook_z`` is replaced by the head's mean output over reference prompts
-  (:func:`head_means`).
+  (:meth:`Mask.with_means`, :func:`head_means`).
 
-Hooks come back as a list of ``(name, fn)`` pairs, ready for ``model.hooks(...)``,
-``run_with_hooks`` or the ``decode_hooks`` / ``prefill_hooks`` of
-:func:`rhlens.decode.greedy_decode`. The paper masks during decoding only.
+The paper masks during decoding only (``prefill=False``): while the prompt is read, every head
+works as usual. :func:`rhlens.decode.greedy_decode` takes a mask as ``mask=``.
 
 Example::
 
-    >>> hooks = mask_hooks([(17, 3), (18, 6)], mode="uniform")
-    >>> [name for name, _ in hooks]
+    >>> scores = torch.tensor([[0.9, 0.0], [0.2, 0.5]])
+    >>> Mask.top(scores, 2).heads
+    ((0, 0), (1, 1))
+    >>> [name for name, _ in Mask([(17, 3), (18, 6)]).hooks(n_heads=9)]
     ['blocks.17.attn.hook_attn_scores', 'blocks.18.attn.hook_attn_scores']
-    >>> top_heads(torch.tensor([[0.9, 0.0], [0.2, 0.5]]), 2)
-    [(0, 0), (1, 1)]
 """
 
 from __future__ import annotations
 
-import re
-from typing import Iterable, Sequence
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Sequence
 
 import einops
 import torch
 
-from .decode import Hook
+from .decode import Hook, model_device
+from .heads import Head, as_heads, check_heads, heads_by_layer, random_heads, top_heads
 
-MODES = ("uniform", "zero", "mean")
+#: How a masked head is taken out.
+MaskMode = Literal["uniform", "zero", "mean"]
+MASK_MODES: tuple[MaskMode, ...] = ("uniform", "zero", "mean")
 
 #: The paper's K grid for models with 32 layers x 32 heads = 1024 query heads.
 PAPER_K_GRID = (0, 2, 5, 10, 15, 20, 30, 50, 100)
 PAPER_N_HEADS = 1024
 
-HeadList = Sequence[tuple[int, int]]
 
+@dataclass(frozen=True)
+class Mask:
+    """Which query heads to mask, and how.
 
-def parse_head(text: str) -> tuple[int, int]:
-    """``"L17H3"``, ``"17-3"`` or ``"17.3"`` -> ``(17, 3)``.
-
-    >>> parse_head("L17H3"), parse_head("16-19")
-    ((17, 3), (16, 19))
+    Attributes:
+        heads: ``((layer, head), ...)``; empty: nothing is masked (the unmasked model).
+        mask_mode: ``"uniform"`` (the paper), ``"zero"`` or ``"mean"``.
+        prefill: also mask while the prompt is read (the paper masks decode steps only).
+        means: ``[n_layers, n_heads, d_head]`` mean head outputs, needed for ``"mean"``
+            (:meth:`with_means`).
     """
-    m = re.fullmatch(r"\s*(?:L(\d+)H(\d+)|(\d+)[-.,:](\d+))\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"Cannot read head {text!r}: write it as L17H3 or 17-3.")
-    a, b, c, d = m.groups()
-    return (int(a), int(b)) if a is not None else (int(c), int(d))
+
+    heads: tuple[Head, ...] = ()
+    mask_mode: MaskMode = "uniform"
+    prefill: bool = False
+    means: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "heads", as_heads(self.heads))
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}.")
+
+    # ----------------------------------------------------------------- choosing the heads
+
+    @classmethod
+    def top(cls, scores: torch.Tensor, k: int, **options) -> "Mask":
+        """The ``k`` best-scoring heads (:func:`rhlens.heads.top_heads`)."""
+        return cls(tuple(top_heads(scores, k)), **options)
+
+    @classmethod
+    def random(cls, scores: torch.Tensor, k: int, seed: int, *, threshold: float | None = 0.1,
+               same_layers: bool = False, exclude: Iterable[Head] = (), **options) -> "Mask":
+        """``k`` random heads scoring ``<= threshold``, never a retrieval head
+        (:func:`rhlens.heads.random_heads`)."""
+        heads = random_heads(scores, k, seed, threshold, same_layers=same_layers, exclude=exclude)
+        return cls(tuple(heads), **options)
+
+    def with_heads(self, heads: Iterable[Head]) -> "Mask":
+        """The same mode, prefill and means on other heads (a K sweep's runs)."""
+        return dataclasses.replace(self, heads=as_heads(heads))
+
+    def with_means(self, model, reference_prompts: Iterable[torch.Tensor]) -> "Mask":
+        """This mask with the mean head outputs over ``reference_prompts`` (for ``"mean"``)."""
+        return dataclasses.replace(self, means=head_means(model, reference_prompts))
+
+    # ----------------------------------------------------------------- hooks
+
+    def hooks(self, model=None, *, n_heads: int | None = None, from_pos: int = 0) -> list[Hook]:
+        """TransformerLens ``(hook name, fn)`` pairs that mask :attr:`heads`, one per layer.
+
+        Args:
+            model: checks that the heads exist and reads ``n_heads`` from it.
+            n_heads: query heads per layer, when no model is given (only needed if the model
+                gives ``hook_z`` flat, ``[batch, pos, n_heads * d_head]``).
+            from_pos: mask only queries at position ``>= from_pos`` (0: every query). Use it to
+                mask the answer positions of a teacher-forced run without a KV cache, e.g.
+                ``from_pos=len(prompt) - 1``. ``"uniform"`` reads absolute positions from the
+                number of keys, so it also holds with a KV cache; ``"zero"`` and ``"mean"``
+                count the positions of the current forward pass.
+        """
+        if model is not None:
+            check_heads(self.heads, model.cfg.n_layers, model.cfg.n_heads)
+            n_heads = model.cfg.n_heads
+        if self.mask_mode == "mean" and self.heads and self.means is None:
+            raise ValueError("mask_mode 'mean' needs the heads' mean outputs; build the mask "
+                             "with mask.with_means(model, reference_prompts).")
+        hooks: list[Hook] = []
+        for layer, idx in heads_by_layer(self.heads).items():
+            if self.mask_mode == "uniform":
+                hooks.append((f"blocks.{layer}.attn.hook_attn_scores", _uniform_fn(idx, from_pos)))
+                continue
+            fill = None if self.mask_mode == "zero" else self.means[layer, idx]  # [k, d_head]
+            hooks.append((f"blocks.{layer}.attn.hook_z", _replace_fn(idx, n_heads, fill, from_pos)))
+        return hooks
+
+    def prefill_hooks(self, model=None, **kwargs) -> list[Hook]:
+        """:meth:`hooks` if the mask also covers the prefill, else none."""
+        return self.hooks(model, **kwargs) if self.prefill else []
 
 
-def heads_by_layer(heads: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
-    """``[(1, 2), (0, 3), (1, 0)]`` -> ``{0: [3], 1: [0, 2]}``."""
-    out: dict[int, list[int]] = {}
-    for layer, head in heads:
-        out.setdefault(int(layer), []).append(int(head))
-    return {k: sorted(set(v)) for k, v in sorted(out.items())}
-
-
-def check_heads(model, heads: HeadList) -> None:
-    """Raise a clear error when a head does not exist in ``model``."""
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    bad = [(l, h) for l, h in heads if not (0 <= l < n_layers and 0 <= h < n_heads)]
-    if bad:
-        raise ValueError(
-            f"Heads {bad} do not exist: the model has {n_layers} layers x {n_heads} query heads."
-        )
-
-
-def _as_heads(z: torch.Tensor, n_heads: int) -> torch.Tensor:
+def split_heads(z: torch.Tensor, n_heads: int | None) -> torch.Tensor:
     """``hook_z`` as ``[batch, pos, head, d_head]`` (some bridges give it flat)."""
     if z.ndim == 3:
         return einops.rearrange(z, "b p (h d) -> b p h d", h=n_heads)
@@ -106,7 +160,7 @@ def _replace_fn(head_idx: list[int], n_heads: int | None, fill: torch.Tensor | N
                 from_pos: int = 0):
     def hook(z: torch.Tensor, hook) -> torch.Tensor:
         # z: [batch, pos, head, d_head] (or flat [batch, pos, head * d_head])
-        zz = _as_heads(z, n_heads).clone()
+        zz = split_heads(z, n_heads).clone()
         new = zz[:, :, head_idx]
         new = torch.zeros_like(new) if fill is None else fill.to(zz).expand_as(new)
         if from_pos > 0:
@@ -116,46 +170,6 @@ def _replace_fn(head_idx: list[int], n_heads: int | None, fill: torch.Tensor | N
         return zz.reshape(z.shape)
 
     return hook
-
-
-def mask_hooks(
-    heads: HeadList,
-    mode: str = "uniform",
-    means: torch.Tensor | None = None,
-    n_heads: int | None = None,
-    from_pos: int = 0,
-) -> list[Hook]:
-    """Hooks that mask the query heads ``heads`` (``[(layer, head), ...]``).
-
-    Args:
-        heads: heads to mask; may be empty (then no hook is returned).
-        mode: ``"uniform"``, ``"zero"`` or ``"mean"``.
-        means: ``[n_layers, n_heads, d_head]`` mean head outputs, needed for ``"mean"``
-            (see :func:`head_means`).
-        n_heads: query heads per layer; only needed if the model gives ``hook_z`` flat
-            (``[batch, pos, n_heads * d_head]``).
-        from_pos: mask only queries at position ``>= from_pos`` (0: every query). Use it to
-            mask the answer positions of a teacher-forced run without a KV cache, e.g.
-            ``from_pos=len(prompt) - 1``. ``"uniform"`` reads absolute positions from the
-            number of keys, so it also holds with a KV cache; ``"zero"`` and ``"mean"`` count
-            the positions of the current forward pass.
-
-    Returns:
-        ``[(hook name, fn), ...]``, one per masked layer.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    if mode == "mean" and means is None:
-        raise ValueError("mode='mean' needs `means` ([n_layers, n_heads, d_head]); "
-                         "compute them with head_means(model, prompts).")
-    hooks: list[Hook] = []
-    for layer, idx in heads_by_layer(heads).items():
-        if mode == "uniform":
-            hooks.append((f"blocks.{layer}.attn.hook_attn_scores", _uniform_fn(idx, from_pos)))
-            continue
-        fill = None if mode == "zero" else means[layer, idx]  # [k, d_head]
-        hooks.append((f"blocks.{layer}.attn.hook_z", _replace_fn(idx, n_heads, fill, from_pos)))
-    return hooks
 
 
 @torch.no_grad()
@@ -170,88 +184,17 @@ def head_means(model, prompts: Iterable[torch.Tensor]) -> torch.Tensor:
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     total, count = None, 0
-    device = next(model.parameters()).device
+    device = model_device(model)
     for ids in prompts:
         _, cache = model.run_with_cache(ids[None].to(device),
                                         names_filter=lambda n: n.endswith("attn.hook_z"))
-        z = torch.stack([_as_heads(cache[f"blocks.{l}.attn.hook_z"], n_heads)[0].float().sum(0)
+        z = torch.stack([split_heads(cache[f"blocks.{l}.attn.hook_z"], n_heads)[0].float().sum(0)
                          for l in range(n_layers)])  # [L, H, d]
         total = z if total is None else total + z
         count += ids.numel()
     if total is None:
         raise ValueError("head_means needs at least one reference prompt.")
     return (total / count).cpu()
-
-
-# --------------------------------------------------------------------------- which heads
-
-
-def top_heads(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
-    """The ``k`` heads with the highest score (``scores``: ``[n_layers, n_heads]``).
-
-    Ties are broken by position (lower layer, then lower head), so the choice is stable.
-
-    >>> top_heads(torch.tensor([[0.1, 0.9], [0.5, 0.5]]), 3)
-    [(0, 1), (1, 0), (1, 1)]
-    """
-    flat = scores.flatten()
-    if not 0 <= k <= flat.numel():
-        raise ValueError(f"k must lie in [0, {flat.numel()}], got {k}.")
-    order = torch.argsort(-flat.float(), stable=True)[:k].tolist()
-    n_heads = scores.shape[1]
-    return [(i // n_heads, i % n_heads) for i in order]
-
-
-def control_pool(
-    scores: torch.Tensor, threshold: float | None = 0.1, same_layers: bool = False
-) -> list[tuple[int, int]]:
-    """Heads a random control may draw: those that are *not* retrieval heads.
-
-    A retrieval head scores above ``threshold`` (0.1 in the paper), so the pool holds the heads
-    scoring ``<= threshold`` (every head if ``threshold`` is None). With ``same_layers``, only
-    heads in layers that hold a retrieval head: in a 2-layer toy model, layer 0 builds the
-    features layer 1's retrieval heads read, so masking any layer-0 head can break retrieval
-    without being a retrieval head; drawing from the retrieval heads' own layers compares like
-    with like.
-
-    >>> s = torch.tensor([[0.0, 0.05], [0.9, 0.0]])
-    >>> control_pool(s), control_pool(s, same_layers=True)
-    ([(0, 0), (0, 1), (1, 1)], [(1, 1)])
-    """
-    n_layers, n_heads = scores.shape
-    if threshold is None:
-        return [(l, h) for l in range(n_layers) for h in range(n_heads)]
-    below = scores <= threshold  # compared in the scores' dtype: a float32 0.1 is at the threshold
-    layers = range(n_layers)
-    if same_layers:
-        layers = [l for l in layers if not bool(below[l].all())]
-    return [(l, h) for l in layers for h in range(n_heads) if bool(below[l, h])]
-
-
-def random_heads(
-    scores: torch.Tensor, k: int, seed: int, threshold: float | None = 0.1,
-    same_layers: bool = False, exclude: Iterable[tuple[int, int]] = (),
-) -> list[tuple[int, int]]:
-    """``k`` heads drawn at random, with ``seed``, among heads that are *not* retrieval heads.
-
-    The pool is :func:`control_pool` (heads scoring ``<= threshold``, optionally only in the
-    retrieval heads' layers) less ``exclude``, so the control never masks a retrieval head.
-    The same seed always gives the same heads.
-
-    >>> s = torch.tensor([[0.9, 0.0, 0.05], [0.0, 0.3, 0.0]])
-    >>> sorted(random_heads(s, 4, seed=0)) == [(0, 1), (0, 2), (1, 0), (1, 2)]
-    True
-    """
-    excluded = {(int(l), int(h)) for l, h in exclude}
-    pool = [hd for hd in control_pool(scores, threshold, same_layers) if hd not in excluded]
-    if k > len(pool):
-        where = "" if threshold is None else f" score <= {threshold}"
-        raise ValueError(
-            f"Only {len(pool)} heads{where} are left to draw from; cannot draw {k} random "
-            "non-retrieval heads. Use a smaller k."
-        )
-    g = torch.Generator().manual_seed(int(seed))
-    return [pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()]
 
 
 def k_grid(n_heads_total: int, paper_grid: Sequence[int] = PAPER_K_GRID) -> list[int]:
@@ -270,15 +213,3 @@ def k_grid(n_heads_total: int, paper_grid: Sequence[int] = PAPER_K_GRID) -> list
         if v not in out:
             out.append(v)
     return out
-
-
-def masked_decode(model, input_ids, heads: HeadList = (), mode: str = "uniform",
-                  prefill: bool = False, means=None, **decode_kwargs):
-    """:func:`rhlens.decode.greedy_decode` with ``heads`` masked (decode steps only unless
-    ``prefill``)."""
-    from .decode import greedy_decode
-
-    check_heads(model, heads)
-    hooks = mask_hooks(heads, mode, means, model.cfg.n_heads)
-    return greedy_decode(model, input_ids, decode_hooks=hooks,
-                         prefill_hooks=hooks if prefill else (), **decode_kwargs)

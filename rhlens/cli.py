@@ -1,22 +1,23 @@
-"""Command line: ``rhlens score``, ``rhlens plot``, ``rhlens models``.
+"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens plot``, ``rhlens models``.
 
 ::
 
     rhlens score --model smollm2-135m --lengths 500,1000 --depths 0.1,0.5,0.9 --needles 2 --out scores.json
+    rhlens niah  --model smollm2-135m --scores scores.json --mask-top 20 --out niah.csv
     rhlens plot  scores.json --out heads.png
 
-Other subcommands register themselves through :data:`SUBCOMMANDS`.
+Also ``python -m rhlens ...``. Each subcommand parses its flags into the library's objects (a
+:class:`~rhlens.grid.Grid`, a :class:`~rhlens.ablation.Mask`) and calls the library; errors of
+the library name their arguments in backquotes (`` `rouge_gate` ``), which :func:`main` shows
+as the flags that set them (``--rouge-gate``).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
-from typing import Callable
-
-#: ``name -> (add_arguments(parser), run(args) -> exit code)``; modules add theirs here.
-SUBCOMMANDS: dict[str, tuple[Callable, Callable]] = {}
 
 
 def parse_list(text: str, kind=float) -> list:
@@ -63,22 +64,31 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
                    help="text file, folder of .txt files or hf:DATASET (default: built-in prose)")
 
 
+def grid_from_args(args, needles=None):
+    """The :class:`~rhlens.grid.Grid` that ``--lengths``, ``--depths``, ``--needles``,
+    ``--needle-file``, ``--haystack`` and ``--max-new-tokens`` describe (``needles``: already
+    chosen needles, e.g. the held-out ones of a masking run)."""
+    from .grid import Grid
+    from .haystack import load_haystack, load_needles
+
+    if needles is None:
+        needles = load_needles(args.needle_file, args.needles)
+    return Grid(args.lengths, args.depths, tuple(needles), load_haystack(args.haystack),
+                args.max_new_tokens)
+
+
 def _score(args) -> int:
     import torch
 
     from .detect import detect_retrieval_heads
-    from .haystack import load_haystack, load_needles
     from .models import load_model
     from .plotting import plot_scores
 
-    needles = load_needles(args.needle_file, args.needles)
-    haystack = load_haystack(args.haystack)
+    grid = grid_from_args(args)
     torch.set_grad_enabled(False)
     model = load_model(args.model, args.device, args.dtype)
-    run = detect_retrieval_heads(
-        model, args.lengths, args.depths, needles, haystack, mode=args.mode,
-        rouge_gate=args.rouge_gate, out=args.out, max_new_tokens=args.max_new_tokens,
-    )
+    run = detect_retrieval_heads(model, grid, score_mode=args.mode, rouge_gate=args.rouge_gate,
+                                 out=args.out)
     s = run.summary()
     n_pass = int(sum(r["passed"] for r in run.records))
     print(f"\n{args.model}: {n_pass}/{len(run.records)} samples passed the ROUGE gate; "
@@ -142,28 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the model names rhlens knows")
     p.set_defaults(func=_models)
 
-    for name, (add_arguments, run) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=(run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None)
-        add_arguments(p)
-        p.set_defaults(func=run)
+    from . import niah_cli
+
+    p = sub.add_parser("niah", help="needle-in-a-haystack with top-K or random heads masked",
+                       description=niah_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    niah_cli.add_arguments(p)
+    p.set_defaults(func=niah_cli.run)
     return parser
 
 
-def _register_plugins() -> None:
-    """Import the modules that add subcommands (they fill :data:`SUBCOMMANDS`)."""
-    import importlib
+def as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """The library's `` `argument` `` names in ``message`` written as the CLI's flags.
 
-    for module in ("rhlens.niah_cli",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+    >>> as_flags("a negative `rouge_gate` (or `other`)", build_parser())
+    'a negative --rouge-gate (or `other`)'
+    """
+    flags = {a.dest for sub in parser._subparsers._group_actions for p in sub.choices.values()
+             for a in p._actions if a.option_strings}
+    return re.sub(r"`([a-z_]+)`",
+                  lambda m: "--" + m.group(1).replace("_", "-") if m.group(1) in flags
+                  else m.group(0), message)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rhlens`` command."""
-    _register_plugins()
     parser = build_parser()
     args = parser.parse_args(argv)
     import matplotlib
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ModelNotFoundError, NoPassingSampleError, ValueError, FileNotFoundError) as err:
-        print(f"rhlens {args.command}: error: {err}", file=sys.stderr)
+        print(f"rhlens {args.command}: error: {as_flags(str(err), parser)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished samples are saved; rerun the same command to resume.",
@@ -184,8 +196,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as `python -m rhlens.cli`, this file is `__main__`, not the `rhlens.cli` module that
-    # plugins register their subcommands into: call that module's main.
-    from rhlens.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

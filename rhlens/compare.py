@@ -2,7 +2,8 @@
 
 Score files are ``{"layer-head": [per-sample scores]}`` (the public code's format); any source
 :func:`rhlens.results.load_scores` reads works here: a path, a URL or a dict. Maps are
-``[n_layers, n_heads]`` mean scores.
+``[n_layers, n_heads]`` mean scores. The correlations themselves live in :mod:`rhlens.heads`;
+this module builds the tables, verdicts and figures of a comparison.
 
 The paper's claim (Sec. 3): retrieval heads are *universal and sparse*, and models of one
 family (base, chat, long-context, MoE upcycled) share them: their score maps correlate with
@@ -19,15 +20,11 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
 
-from . import ablation
-from .results import load_scores
-
-ScoreSource = str | Path | dict | torch.Tensor
+from .heads import (ScoreSource, as_map, null_pearson, paired_maps, pearson, sparsity, spearman,
+                    top_k_overlap)
 
 #: Where the paper's public score files live (raw files of its repository's ``head_score``).
 PUBLISHED_URL = "https://raw.githubusercontent.com/nightdessert/Retrieval_Head/main/head_score/{}.json"
@@ -62,75 +59,6 @@ def published_url(model: str) -> str:
     return PUBLISHED_URL.format(PUBLISHED_FILES[model])
 
 
-def as_map(source: ScoreSource) -> torch.Tensor:
-    """``[n_layers, n_heads]`` float map from a tensor, score file, URL or dict."""
-    if isinstance(source, torch.Tensor):
-        if source.ndim != 2:
-            raise ValueError(f"A score map is [n_layers, n_heads]; got shape {tuple(source.shape)}.")
-        return source.detach().double().cpu()
-    return load_scores(source).double()
-
-
-def _pair(a: ScoreSource, b: ScoreSource) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = as_map(a), as_map(b)
-    if x.shape != y.shape:
-        raise ValueError(
-            f"Score maps of different shapes {tuple(x.shape)} and {tuple(y.shape)}: head-by-head "
-            "comparison needs two models with the same layers x heads (as within a family)."
-        )
-    return x, y
-
-
-def pearson(a: ScoreSource, b: ScoreSource) -> float:
-    """Pearson correlation of two score maps over all heads (NaN if one map is constant).
-
-    >>> pearson(torch.tensor([[0., 1.], [0.5, 0.]]), torch.tensor([[0., 2.], [1., 0.]]))
-    1.0
-    """
-    x, y = _pair(a, b)
-    x, y = x.flatten() - x.mean(), y.flatten() - y.mean()
-    denom = x.norm() * y.norm()
-    return float("nan") if denom == 0 else round(float(x @ y / denom), 12)
-
-
-def _ranks(v: torch.Tensor) -> torch.Tensor:
-    import pandas as pd
-
-    return torch.tensor(pd.Series(v.numpy()).rank(method="average").to_numpy())
-
-
-def spearman(a: ScoreSource, b: ScoreSource) -> float:
-    """Spearman rank correlation (ties get average ranks: most heads score exactly 0)."""
-    x, y = _pair(a, b)
-    return pearson(_ranks(x.flatten())[None], _ranks(y.flatten())[None])
-
-
-def top_heads(source: ScoreSource, k: int) -> list[tuple[int, int]]:
-    """The ``k`` highest-scoring ``(layer, head)`` pairs of any score source (tensor, file, URL,
-    dict): :func:`rhlens.ablation.top_heads` (ties broken by position)."""
-    return ablation.top_heads(as_map(source), k)
-
-
-def top_k_overlap(a: ScoreSource, b: ScoreSource, k: int = 20) -> float:
-    """Share of the top-``k`` heads of ``a`` that are also top-``k`` heads of ``b``."""
-    x, y = _pair(a, b)
-    if not 0 < k <= x.numel():
-        raise ValueError(f"k must be in 1..{x.numel()}, got {k}.")
-    return len(set(top_heads(x, k)) & set(top_heads(y, k))) / k
-
-
-def null_pearson(a: ScoreSource, b: ScoreSource, n: int = 1000, seed: int = 0) -> torch.Tensor:
-    """Pearson r after randomly permuting the heads of ``b``, ``n`` times: the correlation of
-    two models that share *no* heads but have the same score distributions. ``[n]``."""
-    x, y = _pair(a, b)
-    gen = torch.Generator().manual_seed(seed)
-    xf = (x.flatten() - x.mean()) / (x.flatten() - x.mean()).norm()
-    yf = y.flatten() - y.mean()
-    perms = torch.stack([torch.randperm(yf.numel(), generator=gen) for _ in range(n)])
-    yp = yf[perms]
-    return (yp @ xf) / yf.norm()
-
-
 def compare_scores(maps: dict[str, ScoreSource], k: int = 20):
     """Pairwise table (pandas) of every pair in ``maps``: Pearson, Spearman, top-``k`` overlap.
 
@@ -152,14 +80,6 @@ def compare_scores(maps: dict[str, ScoreSource], k: int = 20):
                 f"top{k}_overlap": top_k_overlap(x, y, min(k, x.numel())) if same else float("nan"),
             })
     return pd.DataFrame(rows)
-
-
-def sparsity(source: ScoreSource) -> dict[str, float]:
-    """Share of heads with mean score > 0.1, > 0.5 and exactly 0 (the paper's Sec. 3.1)."""
-    m = as_map(source).flatten()
-    return {"share_above_0.1": float((m > 0.1).double().mean()),
-            "share_above_0.5": float((m > 0.5).double().mean()),
-            "share_zero": float((m == 0).double().mean())}
 
 
 def sparsity_table(maps: dict[str, ScoreSource], paper: dict[str, float] | None = None):
@@ -211,7 +131,7 @@ def same_family_test(a: ScoreSource, b: ScoreSource, threshold: float = 0.8,
     >>> same_family_test(a, a * 0.8).verdict
     'same family'
     """
-    x, y = _pair(a, b)
+    x, y = paired_maps(a, b)
     if x.std() == 0 or y.std() == 0:
         raise ValueError("A score map is constant (e.g. all zeros): no sample passed, or the "
                          "file is empty; correlation is undefined.")

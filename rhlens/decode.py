@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -55,14 +55,25 @@ class DecodeTrace:
     rows: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """The device of ``model``'s first parameter (where its inputs go)."""
     return next(model.parameters()).device
 
 
-def _new_cache(model):
+def new_cache(model):
+    """An empty KV cache (transformers ``DynamicCache``) for ``model``."""
     from transformers import DynamicCache
 
     return DynamicCache(config=model.original_model.config)
+
+
+def stops(tokenizer, token: int, generated: Sequence[int], stop_at_newline: bool = True) -> bool:
+    """The one stop rule of every greedy decode: EOS, or (with ``stop_at_newline``) a newline
+    after some text; the stopping token is not kept."""
+    if token == tokenizer.eos_token_id:
+        return True
+    return (stop_at_newline and "\n" in tokenizer.decode([token])
+            and bool(tokenizer.decode(list(generated)).strip()))
 
 
 @torch.no_grad()
@@ -89,6 +100,8 @@ def greedy_decode(
     record_rows: Iterable[tuple[int, int]] | None = None,
     stop_at_newline: bool = True,
     chunk_size: int = 512,
+    *,
+    mask=None,
 ) -> DecodeTrace:
     """Greedy generation from ``input_ids`` (``[n]``) that records attention argmaxes.
 
@@ -101,6 +114,8 @@ def greedy_decode(
             (e.g. head masks, as the paper applies them).
         prefill_hooks: hooks active while the prompt (all but its last token) is prefilled.
         record_rows: ``(layer, head)`` pairs whose whole attention row to keep per step.
+        mask: a :class:`rhlens.ablation.Mask`: its hooks join ``decode_hooks`` (and
+            ``prefill_hooks`` when ``mask.prefill``).
 
     Returns:
         a :class:`DecodeTrace`.
@@ -113,7 +128,10 @@ def greedy_decode(
             f"The prompt ({input_ids.numel()} tokens) plus {max_new_tokens} new tokens exceeds "
             f"the model's context of {n_ctx} tokens; use a shorter length."
         )
-    device = _model_device(model)
+    if mask is not None:
+        decode_hooks = [*mask.hooks(model), *decode_hooks]
+        prefill_hooks = [*mask.prefill_hooks(model), *prefill_hooks]
+    device = model_device(model)
     tok = model.tokenizer
     ids = input_ids.to(device)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -131,7 +149,7 @@ def greedy_decode(
                 rows[(lay, head)][step["t"], : row.shape[-1]] = row[head].float().cpu()
         return pattern
 
-    cache = _new_cache(model)
+    cache = new_cache(model)
     with model.hooks(fwd_hooks=list(prefill_hooks)) if prefill_hooks else contextlib.nullcontext():
         prefill(model, ids[:-1], cache, chunk_size)
 
@@ -144,9 +162,7 @@ def greedy_decode(
             out, cache = model(nxt.unsqueeze(0), return_type="logits_and_cache",
                                past_key_values=cache)
             token = int(out[0, -1].argmax())
-            if token == tok.eos_token_id:
-                break
-            if stop_at_newline and "\n" in tok.decode([token]) and tok.decode(generated).strip():
+            if stops(tok, token, generated, stop_at_newline):
                 break
             generated.append(token)
             nxt = torch.tensor([token], device=device)
@@ -158,3 +174,94 @@ def greedy_decode(
         text=tok.decode(generated),
         rows={k: v[:steps] for k, v in rows.items()},
     )
+
+
+# --------------------------------------------------------------------------- batched decoding
+
+
+def _matches(name_or_filter, name: str) -> bool:
+    return name_or_filter(name) if callable(name_or_filter) else name_or_filter == name
+
+
+def batched_hooks(conditions: Sequence[Sequence[Hook]]) -> list[Hook]:
+    """Merge per-condition hook lists into hooks acting row by row on a batch.
+
+    Row ``b`` of every hooked activation is passed (as a ``[1, ...]`` view) to the hooks of
+    ``conditions[b]`` only. Works for any hook whose function treats the batch dimension
+    as a batch (head masks, ablations, the compressed-cache mask...).
+    """
+    conditions = [list(c) for c in conditions]
+    if not any(conditions):
+        return []
+
+    def wanted(name: str) -> bool:
+        return any(_matches(f, name) for cond in conditions for f, _ in cond)
+
+    def fn(tensor, hook):
+        if tensor.shape[0] != len(conditions):
+            raise ValueError(
+                f"batched_hooks expected a batch of {len(conditions)} rows at {hook.name}, "
+                f"got {tensor.shape[0]}."
+            )
+        for b, cond in enumerate(conditions):
+            for f, h in cond:
+                if _matches(f, hook.name):
+                    row = tensor[b : b + 1]
+                    out = h(row, hook)
+                    if out is not None and out is not row:
+                        tensor[b : b + 1] = out
+        return tensor
+
+    return [(wanted, fn)]
+
+
+@torch.no_grad()
+def decode_conditions(
+    model,
+    input_ids: torch.Tensor,
+    conditions: Mapping[str, Sequence[Hook]],
+    max_new_tokens: int = 16,
+    stop_at_newline: bool = True,
+    chunk_size: int = 512,
+) -> dict[str, str]:
+    """Greedy answers of ``input_ids`` (``[n]``) under every condition, in one batch.
+
+    The prompt but its last token is prefilled once without hooks (conditions act at decode
+    steps only, as the paper masks); the cache is then repeated once per condition and
+    decoding runs with :func:`batched_hooks` (each condition's hooks on its own row), as
+    :func:`greedy_decode` would with ``decode_hooks=conditions[name]``, with the same stop
+    rule (:func:`stops`).
+
+    Returns:
+        ``{condition name: decoded text}``.
+    """
+    if input_ids.ndim != 1 or input_ids.numel() < 2:
+        raise ValueError("input_ids must be a 1-D tensor of at least two prompt tokens.")
+    names = list(conditions)
+    if not names:
+        raise ValueError("conditions is empty: pass at least {'none': []}.")
+    tok = model.tokenizer
+    ids = input_ids.to(model_device(model))
+    cache = new_cache(model)
+    prefill(model, ids[:-1], cache, chunk_size)
+    batch = len(names)
+    if batch > 1:
+        cache.batch_repeat_interleave(batch)
+    nxt = ids[-1:].repeat(batch, 1)
+    generated: list[list[int]] = [[] for _ in names]
+    done = [False] * batch
+    with model.hooks(fwd_hooks=batched_hooks([conditions[n] for n in names])):
+        for _ in range(max_new_tokens):
+            out, cache = model(nxt, return_type="logits_and_cache", past_key_values=cache)
+            tokens = out[:, -1].argmax(-1)
+            for b, token in enumerate(tokens.tolist()):
+                if done[b]:
+                    continue
+                if stops(tok, token, generated[b], stop_at_newline):
+                    done[b] = True
+                else:
+                    generated[b].append(token)
+            if all(done):
+                break
+            nxt = tokens[:, None]
+    return {name: tok.decode(gen) for name, gen in zip(names, generated)}

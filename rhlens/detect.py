@@ -6,10 +6,10 @@ above 50% kept (as the public code does).
 
 Example::
 
-    >>> from rhlens import load_model, detect_retrieval_heads
+    >>> from rhlens import Grid, load_model, detect_retrieval_heads
     >>> model = load_model("smollm2-135m")                                 # doctest: +SKIP
-    >>> run = detect_retrieval_heads(model, lengths=[500, 1000], depths=[0.1, 0.5, 0.9],
-    ...                              needles=2, out="scores.json")          # doctest: +SKIP
+    >>> grid = Grid(lengths=[500, 1000], depths=[0.1, 0.5, 0.9], needles=2)
+    >>> run = detect_retrieval_heads(model, grid, out="scores.json")       # doctest: +SKIP
     >>> run.scores.shape                                                    # doctest: +SKIP
     torch.Size([30, 9])
 """
@@ -19,16 +19,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from .answers import rouge1_recall
 from .decode import greedy_decode
-from .haystack import Needle, Sample, build_sample, load_haystack, load_needles
-from .niah import rouge1_recall
+from .grid import Grid
+from .haystack import Sample
+from .heads import summarize
 from .results import SampleLog, atomic_write_text, scores_to_json
-from .scoring import retrieval_scores, summarize
+from .scoring import ScoreMode, retrieval_scores
 
 
 class NoPassingSampleError(RuntimeError):
@@ -61,32 +62,15 @@ class ScoreRun:
         return summarize(self.scores, top)
 
 
-def sample_grid(
-    tokenizer,
-    needles: Sequence[Needle],
-    haystack: str | None,
-    lengths: Sequence[int],
-    depths: Sequence[float],
-    n_ctx: int | None = None,
-) -> list[Sample]:
-    """Every (needle, length, depth) prompt, in that nesting order; ``haystack=None`` uses
-    the built-in haystack. The one grid that scoring, NIAH, K sweeps and failure sweeps share."""
-    if haystack is None:
-        haystack = load_haystack(None)
-    return [
-        build_sample(tokenizer, needle, haystack, length, depth, n_ctx=n_ctx)
-        for needle in needles
-        for length in lengths
-        for depth in depths
-    ]
-
-
 def score_sample(
-    model, sample: Sample, mode: str = "paper", max_new_tokens: int = 32, decode_hooks=()
+    model, sample: Sample, *, score_mode: ScoreMode = "paper", max_new_tokens: int = 32,
+    mask=None,
 ) -> dict:
-    """Decode one sample and score every head; returns a JSON-ready record."""
-    trace = greedy_decode(model, sample.input_ids, max_new_tokens, decode_hooks=decode_hooks)
-    scores = retrieval_scores(trace.argmax, trace.tokens, sample.input_ids, sample.needle_span, mode)
+    """Decode one sample (with ``mask``, a :class:`rhlens.ablation.Mask`, if given) and score
+    every head; returns a JSON-ready record."""
+    trace = greedy_decode(model, sample.input_ids, max_new_tokens, mask=mask)
+    scores = retrieval_scores(trace.argmax, trace.tokens, sample.input_ids, sample.needle_span,
+                              score_mode)
     return {
         "key": sample.key,
         "needle": sample.needle.text,
@@ -100,25 +84,19 @@ def score_sample(
 
 def detect_retrieval_heads(
     model,
-    lengths: Sequence[int],
-    depths: Sequence[float],
-    needles: int | Sequence[Needle] | str | None = None,
-    haystack: str | None = None,
-    mode: str = "paper",
+    grid: Grid,
+    *,
+    score_mode: ScoreMode = "paper",
     rouge_gate: float = 0.5,
     out: str | Path | None = None,
-    max_new_tokens: int = 32,
     progress: bool = True,
 ) -> ScoreRun:
     """Run the detection grid and return mean retrieval scores per head.
 
     Args:
         model: a ``TransformerBridge`` (see :func:`rhlens.models.load_model`).
-        lengths: prompt lengths in tokens.
-        depths: needle depths in ``[0, 1]``.
-        needles: a count of built-in needles, a list of :class:`Needle`, or a needle file.
-        haystack: haystack text (default: :func:`rhlens.haystack.default_haystack`).
-        mode: ``"paper"`` or ``"sum"`` (see :mod:`rhlens.scoring`).
+        grid: the needles, lengths, depths, haystack and token budget (:class:`Grid`).
+        score_mode: ``"paper"`` or ``"sum"`` (see :mod:`rhlens.scoring`).
         rouge_gate: keep samples whose answer's ROUGE-1 recall is *above* this (0.5 in the
             paper's code); pass a negative value to keep every sample.
         out: score file to write (and ``<out>.samples.jsonl`` to resume from).
@@ -126,18 +104,12 @@ def detect_retrieval_heads(
     Raises:
         NoPassingSampleError: when no sample passes the gate (no empty score file is written).
     """
-    if isinstance(needles, (int, type(None))):
-        needle_list = load_needles(None, needles)
-    elif isinstance(needles, (str, Path)):
-        needle_list = load_needles(needles)
-    else:
-        needle_list = list(needles)
-    samples = sample_grid(model.tokenizer, needle_list, haystack, lengths, depths, model.cfg.n_ctx)
+    samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
     settings = {
         "model": str(model.cfg.model_name),
-        "mode": mode,
+        "mode": score_mode,
         "rouge_gate": rouge_gate,
-        "max_new_tokens": max_new_tokens,
+        "max_new_tokens": grid.max_new_tokens,
     }
     log = SampleLog(f"{out}.samples.jsonl", settings) if out else None
     records: list[dict] = []
@@ -146,7 +118,8 @@ def detect_retrieval_heads(
         if log is not None and sample.key in log:
             record = log.records[sample.key]
         else:
-            record = score_sample(model, sample, mode, max_new_tokens)
+            record = score_sample(model, sample, score_mode=score_mode,
+                                  max_new_tokens=grid.max_new_tokens)
             record["passed"] = record["rouge"] > rouge_gate
             if log is not None:
                 log.add(record)
@@ -161,8 +134,8 @@ def detect_retrieval_heads(
         raise NoPassingSampleError(
             f"None of the {len(records)} samples passed the ROUGE-1 recall gate "
             f"(> {rouge_gate}), so no head can be scored. The model's answers:\n{answers}\n"
-            "Try shorter --lengths, a model that passes needle-in-a-haystack at these "
-            "lengths, or --rouge-gate -1 to score every sample anyway."
+            "Try shorter `lengths`, a model that passes needle-in-a-haystack at these "
+            "lengths, or a negative `rouge_gate` (e.g. -1) to score every sample anyway."
         )
     per_sample = torch.tensor([r["scores"] for r in passed])
     return ScoreRun(scores=per_sample.mean(0), per_sample=per_sample, records=records)

@@ -9,14 +9,15 @@ do not. This module provides
   of the profile; :func:`make_cot_tasks` writes chains of variable assignments whose
   answer needs several look-ups. :func:`squad_items` / :func:`gsm8k_tasks` load public sets
   through Hugging Face ``datasets`` (network needed, e.g. on a GPU machine);
-* **metrics**: SQuAD token F1 (:func:`token_f1`) and exact numeric answers
-  (:func:`extract_number`);
-* **conditions**: named lists of TransformerLens decode hooks (``{"none": [], "top-20":
-  hooks, ...}``). Any mask plugs in. :func:`head_conditions` builds the paper's three (no
-  mask, top-K retrieval heads masked, K random heads with score below 0.1, several seeds);
-* **batched decoding** (:func:`decode_conditions`): the prompt is prefilled *once* (masks act
-  only at decode steps, as in the paper), then every condition decodes as one row of a
-  batch, each row with its own hooks.
+* **metrics** from :mod:`rhlens.answers`: SQuAD token F1 (:func:`~rhlens.answers.token_f1`)
+  and exact numeric answers (:func:`~rhlens.answers.extract_number`);
+* **conditions**: named masks (``{"none": Mask(), "top-20": Mask.top(scores, 20), ...}``) or
+  named lists of TransformerLens decode hooks; any mask plugs in. :func:`head_conditions`
+  builds the paper's three (no mask, top-K retrieval heads masked, K random heads with score
+  below 0.1, several seeds);
+* **batched decoding** (:func:`rhlens.decode.decode_conditions`): the prompt is prefilled
+  *once* (masks act only at decode steps, as in the paper), then every condition decodes as
+  one row of a batch, each row with its own hooks.
 
 Example::
 
@@ -32,183 +33,62 @@ Example::
 
 from __future__ import annotations
 
-import collections
 import random
 import re
-import string
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
-from .ablation import mask_hooks, random_heads, top_heads  # noqa: F401 (re-exported)
-from .decode import Hook, _model_device, _new_cache, prefill
+from .ablation import Mask
+from .answers import extract_number, token_f1
+from .decode import Hook, decode_conditions
 from .haystack import Needle, _encode, chat_parts
 
-# --------------------------------------------------------------------------- head sets
+#: A condition of a downstream run: a :class:`~rhlens.ablation.Mask` or decode hooks.
+Condition = Mask | Sequence[Hook]
 
-
-def _uniform_mask(heads: Sequence[tuple[int, int]]) -> list[Hook]:
-    """The paper's mask (uniform attention) for ``heads``: :func:`rhlens.ablation.mask_hooks`."""
-    return mask_hooks(heads, mode="uniform")
+# --------------------------------------------------------------------------- conditions
 
 
 def head_conditions(
     scores: torch.Tensor,
     k: int,
+    *,
     seeds: Sequence[int] = (0, 1, 2),
     threshold: float = 0.1,
-    masker: Callable[[Sequence[tuple[int, int]]], list[Hook]] | None = None,
-) -> dict[str, list[Hook]]:
-    """The paper's three conditions as named decode-hook lists.
+    mask: Mask = Mask(),
+) -> dict[str, Mask]:
+    """The paper's three conditions as named masks.
 
-    Top-K heads come from :func:`rhlens.ablation.top_heads`, random ones (score ``<=
-    threshold``, one draw per seed) from :func:`rhlens.ablation.random_heads`; ``masker``
-    turns heads into hooks (default: the uniform mask of :func:`rhlens.ablation.mask_hooks`).
+    Top-K heads come from :meth:`Mask.top`, random ones (score ``<= threshold``, one draw per
+    seed) from :meth:`Mask.random`; ``mask`` gives the mode (and means) of every condition.
 
-    Returns ``{"none": [], "top-K": mask(top K), "random-K-s0": mask(K random), ...}``.
+    Returns ``{"none": Mask(), "top-K": top K, "random-K-s0": K random, ...}``.
     """
-    masker = masker or _uniform_mask
-    conds = {"none": [], f"top-{k}": masker(top_heads(scores, k))}
+    conds = {"none": mask.with_heads(()), f"top-{k}": mask.with_heads(Mask.top(scores, k).heads)}
     for seed in seeds:
-        conds[f"random-{k}-s{seed}"] = masker(random_heads(scores, k, seed, threshold))
+        conds[f"random-{k}-s{seed}"] = mask.with_heads(
+            Mask.random(scores, k, seed, threshold=threshold).heads)
     return conds
 
 
-# --------------------------------------------------------------------------- batched decode
+def condition_hooks(model, conditions: Mapping[str, Condition]) -> dict[str, list[Hook]]:
+    """Decode hooks of every condition (a mask's :meth:`~rhlens.ablation.Mask.hooks`).
 
-
-def _matches(name_or_filter, name: str) -> bool:
-    return name_or_filter(name) if callable(name_or_filter) else name_or_filter == name
-
-
-def batched_hooks(conditions: Sequence[Sequence[Hook]]) -> list[Hook]:
-    """Merge per-condition hook lists into hooks acting row by row on a batch.
-
-    Row ``b`` of every hooked activation is passed (as a ``[1, ...]`` view) to the hooks of
-    ``conditions[b]`` only. Works for any hook whose function treats the batch dimension
-    as a batch (head masks, ablations, the compressed-cache mask...).
+    Batched decoding prefills once for all conditions, so a mask that covers the prefill
+    cannot be honoured there and is refused.
     """
-    conditions = [list(c) for c in conditions]
-    if not any(conditions):
-        return []
-
-    def wanted(name: str) -> bool:
-        return any(_matches(f, name) for cond in conditions for f, _ in cond)
-
-    def fn(tensor, hook):
-        if tensor.shape[0] != len(conditions):
-            raise ValueError(
-                f"batched_hooks expected a batch of {len(conditions)} rows at {hook.name}, "
-                f"got {tensor.shape[0]}."
-            )
-        for b, cond in enumerate(conditions):
-            for f, h in cond:
-                if _matches(f, hook.name):
-                    row = tensor[b : b + 1]
-                    out = h(row, hook)
-                    if out is not None and out is not row:
-                        tensor[b : b + 1] = out
-        return tensor
-
-    return [(wanted, fn)]
-
-
-@torch.no_grad()
-def decode_conditions(
-    model,
-    input_ids: torch.Tensor,
-    conditions: Mapping[str, Sequence[Hook]],
-    max_new_tokens: int = 16,
-    stop_at_newline: bool = True,
-    chunk_size: int = 512,
-) -> dict[str, str]:
-    """Greedy answers of ``input_ids`` (``[n]``) under every condition, in one batch.
-
-    The prompt but its last token is prefilled once without hooks; the cache is then
-    repeated once per condition and decoding runs with ``batched_hooks`` (each condition's
-    hooks on its own row), as :func:`rhlens.decode.greedy_decode` would with
-    ``decode_hooks=conditions[name]``.
-
-    Returns:
-        ``{condition name: decoded text}``.
-    """
-    if input_ids.ndim != 1 or input_ids.numel() < 2:
-        raise ValueError("input_ids must be a 1-D tensor of at least two prompt tokens.")
-    names = list(conditions)
-    if not names:
-        raise ValueError("conditions is empty: pass at least {'none': []}.")
-    tok = model.tokenizer
-    device = _model_device(model)
-    ids = input_ids.to(device)
-    cache = _new_cache(model)
-    prefill(model, ids[:-1], cache, chunk_size)
-    batch = len(names)
-    if batch > 1:
-        cache.batch_repeat_interleave(batch)
-    nxt = ids[-1:].repeat(batch, 1)
-    generated: list[list[int]] = [[] for _ in names]
-    done = [False] * batch
-    hooks = batched_hooks([conditions[n] for n in names])
-    with model.hooks(fwd_hooks=hooks):
-        for _ in range(max_new_tokens):
-            out, cache = model(nxt, return_type="logits_and_cache", past_key_values=cache)
-            tokens = out[:, -1].argmax(-1)
-            for b, token in enumerate(tokens.tolist()):
-                if done[b]:
-                    continue
-                if token == tok.eos_token_id or (
-                    stop_at_newline and "\n" in tok.decode([token])
-                    and tok.decode(generated[b]).strip()
-                ):
-                    done[b] = True
-                else:
-                    generated[b].append(token)
-            if all(done):
-                break
-            nxt = tokens[:, None]
-    return {name: tok.decode(gen) for name, gen in zip(names, generated)}
-
-
-# --------------------------------------------------------------------------- QA metric
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces.
-
-    >>> normalize_answer("The  Amber-Heron!")
-    'amberheron'
-    """
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def token_f1(prediction: str, truths: str | Sequence[str]) -> float:
-    """SQuAD token F1 of ``prediction`` against the best of ``truths`` (bag of tokens).
-
-    >>> round(token_f1("purple walrus", "purple walrus seventeen"), 3)
-    0.8
-    >>> token_f1("", "x")
-    0.0
-    """
-    truths = [truths] if isinstance(truths, str) else list(truths)
-    pred = normalize_answer(prediction).split()
-    best = 0.0
-    for truth in truths:
-        gold = normalize_answer(truth).split()
-        common = collections.Counter(pred) & collections.Counter(gold)
-        same = sum(common.values())
-        if not pred or not gold:
-            f1 = float(pred == gold)
-        elif same == 0:
-            f1 = 0.0
+    out = {}
+    for name, cond in conditions.items():
+        if isinstance(cond, Mask):
+            if cond.prefill:
+                raise ValueError(f"Condition {name!r} masks the prefill too; batched decoding "
+                                 "shares one prefill, so use prefill=False (the paper's) here.")
+            out[name] = cond.hooks(model)
         else:
-            p, r = same / len(pred), same / len(gold)
-            f1 = 2 * p * r / (p + r)
-        best = max(best, f1)
-    return best
+            out[name] = list(cond)
+    return out
 
 
 # --------------------------------------------------------------------------- QA items
@@ -295,7 +175,7 @@ def _profile(rng: random.Random) -> tuple[str, list[tuple[str, str, str, str]]]:
          f"Who is the most famous poet born in {town}?", poet,
          f"The most famous poet born in {town} is"),
         (f"Today about {population} people live in {town}.",
-         f"How many people live in {town}?", population, f"About"),
+         f"How many people live in {town}?", population, "About"),
         (f"The founding year of {town}, {year}, is carved above the door of the town hall.",
          f"In which year was {town} founded?", year, f"{town} was founded in"),
     ]
@@ -353,7 +233,7 @@ def qa_prompt(tokenizer, item: QAItem) -> torch.Tensor:
 def evaluate_qa(
     model,
     items: Sequence[QAItem],
-    conditions: Mapping[str, Sequence[Hook]],
+    conditions: Mapping[str, Condition],
     max_new_tokens: int = 12,
     progress: bool = True,
 ):
@@ -365,10 +245,11 @@ def evaluate_qa(
     import pandas as pd
     from tqdm.auto import tqdm
 
+    hooks = condition_hooks(model, conditions)
     rows = []
     for i, item in enumerate(tqdm(items, desc="extractive QA", disable=not progress)):
         ids = qa_prompt(model.tokenizer, item)
-        outs = decode_conditions(model, ids, conditions, max_new_tokens)
+        outs = decode_conditions(model, ids, hooks, max_new_tokens)
         for cond, text in outs.items():
             rows.append({"item": i, "condition": cond, "output": text,
                          "f1": 100 * token_f1(text, item.answers), "answer": item.answer})
@@ -507,29 +388,10 @@ def cot_prompt(tokenizer, task: CoTTask | tuple[str, int], cot: bool) -> torch.T
     return torch.tensor(_encode(tokenizer, text + prefix), dtype=torch.long)
 
 
-def extract_number(text: str) -> int | None:
-    """The integer after the last ``"answer is"``, else the last integer in ``text``.
-
-    >>> extract_number("d = 2 + 5 = 7, p = 7 - 3 = 4. The answer is 4.")
-    4
-    >>> extract_number(" 12.")
-    12
-    >>> extract_number("no idea") is None
-    True
-    """
-    tail = text.rsplit("answer is", 1)[-1] if "answer is" in text else text
-    nums = re.findall(r"-?\d+", tail.replace(",", ""))
-    if not nums:
-        nums = re.findall(r"-?\d+", text.replace(",", ""))
-    if not nums:
-        return None
-    return int(nums[0] if "answer is" in text else nums[-1])
-
-
 def evaluate_cot(
     model,
     tasks: Sequence[CoTTask | tuple[str, int]],
-    conditions: Mapping[str, Sequence[Hook]],
+    conditions: Mapping[str, Condition],
     cot: bool,
     max_new_tokens: int | None = None,
     progress: bool = True,
@@ -543,11 +405,12 @@ def evaluate_cot(
     from tqdm.auto import tqdm
 
     max_new_tokens = max_new_tokens or (48 if cot else 6)
+    hooks = condition_hooks(model, conditions)
     rows = []
     for i, task in enumerate(tqdm(tasks, desc=f"CoT={cot}", disable=not progress)):
         ids = cot_prompt(model.tokenizer, task, cot)
         answer = task[1] if isinstance(task, tuple) else task.answer
-        outs = decode_conditions(model, ids, conditions, max_new_tokens)
+        outs = decode_conditions(model, ids, hooks, max_new_tokens)
         for cond, text in outs.items():
             pred = extract_number(text)
             rows.append({"task": i, "condition": cond, "cot": cot, "output": text,

@@ -1,31 +1,22 @@
 """The two failure modes of the paper: incomplete retrieval and hallucination.
 
-As more retrieval heads are masked, an answer is
-
-* ``complete``: every content word of the needle's answer is in the output;
-* ``incomplete``: some of them (the model retrieved part of the needle);
-* ``hallucinated``: none of them.
-
-Content words leave out a few function words ("a", "the", "in"...), which would otherwise
-make a hallucinated answer look partly right.
+As more retrieval heads are masked, an answer goes from ``complete`` to ``incomplete`` (the
+model retrieved part of the needle) to ``hallucinated`` (none of it): the classes of
+:mod:`rhlens.answers` (:func:`~rhlens.answers.classify_answer`).
 
 The paper reports that when retrieval fails, retrieval heads no longer look at the needle but
 at the first tokens of the prompt (the *attention sink*). :func:`attention_mass` measures both
-from the attention rows recorded by :func:`rhlens.decode.greedy_decode` (``record_rows``).
+from the attention rows recorded by :func:`rhlens.decode.greedy_decode` (``record_rows``), and
+:func:`failure_sweep` does so for the strongest heads left unmasked, over a K grid.
 
 Example::
 
-    >>> classify_answer("purple walrus seventeen", "The password is purple walrus seventeen.")
-    'complete'
-    >>> classify_answer("purple walrus seventeen", "It is purple cat.")
-    'incomplete'
-    >>> classify_answer("in the old glass greenhouse", "in the library")
-    'hallucinated'
+    >>> df = failure_sweep(model, grid, scores, ks=[0, 8, 26])                     # doctest: +SKIP
+    >>> failure_table(df)                                                          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -33,38 +24,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .ablation import mask_hooks, top_heads
+from .ablation import Mask
+from .answers import CLASS_COLORS, CLASSES, classify_answer
 from .decode import greedy_decode
-from .detect import sample_grid
-from .haystack import Needle
-
-CATEGORIES = ("complete", "incomplete", "hallucinated")
-FUNCTION_WORDS = frozenset("a an the in on at of to with and or is was by for".split())
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def content_recall(answer: str, output: str) -> float:
-    """Share of the answer's content words found in ``output`` (all words if the answer has
-    only function words).
-
-    >>> content_recall("a hollow wooden owl", "a wooden box")
-    0.3333333333333333
-    """
-    words = _words(answer)
-    content = [w for w in words if w not in FUNCTION_WORDS] or words
-    if not content:
-        raise ValueError(f"The answer {answer!r} has no words.")
-    found = set(_words(output))
-    return sum(w in found for w in content) / len(content)
-
-
-def classify_answer(answer: str, output: str) -> str:
-    """``"complete"``, ``"incomplete"`` or ``"hallucinated"`` (see the module docstring)."""
-    r = content_recall(answer, output)
-    return "complete" if r == 1.0 else "hallucinated" if r == 0.0 else "incomplete"
+from .grid import Grid
+from .heads import head_names, top_heads
 
 
 def attention_mass(rows: torch.Tensor, needle_span: tuple[int, int], sink: int = 4) -> dict:
@@ -92,26 +56,24 @@ def attention_mass(rows: torch.Tensor, needle_span: tuple[int, int], sink: int =
 
 def failure_sweep(
     model,
+    grid: Grid,
     scores: torch.Tensor,
     ks: Sequence[int],
-    lengths: Sequence[int],
-    depths: Sequence[float],
-    needles: Sequence[Needle],
-    haystack: str | None = None,
-    mode: str = "uniform",
+    *,
+    mask: Mask = Mask(),
     watch: int = 5,
     sink: int = 4,
-    max_new_tokens: int = 32,
     progress: bool = True,
     answered_only: bool = False,
 ) -> pd.DataFrame:
     """Mask the top-K heads for each K, classify each answer, and record where the
     strongest *unmasked* retrieval heads (ranks K+1 … K+``watch``) attend.
 
-    With ``mode="uniform"`` a masked head's attention is uniform by construction, so the
+    With ``mask_mode="uniform"`` a masked head's attention is uniform by construction, so the
     heads watched are the next-ranked ones, still free to look where they like.
 
     Args:
+        mask: the mode, prefill and means of every run (its heads are ignored).
         answered_only: keep only the prompts the unmasked model answers completely (a
             failure caused by masking needs an answer to lose); the number left out is in
             ``df.attrs["unanswered"]``.
@@ -121,21 +83,20 @@ def failure_sweep(
         ``category``, ``needle_mass`` and ``sink_mass`` (means over the watched heads and the
         decode steps), ``watched``.
     """
-    samples = sample_grid(model.tokenizer, needles, haystack, lengths, depths, model.cfg.n_ctx)
+    samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
     ranked = top_heads(scores, scores.numel())
 
     def run(k: int, sample) -> dict:
         masked, watched = ranked[:k], ranked[k : k + watch]
-        hooks = mask_hooks(masked, mode, n_heads=model.cfg.n_heads)
-        trace = greedy_decode(model, sample.input_ids, max_new_tokens, decode_hooks=hooks,
-                              record_rows=watched)
+        trace = greedy_decode(model, sample.input_ids, grid.max_new_tokens,
+                              mask=mask.with_heads(masked), record_rows=watched)
         masses = [attention_mass(trace.rows[h], sample.needle_span, sink) for h in watched]
         return {
             "k": k, "needle": sample.needle.text, "length": sample.length, "depth": sample.depth,
             "answer": trace.text, "category": classify_answer(sample.needle.answer, trace.text),
             "needle_mass": sum(m["needle"] for m in masses) / max(len(masses), 1),
             "sink_mass": sum(m["sink"] for m in masses) / max(len(masses), 1),
-            "watched": " ".join(f"L{l}H{h}" for l, h in watched),
+            "watched": head_names(watched),
         }
 
     by_k: dict[int, list[dict]] = {k: [] for k in ks}  # rows come out K by K, in ``ks`` order
@@ -161,14 +122,14 @@ def failure_sweep(
 def failure_table(df: pd.DataFrame) -> pd.DataFrame:
     """Share of each category per K (rows: K, columns: the three categories)."""
     table = pd.crosstab(df["k"], df["category"], normalize="index")
-    return table.reindex(columns=list(CATEGORIES), fill_value=0.0)
+    return table.reindex(columns=list(CLASSES), fill_value=0.0)
 
 
 def attention_by_category(df: pd.DataFrame) -> pd.DataFrame:
     """Mean attention mass on the needle and on the sink per answer category."""
     out = df.groupby("category")[["needle_mass", "sink_mass"]].mean()
     out["n"] = df.groupby("category").size()
-    return out.reindex([c for c in CATEGORIES if c in out.index])
+    return out.reindex([c for c in CLASSES if c in out.index])
 
 
 def plot_failure_modes(df: pd.DataFrame, title: str | None = None):
@@ -176,10 +137,10 @@ def plot_failure_modes(df: pd.DataFrame, title: str | None = None):
     per category (needle vs attention sink)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     table = failure_table(df)
-    colors = {"complete": "C2", "incomplete": "C1", "hallucinated": "C3"}
+    colors = CLASS_COLORS
     bottom = pd.Series(0.0, index=table.index)
     xs = range(len(table.index))
-    for cat in CATEGORIES:
+    for cat in CLASSES:
         a.bar(xs, table[cat], bottom=bottom, color=colors[cat], label=cat)
         bottom = bottom + table[cat]
     a.set_xticks(list(xs), [str(k) for k in table.index])

@@ -142,7 +142,7 @@ def load_needles(path: str | Path | None = None, n: int | None = None) -> list[N
             ) from err
     if n is not None:
         if n < 1:
-            raise ValueError(f"--needles must be at least 1, got {n}.")
+            raise ValueError(f"`needles` must be at least 1, got {n}.")
         if n > len(needles):
             raise ValueError(
                 f"Asked for {n} needles but only {len(needles)} exist; pass a needle file "

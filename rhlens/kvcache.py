@@ -38,9 +38,13 @@ from typing import Sequence
 
 import torch
 
-from .decode import Hook
+from .answers import niah_score
+from .decode import Hook, decode_conditions
+from .grid import Grid
+from .heads import Head
 
-KVHead = tuple[int, int]  # (layer, kv head)
+#: A KV head: ``(layer, kv head)``; query head ``h`` reads KV head ``h // group_size``.
+KVHead = tuple[int, int]
 
 
 def group_size(n_heads: int, n_kv_heads: int) -> int:
@@ -55,7 +59,7 @@ def kv_head_of(head: int, n_heads: int, n_kv_heads: int) -> int:
     return head // group_size(n_heads, n_kv_heads)
 
 
-def kv_heads_of(query_heads: Sequence[tuple[int, int]], n_heads: int,
+def kv_heads_of(query_heads: Sequence[Head], n_heads: int,
                 n_kv_heads: int) -> list[KVHead]:
     """KV heads that must stay full so that every query head in ``query_heads`` sees all keys.
 
@@ -65,7 +69,7 @@ def kv_heads_of(query_heads: Sequence[tuple[int, int]], n_heads: int,
     return sorted({(l, kv_head_of(h, n_heads, n_kv_heads)) for l, h in query_heads})
 
 
-def query_heads_of(kv_heads: Sequence[KVHead], n_heads: int, n_kv_heads: int) -> list[tuple[int, int]]:
+def query_heads_of(kv_heads: Sequence[KVHead], n_heads: int, n_kv_heads: int) -> list[Head]:
     """All query heads reading the given KV heads."""
     g = group_size(n_heads, n_kv_heads)
     return sorted((l, k * g + i) for l, k in set(kv_heads) for i in range(g))
@@ -215,23 +219,22 @@ def policy_grid(
     return policies
 
 
-def kv_compression_sweep(model, scores: torch.Tensor, samples, policies: Sequence[Policy],
-                         max_new_tokens: int = 16, progress: bool = True):
-    """NIAH score of every sample under every policy (one batched decode per sample).
+def kv_compression_sweep(model, grid: Grid, policies: Sequence[Policy], *,
+                         progress: bool = True):
+    """NIAH score of every prompt of ``grid`` under every policy (one batched decode per
+    prompt, :func:`rhlens.decode.decode_conditions`).
 
-    ``samples`` are :class:`rhlens.haystack.Sample`. Returns a DataFrame with ``policy``,
-    ``family``, ``n_full``, ``share``, ``sample``, ``answer``, ``score``.
+    Returns a DataFrame with ``policy``, ``family``, ``n_full``, ``share``, ``sample``,
+    ``answer``, ``score``.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .downstream import decode_conditions
-    from .niah import niah_score
-
     conditions = {p.name: p.hooks for p in policies}
     rows = []
+    samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
     for i, sample in enumerate(tqdm(samples, desc="KV policies", disable=not progress)):
-        outs = decode_conditions(model, sample.input_ids, conditions, max_new_tokens)
+        outs = decode_conditions(model, sample.input_ids, conditions, grid.max_new_tokens)
         for p in policies:
             rows.append({"policy": p.name, "family": p.family,
                          "n_full": len(p.full_kv_heads), "share": p.share, "sample": i,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import SUBCOMMANDS, add_grid_args, add_model_args, parse_list
+from .cli import add_grid_args, add_model_args, grid_from_args, parse_list
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,24 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _needles(args):
+    from .grid import masking_needles
     from .haystack import load_needles
-    from .niah_grid import held_out_needles, needles_used_by
 
-    needles = load_needles(args.needle_file, None)
-    if args.skip_needles is not None:
-        used = {n.text for n in needles[: args.skip_needles]}
-    elif args.scores:
-        used = needles_used_by(args.scores)
-    else:
-        used = set()
-    kept = held_out_needles(needles, used)
-    if used:
-        print(f"leaving out {len(needles) - len(kept)} needle(s) used to compute the scores")
-    if args.needles is not None:
-        if args.needles > len(kept):
-            raise ValueError(f"Asked for {args.needles} needles but only {len(kept)} are held "
-                             "out; pass a --needle-file with more, or ask for fewer.")
-        kept = kept[: args.needles]
+    kept, left_out = masking_needles(load_needles(args.needle_file, None),
+                                     scores_path=args.scores, skip=args.skip_needles,
+                                     n=args.needles)
+    if left_out:
+        print(f"leaving out {left_out} needle(s) used to compute the scores")
     return kept
 
 
@@ -72,8 +62,8 @@ def run(args) -> int:
     """needle-in-a-haystack grid with top-K or random heads masked; CSV and heatmap"""
     import torch
 
-    from .ablation import head_means, k_grid, random_heads, top_heads
-    from .haystack import load_haystack
+    from .ablation import Mask, k_grid
+    from .heads import head_names
     from .models import load_model
     from .niah_grid import k_curve, k_sweep, niah_heatmap, plot_k_curve, run_niah
     from .results import load_scores
@@ -82,51 +72,42 @@ def run(args) -> int:
         raise ValueError("Masking needs --scores (make one with `rhlens score`).")
     if args.mask_top and args.mask_random:
         raise ValueError("Use --mask-top or --mask-random in one run, not both.")
-    needles = _needles(args)
-    haystack = load_haystack(args.haystack)
+    grid = grid_from_args(args, _needles(args))
     torch.set_grad_enabled(False)
     model = load_model(args.model, args.device, args.dtype)
     scores = load_scores(args.scores) if args.scores else None
     if scores is not None and tuple(scores.shape) != (model.cfg.n_layers, model.cfg.n_heads):
         raise ValueError(f"{args.scores} scores {tuple(scores.shape)} heads, but the model has "
                          f"{model.cfg.n_layers} x {model.cfg.n_heads}: wrong score file?")
-    means = None
+    options = {"mask_mode": args.mask_mode, "prefill": args.mask_prefill}
+    if args.mask_top:
+        mask = Mask.top(scores, args.mask_top, **options)
+    elif args.mask_random:
+        mask = Mask.random(scores, args.mask_random, args.seed, threshold=args.threshold, **options)
+    else:
+        mask = Mask(**options)
     if args.mask_mode == "mean":
-        from .detect import sample_grid
-
-        ref = sample_grid(model.tokenizer, needles, haystack, args.lengths[:1], [0.5])
-        means = head_means(model, [s.input_ids for s in ref])
+        mask = mask.with_means(model, grid.reference_prompts(model.tokenizer))
     import matplotlib.pyplot as plt
 
     if args.sweep_k:
         n_total = model.cfg.n_layers * model.cfg.n_heads
         ks = k_grid(n_total) if args.sweep_k == "auto" else parse_list(args.sweep_k, int)
-        df = k_sweep(model, scores, ks, args.lengths, args.depths, needles, haystack,
-                     parse_list(args.seeds, int), args.threshold, args.mask_mode,
-                     args.mask_prefill, means, args.out, args.max_new_tokens)
+        df = k_sweep(model, grid, scores, ks, seeds=parse_list(args.seeds, int),
+                     threshold=args.threshold, mask=mask, out=args.out)
         curve = k_curve(df)
         print(curve.round(1).to_string(index=False))
         if args.plot:
             plot_k_curve(curve, n_heads_total=n_total, title=args.model).figure.savefig(
                 args.plot, dpi=130, bbox_inches="tight")
     else:
-        if args.mask_top:
-            heads = top_heads(scores, args.mask_top)
-        elif args.mask_random:
-            heads = random_heads(scores, args.mask_random, args.seed, args.threshold)
-        else:
-            heads = []
-        if heads:
-            print("masking " + " ".join(f"L{l}H{h}" for l, h in heads) + f" ({args.mask_mode})")
-        df = run_niah(model, args.lengths, args.depths, needles, haystack, heads,
-                      args.mask_mode, args.mask_prefill, means, args.out, args.max_new_tokens)
+        if mask.heads:
+            print(f"masking {head_names(mask.heads)} ({args.mask_mode})")
+        df = run_niah(model, grid, mask, out=args.out)
         print(f"\nNIAH score {df['score'].mean():.1f} over {len(df)} samples")
         if args.plot:
-            niah_heatmap(df, title=f"{args.model}: {len(heads)} heads masked").figure.savefig(
+            niah_heatmap(df, title=f"{args.model}: {len(mask.heads)} heads masked").figure.savefig(
                 args.plot, dpi=130, bbox_inches="tight")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     plt.close("all")
     return 0
-
-
-SUBCOMMANDS["niah"] = (add_arguments, run)

@@ -1,27 +1,27 @@
 """Needle-in-a-haystack grids with heads masked, and the sweep over the number of masked heads.
 
-:func:`run_niah` decodes every (needle, length, depth) prompt, optionally with heads masked,
-and scores the answer as the paper does (ROUGE-1 recall x 100 of the needle's answer span).
-Results go to a CSV (rewritten atomically after every sample) and to a resumable sample log.
-:func:`niah_heatmap` draws the classic depth x length figure.
+:func:`run_niah` decodes every prompt of a :class:`~rhlens.grid.Grid` with a
+:class:`~rhlens.ablation.Mask` (empty: the unmasked model) and scores the answer as the paper
+does (ROUGE-1 recall x 100 of the needle's answer span). Results go to a CSV (rewritten
+atomically after every sample) and to a resumable sample log. :func:`niah_heatmap` draws the
+classic depth x length figure.
 
 :func:`k_sweep` masks the top-K heads and K random *non-retrieval* heads (several seeds) on the
 same prompts, for each K; :func:`k_curve` summarises it (random: mean and spread over seeds)
 and :func:`plot_k_curve` draws it.
 
-Masking runs should use needles that were not used to compute the scores, otherwise the
-heads are tested on the very prompts that selected them: :func:`needles_used_by` reads the
-needles of a score run from its sample log so that they can be left out.
+Masking runs should use needles that were not used to compute the scores
+(:func:`rhlens.grid.masking_needles`).
 
 Example::
 
-    >>> df = run_niah(model, [600], [0.2, 0.5, 0.8], needles, heads=[(17, 3)])   # doctest: +SKIP
-    >>> df[["needle", "length", "depth", "score", "answer"]]                       # doctest: +SKIP
+    >>> grid = Grid([600], [0.2, 0.5, 0.8], needles=held_out)                       # doctest: +SKIP
+    >>> df = run_niah(model, grid, Mask.top(scores, 13))                              # doctest: +SKIP
+    >>> df[["needle", "length", "depth", "score", "answer"]]                         # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -30,63 +30,30 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .ablation import check_heads, mask_hooks, random_heads, top_heads
+from .ablation import Mask
+from .answers import niah_score
 from .decode import greedy_decode
-from .detect import sample_grid
-from .haystack import Needle
-from .niah import niah_score
+from .grid import Grid
+from .heads import head_names
 from .results import SampleLog, atomic_write_text
 
 COLUMNS = ["needle", "length", "depth", "score", "answer"]
 
 
-def needles_used_by(scores_path: str | Path) -> set[str]:
-    """Needle texts of the score run that wrote ``scores_path`` (from its
-    ``<scores>.samples.jsonl`` log); empty when there is no log (e.g. a published file)."""
-    log = Path(f"{scores_path}.samples.jsonl")
-    if not log.exists():
-        return set()
-    used = set()
-    for line in log.read_text().splitlines()[1:]:
-        try:
-            used.add(json.loads(line)["needle"])
-        except (json.JSONDecodeError, KeyError):
-            continue
-    return used
-
-
-def held_out_needles(needles: Sequence[Needle], used: set[str]) -> list[Needle]:
-    """``needles`` without those whose text is in ``used``; an error if none is left."""
-    kept = [n for n in needles if n.text not in used]
-    if not kept:
-        raise ValueError(
-            "Every needle was already used to compute the scores; masking must be tested on "
-            "other needles. Pass a --needle-file with new needles or fewer --skip-needles."
-        )
-    return kept
-
-
 def run_niah(
     model,
-    lengths: Sequence[int],
-    depths: Sequence[float],
-    needles: Sequence[Needle],
-    haystack: str | None = None,
-    heads: Sequence[tuple[int, int]] = (),
-    mode: str = "uniform",
-    prefill: bool = False,
-    means: torch.Tensor | None = None,
+    grid: Grid,
+    mask: Mask = Mask(),
+    *,
     out: str | Path | None = None,
-    max_new_tokens: int = 32,
     progress: bool = True,
     extra: dict | None = None,
 ) -> pd.DataFrame:
-    """NIAH over a lengths x depths grid with ``heads`` masked.
+    """NIAH over ``grid`` with ``mask`` applied.
 
     Args:
-        heads: ``[(layer, head), ...]`` to mask (empty: the unmasked model).
-        mode, prefill, means: see :func:`rhlens.ablation.mask_hooks`; ``prefill`` also masks
-            while the prompt is read (the paper masks during decoding only).
+        grid: needles x lengths x depths, haystack and token budget.
+        mask: the heads to mask and how (default: none; the paper masks decode steps only).
         out: CSV path; ``<out>.samples.jsonl`` lets a rerun resume.
         extra: constant columns added to every row (e.g. ``{"k": 5, "kind": "top"}``).
 
@@ -94,21 +61,20 @@ def run_niah(
         a DataFrame with a row per (needle, length, depth): ``needle``, ``length``,
         ``depth``, ``score`` (ROUGE-1 recall x 100), ``answer`` and the ``extra`` columns.
     """
-    heads = [tuple(map(int, h)) for h in heads]
-    check_heads(model, heads)
-    hooks = mask_hooks(heads, mode, means, model.cfg.n_heads)
-    samples = sample_grid(model.tokenizer, needles, haystack, lengths, depths, model.cfg.n_ctx)
-    settings = {"model": str(model.cfg.model_name), "heads": [list(h) for h in heads],
-                "mode": mode, "prefill": prefill, "max_new_tokens": max_new_tokens}
+    mask.hooks(model)  # check the heads (and the means) before the first sample
+    samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
+    settings = {"model": str(model.cfg.model_name), "heads": [list(h) for h in mask.heads],
+                "mode": mask.mask_mode, "prefill": mask.prefill,
+                "max_new_tokens": grid.max_new_tokens}
     log = SampleLog(f"{out}.samples.jsonl", settings) if out else None
     rows = []
-    bar = tqdm(samples, desc=f"NIAH ({len(heads)} masked)", unit="sample", disable=not progress)
+    bar = tqdm(samples, desc=f"NIAH ({len(mask.heads)} masked)", unit="sample",
+               disable=not progress)
     for sample in bar:
         if log is not None and sample.key in log:
             row = log.records[sample.key]
         else:
-            trace = greedy_decode(model, sample.input_ids, max_new_tokens, decode_hooks=hooks,
-                                  prefill_hooks=hooks if prefill else ())
+            trace = greedy_decode(model, sample.input_ids, grid.max_new_tokens, mask=mask)
             row = {"key": sample.key, "needle": sample.needle.text, "length": sample.length,
                    "depth": sample.depth, "score": niah_score(sample.needle.answer, trace.text),
                    "answer": trace.text, "expected": sample.needle.answer}
@@ -147,41 +113,43 @@ def niah_heatmap(df: pd.DataFrame, ax=None, title: str | None = None):
 
 def k_sweep(
     model,
+    grid: Grid,
     scores: torch.Tensor,
     ks: Sequence[int],
-    lengths: Sequence[int],
-    depths: Sequence[float],
-    needles: Sequence[Needle],
-    haystack: str | None = None,
+    *,
     seeds: Sequence[int] = (0, 1, 2),
     threshold: float = 0.1,
-    mode: str = "uniform",
-    prefill: bool = False,
-    means: torch.Tensor | None = None,
+    mask: Mask = Mask(),
     out: str | Path | None = None,
-    max_new_tokens: int = 32,
     progress: bool = True,
 ) -> pd.DataFrame:
     """NIAH with the top-K heads masked and with K random non-retrieval heads (each seed),
     for each K, on the same prompts.
 
+    Args:
+        scores: ``[n_layers, n_heads]`` map that ranks the heads.
+        ks: the K grid (e.g. :func:`rhlens.ablation.k_grid`).
+        seeds: one random draw per seed, among heads scoring ``<= threshold``.
+        mask: the mode, prefill and means every run uses (its heads are ignored).
+
     Returns:
         every row of every run, with columns ``k``, ``kind`` (``"top"``/``"random"``),
-        ``seed`` (-1 for top) besides those of :func:`run_niah`. With ``out``, each run
-        logs to ``<out>.k{K}.{kind}{seed}.csv`` (resumable) and the whole table to ``out``.
+        ``seed`` (-1 for top) and ``heads`` besides those of :func:`run_niah`. With ``out``,
+        each run logs to ``<out>.k{K}.{kind}{seed}.csv`` (resumable) and the whole table to
+        ``out``.
     """
     runs = []
     for k in ks:
-        runs.append((k, "top", -1, top_heads(scores, k)))
+        runs.append((k, "top", -1, Mask.top(scores, k).heads))
         if k > 0:
-            runs += [(k, "random", s, random_heads(scores, k, s, threshold)) for s in seeds]
+            runs += [(k, "random", s, Mask.random(scores, k, s, threshold=threshold).heads)
+                     for s in seeds]
     frames = []
     for k, kind, seed, heads in tqdm(runs, desc="K sweep", disable=not progress):
         part = None if out is None else f"{out}.k{k}.{kind}{'' if seed < 0 else seed}.csv"
-        frames.append(run_niah(model, lengths, depths, needles, haystack, heads, mode, prefill,
-                               means, part, max_new_tokens, progress=False,
+        frames.append(run_niah(model, grid, mask.with_heads(heads), out=part, progress=False,
                                extra={"k": k, "kind": kind, "seed": seed,
-                                      "heads": " ".join(f"L{l}H{h}" for l, h in heads)}))
+                                      "heads": head_names(heads)}))
     df = pd.concat(frames, ignore_index=True)
     if out:
         atomic_write_text(out, df.to_csv(index=False))

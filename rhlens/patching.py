@@ -37,9 +37,9 @@ import matplotlib.pyplot as plt
 import torch
 from tqdm.auto import tqdm
 
-from .ablation import _as_heads, top_heads
-from .compare import spearman, top_k_overlap
-from .decode import _model_device, _new_cache, greedy_decode, prefill
+from .ablation import split_heads
+from .decode import greedy_decode, model_device, new_cache, prefill
+from .heads import head_name, spearman, top_heads, top_k_overlap
 from .haystack import Sample
 
 #: Plain words used to build counterfactual answers (kept if they are one token).
@@ -172,19 +172,19 @@ def patch_heads(model, pair: PatchPair, chunk_size: int = 512) -> PatchResult:
     (batch = ``n_heads``).
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    device = _model_device(model)
+    device = model_device(model)
     suffix = torch.cat([pair.clean_ids[-1:], pair.continuation[:-1]]).to(device)  # decode inputs
     s = suffix.numel()
 
-    clean_cache = _new_cache(model)
+    clean_cache = new_cache(model)
     prefill(model, pair.clean_ids[:-1].to(device), clean_cache, chunk_size)
     logits, act = model.run_with_cache(suffix[None], past_key_values=clean_cache,
                                        names_filter=lambda n: n.endswith("attn.hook_z"))
-    clean_z = [_as_heads(act[f"blocks.{l}.attn.hook_z"], n_heads)[0] for l in range(n_layers)]
+    clean_z = [split_heads(act[f"blocks.{l}.attn.hook_z"], n_heads)[0] for l in range(n_layers)]
     ld_clean = float(_logit_diff(logits, pair)[0])
     del clean_cache, act
 
-    cache = _new_cache(model)
+    cache = new_cache(model)
     prefill(model, pair.cf_ids[:-1].to(device), cache, chunk_size)
     logits, cache = model(suffix[None], return_type="logits_and_cache", past_key_values=cache)
     ld_cf = float(_logit_diff(logits, pair)[0])
@@ -195,7 +195,7 @@ def patch_heads(model, pair: PatchPair, chunk_size: int = 512) -> PatchResult:
     lds = torch.zeros(n_layers, n_heads)
     for layer in range(n_layers):
         def put(z, hook, layer=layer):
-            zz = _as_heads(z, n_heads).clone()  # [head (batch row), s, head, d]
+            zz = split_heads(z, n_heads).clone()  # [head (batch row), s, head, d]
             zz[idx, :, idx] = clean_z[layer].transpose(0, 1).to(zz.dtype)
             return zz.reshape(z.shape)
 
@@ -279,7 +279,7 @@ def plot_patching(patch: torch.Tensor, scores: torch.Tensor | None = None, title
         ax = axes[0, 1]
         ax.scatter(scores.flatten(), patch.flatten(), s=10, alpha=0.6)
         for l, h in top_heads(scores, min(5, scores.numel())):
-            ax.annotate(f"L{l}H{h}", (float(scores[l, h]), float(patch[l, h])), fontsize=7)
+            ax.annotate(head_name(l, h), (float(scores[l, h]), float(patch[l, h])), fontsize=7)
         k = min(10, scores.numel())
         c = compare_maps(patch, scores, (k,))
         ax.set_xlabel("retrieval score")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-from .scoring import head_table
+from .heads import head_table
 
 
 def score_heatmap(scores: torch.Tensor, ax=None, title: str | None = None, vmax: float = 1.0,

@@ -5,9 +5,9 @@ it attends to most, ``i = argmax(attention row)``, lies inside the needle span a
 ``prompt[i] == w``. With ``g_h`` the needle tokens head ``h`` copied over the whole answer
 and ``k`` the needle,
 
-* ``mode="paper"`` (default): ``score_h = |g_h ∩ k| / |k|``. Each needle position counts once,
+* ``score_mode="paper"`` (default): ``score_h = |g_h ∩ k| / |k|``. Each needle position counts once,
   so the score lies in ``[0, 1]``;
-* ``mode="sum"``: the public code's arithmetic, which adds ``1/|k|`` at *every* copying step
+* ``score_mode="sum"``: the public code's arithmetic, which adds ``1/|k|`` at *every* copying step
   without de-duplicating, so one sample can exceed 1.
 
 Everything here is a pure function of (argmax positions, needle span, prompt ids, generated
@@ -21,15 +21,19 @@ Example::
     >>> tokens = torch.tensor([8, 9, 9])
     >>> retrieval_scores(argmax, tokens, prompt, (1, 4))
     tensor([[0.6667, 0.3333]])
-    >>> retrieval_scores(argmax, tokens, prompt, (1, 4), mode="sum")
+    >>> retrieval_scores(argmax, tokens, prompt, (1, 4), score_mode="sum")
     tensor([[1.0000, 0.3333]])
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-MODES = ("paper", "sum")
+#: ``"paper"``: ``|g_h ∩ k| / |k|`` (at most 1); ``"sum"``: the public code's summing.
+ScoreMode = Literal["paper", "sum"]
+SCORE_MODES: tuple[ScoreMode, ...] = ("paper", "sum")
 
 
 def copy_hits(
@@ -60,7 +64,7 @@ def retrieval_scores(
     tokens: torch.Tensor,
     prompt_ids: torch.Tensor,
     needle_span: tuple[int, int],
-    mode: str = "paper",
+    score_mode: ScoreMode = "paper",
 ) -> torch.Tensor:
     """Retrieval score of every query head for one sample.
 
@@ -69,13 +73,13 @@ def retrieval_scores(
         tokens: ``[T]`` generated tokens.
         prompt_ids: ``[n]`` prompt ids.
         needle_span: ``(start, end)``, end exclusive.
-        mode: ``"paper"`` (de-duplicated, at most 1) or ``"sum"`` (the public code).
+        score_mode: ``"paper"`` (de-duplicated, at most 1) or ``"sum"`` (the public code).
 
     Returns:
         ``[n_layers, n_heads]`` float scores.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    if score_mode not in SCORE_MODES:
+        raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {score_mode!r}.")
     start, end = needle_span
     size = end - start
     if size <= 0:
@@ -88,45 +92,10 @@ def retrieval_scores(
     hits = torch.stack(
         [copy_hits(argmax[t], int(tokens[t]), prompt_ids, needle_span) for t in range(len(tokens))]
     ) if len(tokens) else torch.zeros((0, *argmax.shape[1:]), dtype=torch.bool)
-    if mode == "sum":
+    if score_mode == "sum":
         return hits.sum(0).float() / size
     # paper: the set of distinct needle positions each head copied, over all steps
     offsets = (argmax - start).clamp(0, size - 1)  # [T, L, H]
     onehot = torch.nn.functional.one_hot(offsets, size).bool()  # [T, L, H, |k|]
     copied = (onehot & hits.unsqueeze(-1)).any(0)  # [L, H, |k|]
     return copied.sum(-1).float() / size
-
-
-def head_table(scores: torch.Tensor):
-    """``[n_layers, n_heads]`` scores as a pandas table sorted by score (``layer``, ``head``,
-    ``score``, ``name`` as ``L16H19``)."""
-    import pandas as pd
-
-    n_layers, n_heads = scores.shape
-    layer, head = torch.meshgrid(torch.arange(n_layers), torch.arange(n_heads), indexing="ij")
-    table = pd.DataFrame(
-        {
-            "layer": layer.flatten().numpy(),
-            "head": head.flatten().numpy(),
-            "score": scores.flatten().double().numpy(),
-        }
-    )
-    table["name"] = [f"L{l}H{h}" for l, h in zip(table["layer"], table["head"])]
-    return table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def summarize(scores: torch.Tensor, top: int = 10) -> dict:
-    """Headline numbers of a ``[n_layers, n_heads]`` mean-score map, as the paper reports them.
-
-    Returns a dict with ``top`` (list of ``(name, score)``), ``share_above_0.1``,
-    ``share_above_0.5`` and ``share_zero`` (fractions of all heads).
-    """
-    flat = scores.flatten().double()
-    table = head_table(scores)
-    return {
-        "n_heads": int(flat.numel()),
-        "top": list(zip(table.name[:top], table.score[:top].round(4))),
-        "share_above_0.1": float((flat > 0.1).double().mean()),
-        "share_above_0.5": float((flat > 0.5).double().mean()),
-        "share_zero": float((flat == 0).double().mean()),
-    }

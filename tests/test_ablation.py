@@ -5,17 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.ablation import (
-    check_heads,
-    head_means,
-    k_grid,
-    mask_hooks,
-    masked_decode,
-    parse_head,
-    random_heads,
-    top_heads,
-)
+from rhlens.ablation import Mask, head_means, k_grid
 from rhlens.decode import greedy_decode
+from rhlens.heads import check_heads, parse_head, random_heads, top_heads
 
 IDS = torch.arange(100, 112)
 
@@ -44,7 +36,8 @@ def test_mask_reaches_exactly_the_chosen_heads(tiny, mode):
     _, z0, _ = _z_and_patterns(tiny)
     for layer in range(n_layers):
         for head in (0, n_heads - 1):
-            _, z1, pat1 = _z_and_patterns(tiny, mask_hooks([(layer, head)], mode, means, n_heads))
+            mask = Mask([(layer, head)], mode, means=means)
+            _, z1, pat1 = _z_and_patterns(tiny, mask.hooks(tiny))
             assert _changed_heads(z0, z1, layer) == [head], (mode, layer, head)
             for earlier in range(layer):
                 assert _changed_heads(z0, z1, earlier) == []
@@ -57,7 +50,7 @@ def test_mask_reaches_exactly_the_chosen_heads(tiny, mode):
 def test_uniform_keeps_the_causal_mask(tiny):
     """In a full (prefill) forward, the masked head attends uniformly over keys j <= i only."""
     n = IDS.numel()
-    _, _, pat = _z_and_patterns(tiny, mask_hooks([(1, 1)], "uniform"))
+    _, _, pat = _z_and_patterns(tiny, Mask([(1, 1)], "uniform").hooks(tiny))
     expected = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]
     assert torch.allclose(pat[1, 1], expected, atol=1e-6)
     assert not torch.allclose(pat[1, 0], expected, atol=1e-3)  # other heads untouched
@@ -67,8 +60,8 @@ def test_uniform_at_decode_steps_covers_all_keys(tiny):
     """At decode steps the masked head's row is 1/(n + t) over every key so far; the
     recorded unmasked head is not uniform; prefill is untouched unless asked."""
     n = IDS.numel()
-    trace = masked_decode(tiny, IDS, [(0, 2)], "uniform", max_new_tokens=3,
-                          stop_at_newline=False, record_rows=[(0, 2), (0, 3)])
+    trace = greedy_decode(tiny, IDS, max_new_tokens=3, stop_at_newline=False,
+                          record_rows=[(0, 2), (0, 3)], mask=Mask([(0, 2)], "uniform"))
     steps = trace.tokens.numel()
     assert steps >= 1
     for t in range(steps):
@@ -82,8 +75,9 @@ def test_prefill_phase_changes_the_kv_cache(tiny_llama):
     masking leaves the prefill cache (hence layer 1's keys over the prompt) as unmasked."""
     kw = dict(max_new_tokens=1, stop_at_newline=False, record_rows=[(1, 0)])
     base = greedy_decode(tiny_llama, IDS, **kw)
-    dec = masked_decode(tiny_llama, IDS, [(0, 0)], "zero", prefill=False, **kw)
-    both = masked_decode(tiny_llama, IDS, [(0, 0)], "zero", prefill=True, chunk_size=5, **kw)
+    dec = greedy_decode(tiny_llama, IDS, mask=Mask([(0, 0)], "zero", prefill=False), **kw)
+    both = greedy_decode(tiny_llama, IDS, mask=Mask([(0, 0)], "zero", prefill=True),
+                         chunk_size=5, **kw)
     diff_dec = (base.rows[(1, 0)] - dec.rows[(1, 0)]).abs().max()
     diff_both = (base.rows[(1, 0)] - both.rows[(1, 0)]).abs().max()
     assert diff_both > diff_dec > 0
@@ -91,16 +85,30 @@ def test_prefill_phase_changes_the_kv_cache(tiny_llama):
 
 def test_mask_hooks_errors():
     with pytest.raises(ValueError, match="mode"):
-        mask_hooks([(0, 0)], "random")
-    with pytest.raises(ValueError, match="head_means"):
-        mask_hooks([(0, 0)], "mean")
-    assert mask_hooks([], "uniform") == []
+        Mask([(0, 0)], "random")
+    with pytest.raises(ValueError, match="with_means"):
+        Mask([(0, 0)], "mean").hooks(n_heads=4)
+    assert Mask([], "uniform").hooks(n_heads=4) == []
+
+
+def test_mask_is_one_value():
+    """A mask is frozen and compares by what it masks; ``with_heads`` keeps mode and prefill."""
+    a = Mask([(1, 2), ("L0H3")], "zero", prefill=True)
+    assert a.heads == ((1, 2), (0, 3))
+    assert a == Mask(((1, 2), (0, 3)), "zero", prefill=True) and hash(a) == hash(Mask(a.heads, "zero", True))
+    b = a.with_heads([(0, 0)])
+    assert (b.heads, b.mask_mode, b.prefill) == (((0, 0),), "zero", True)
+    scores = torch.tensor([[0.9, 0.0], [0.05, 0.5]])
+    assert Mask.top(scores, 2).heads == ((0, 0), (1, 1))
+    assert set(Mask.random(scores, 2, seed=0).heads) == {(0, 1), (1, 0)}
+    with pytest.raises(ValueError, match="do not exist"):
+        Mask([(5, 0)]).hooks(type("M", (), {"cfg": type("C", (), {"n_layers": 2, "n_heads": 2})})())
 
 
 def test_check_heads(tiny_llama):
-    check_heads(tiny_llama, [(1, 3)])
+    check_heads([(1, 3)], tiny_llama.cfg.n_layers, tiny_llama.cfg.n_heads)
     with pytest.raises(ValueError, match="2 layers x 4"):
-        check_heads(tiny_llama, [(2, 0)])
+        check_heads([(2, 0)], tiny_llama.cfg.n_layers, tiny_llama.cfg.n_heads)
 
 
 def test_parse_head():

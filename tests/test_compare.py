@@ -13,16 +13,12 @@ import torch
 from rhlens.compare import (
     PAPER_SHARE_ABOVE_0_1,
     compare_scores,
-    pearson,
     published_url,
     same_family_test,
     side_by_side,
-    sparsity,
     sparsity_table,
-    spearman,
-    top_heads,
-    top_k_overlap,
 )
+from rhlens.heads import pearson, sparsity, spearman, top_heads, top_k_overlap
 from rhlens.results import scores_to_json
 
 

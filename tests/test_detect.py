@@ -7,14 +7,15 @@ import torch
 
 from rhlens.decode import greedy_decode
 from rhlens.detect import NoPassingSampleError, detect_retrieval_heads
+from rhlens.grid import Grid
 from rhlens.haystack import NEEDLES, build_sample, default_haystack
 from rhlens.results import load_scores
 
 
 def test_score_path_runs_on_every_architecture(tiny, tmp_path):
     out = tmp_path / "scores.json"
-    run = detect_retrieval_heads(tiny, lengths=[160], depths=[0.5], needles=1, rouge_gate=-1,
-                                 out=out, max_new_tokens=4, progress=False)
+    grid = Grid(lengths=[160], depths=[0.5], needles=1, max_new_tokens=4)
+    run = detect_retrieval_heads(tiny, grid, rouge_gate=-1, out=out, progress=False)
     n_layers, n_heads = tiny.cfg.n_layers, tiny.cfg.n_heads
     assert run.scores.shape == (n_layers, n_heads)
     assert ((run.scores >= 0) & (run.scores <= 1)).all()
@@ -57,24 +58,23 @@ def test_recorded_argmax_equals_full_forward_pattern(tiny_llama):
 
 def test_no_passing_sample_is_an_error_not_an_empty_file(tiny_llama, tmp_path):
     out = tmp_path / "scores.json"
-    with pytest.raises(NoPassingSampleError, match="rouge-gate"):
-        detect_retrieval_heads(tiny_llama, [160], [0.5], needles=1, out=out,
-                               max_new_tokens=3, progress=False)
+    with pytest.raises(NoPassingSampleError, match="rouge_gate"):
+        detect_retrieval_heads(tiny_llama, Grid([160], [0.5], needles=1, max_new_tokens=3),
+                               out=out, progress=False)
     assert not out.exists()
 
 
 def test_rerun_resumes_from_the_log(tiny_llama, tmp_path, monkeypatch):
     out = tmp_path / "scores.json"
-    first = detect_retrieval_heads(tiny_llama, [160], [0.2, 0.8], needles=1, rouge_gate=-1,
-                                   out=out, max_new_tokens=3, progress=False)
+    grid = Grid([160], [0.2, 0.8], needles=1, max_new_tokens=3)
+    first = detect_retrieval_heads(tiny_llama, grid, rouge_gate=-1, out=out, progress=False)
     import rhlens.detect as detect
 
     def boom(*a, **k):
         raise AssertionError("a finished sample was decoded again")
 
     monkeypatch.setattr(detect, "score_sample", boom)
-    again = detect_retrieval_heads(tiny_llama, [160], [0.2, 0.8], needles=1, rouge_gate=-1,
-                                   out=out, max_new_tokens=3, progress=False)
+    again = detect_retrieval_heads(tiny_llama, grid, rouge_gate=-1, out=out, progress=False)
     assert torch.equal(first.scores, again.scores)
 
 

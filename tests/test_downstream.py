@@ -5,24 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.ablation import mask_hooks, random_heads, top_heads
-from rhlens.decode import greedy_decode
+from rhlens.ablation import Mask
+from rhlens.answers import extract_number, normalize_answer, token_f1
+from rhlens.decode import batched_hooks, decode_conditions, greedy_decode
 from rhlens.downstream import (
-    batched_hooks,
     cot_prompt,
-    decode_conditions,
     eval_chain,
     evaluate_cot,
     evaluate_qa,
-    extract_number,
     head_conditions,
     make_cot_tasks,
     make_qa_items,
-    normalize_answer,
     qa_prompt,
     summarize_conditions,
-    token_f1,
 )
+from rhlens.heads import random_heads, top_heads
 from rhlens.kvcache import compressed_cache_hooks
 from rhlens.models import embedded_tokenizer
 
@@ -91,6 +88,8 @@ def test_head_sets_are_seeded_and_below_threshold():
         random_heads(scores, 23, seed=0)
     conds = head_conditions(scores, 2, seeds=(0, 1))
     assert list(conds) == ["none", "top-2", "random-2-s0", "random-2-s1"]
+    assert conds["top-2"].heads == ((2, 1), (4, 3)) and conds["none"].heads == ()
+    assert not set(conds["random-2-s0"].heads) & {(2, 1), (4, 3)}
 
 
 def test_batched_hooks_touch_only_their_row():
@@ -118,7 +117,7 @@ def test_uniform_mask_gives_uniform_attention(tiny_llama):
     def rec(pattern, hook):
         rows.setdefault(hook.name, []).append(pattern[0, :, -1].clone())
 
-    hooks = mask_hooks([(1, 2)]) + [(lambda n: n.endswith("hook_pattern"), rec)]
+    hooks = Mask([(1, 2)]).hooks(tiny_llama) + [(lambda n: n.endswith("hook_pattern"), rec)]
     greedy_decode(tiny_llama, ids, 3, decode_hooks=hooks, stop_at_newline=False)
     for row in rows["blocks.1.attn.hook_pattern"]:
         n = row.shape[-1]
@@ -130,7 +129,7 @@ def test_decode_conditions_match_greedy_decode(tiny_llama):
     ids = torch.arange(300, 340)
     conds = {
         "none": [],
-        "mask": mask_hooks([(0, 0), (1, 3)]),
+        "mask": Mask([(0, 0), (1, 3)]).hooks(tiny_llama),
         "sink": compressed_cache_hooks([], 2, 4, 2, sink=1, window=0),
     }
     outs = decode_conditions(tiny_llama, ids, conds, max_new_tokens=6, stop_at_newline=False)

@@ -9,10 +9,11 @@ import torch
 
 from rhlens import NEEDLES, build_sample, default_haystack
 from rhlens.decode import DecodeTrace
-from rhlens.failure import classify_answer
+from rhlens.answers import classify_answer, classify_score
+from rhlens.heads import share_above
 from rhlens.explore import (
-    classify_score, head_data, head_explorer, masking_explorer, masking_row,
-    score_map_explorer, share_above, step_view, use_static,
+    head_data, head_explorer, masking_explorer, masking_row, score_map_explorer, step_view,
+    use_static,
 )
 
 pytest.importorskip("ipywidgets")

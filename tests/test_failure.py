@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rhlens.answers import classify_answer, content_recall
 from rhlens.failure import (
     attention_by_category,
     attention_mass,
-    classify_answer,
-    content_recall,
     failure_sweep,
     failure_table,
     plot_failure_modes,
 )
+from rhlens.grid import Grid
 from rhlens.haystack import NEEDLES
 
 HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
@@ -39,8 +39,8 @@ def test_attention_mass():
 
 def test_failure_sweep(tiny_llama):
     scores = torch.tensor([[0.1, 0.0, 0.5, 0.0], [0.9, 0.0, 0.0, 0.3]])
-    df = failure_sweep(tiny_llama, scores, [0, 2], [160], [0.5], NEEDLES[:1], HAY, watch=2,
-                       max_new_tokens=3, progress=False)
+    grid = Grid([160], [0.5], NEEDLES[:1], HAY, max_new_tokens=3)
+    df = failure_sweep(tiny_llama, grid, scores, [0, 2], watch=2, progress=False)
     assert list(df["k"]) == [0, 2]
     assert df["watched"].tolist() == ["L1H0 L0H2", "L1H3 L0H0"]  # the next unmasked heads
     assert df["category"].isin(["complete", "incomplete", "hallucinated"]).all()
@@ -51,7 +51,7 @@ def test_failure_sweep(tiny_llama):
     assert "n" in attention_by_category(df)
     assert len(plot_failure_modes(df).axes) == 2
     # a random-weight model answers nothing, so keeping only answered prompts keeps none
-    kept = failure_sweep(tiny_llama, scores, [0, 2], [160], [0.5], NEEDLES[:1], HAY, watch=2,
-                         max_new_tokens=3, progress=False, answered_only=True)
+    kept = failure_sweep(tiny_llama, grid, scores, [0, 2], watch=2, progress=False,
+                         answered_only=True)
     assert kept.empty and kept.attrs["unanswered"] == 1
     assert list(kept.columns) == list(df.columns)

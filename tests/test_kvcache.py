@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rhlens.decode import greedy_decode
+from rhlens.grid import Grid
 from rhlens.haystack import NEEDLES, build_sample, default_haystack
 from rhlens.kvcache import (
     compressed_cache_hooks,
@@ -90,8 +91,9 @@ def test_policy_grid_and_sweep(tiny_llama):
     assert by["retrieval-1"].full_kv_heads == [(1, 1)]
     assert by["window-1"].share == pytest.approx(by["retrieval-1"].share, abs=0.02)
     assert by["retrieval-0"].share < by["retrieval-1"].share < 1.0
-    frame = kv_compression_sweep(tiny_llama, scores, [sample], pols, max_new_tokens=3,
-                                 progress=False)
+    grid = Grid([120], [0.5], NEEDLES[:1], default_haystack(), max_new_tokens=3)
+    assert grid.samples(tok)[0].input_ids.tolist() == sample.input_ids.tolist()
+    frame = kv_compression_sweep(tiny_llama, grid, pols, progress=False)
     assert len(frame) == len(pols) and frame["score"].between(0, 100).all()
     table = curve(frame)
     assert set(table["family"]) == {"full", "retrieval", "random", "window"}

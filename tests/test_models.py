@@ -10,18 +10,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config
 
-from rhlens.decode import greedy_decode, prefill, _new_cache
+from rhlens.decode import greedy_decode, new_cache, prefill
 from rhlens.haystack import NEEDLES, build_sample, default_haystack
-from rhlens.models import (
-    PAPER_MODELS,
-    TINY_QUIRKS,
-    apply_config_overrides,
-    ntk_theta,
-    prepare_config,
-    public_rope_reset,
-    tiny_model,
-    tiny_paper_model,
-)
+from rhlens.models import PAPER_MODELS
+from rhlens.rope import apply_config_overrides, ntk_theta, prepare_config, public_rope_reset
+from rhlens.tiny import TINY_QUIRKS, tiny_model, tiny_paper_model
 from rhlens.scoring import retrieval_scores
 
 CONFIG_CLASSES = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
@@ -120,7 +113,7 @@ def test_frozen_rope_makes_chunked_prefill_exact():
     ids = torch.arange(10, 10 + 96)
 
     def last_logits(model, chunk):
-        return prefill(model, ids, _new_cache(model), chunk_size=chunk)
+        return prefill(model, ids, new_cache(model), chunk_size=chunk)
 
     frozen = tiny_paper_model("llama-2-7b-80k")
     torch.testing.assert_close(last_logits(frozen, 16), last_logits(frozen, 96), atol=1e-4,
@@ -154,7 +147,7 @@ def test_score_end_to_end(paper, haystack):
     assert trace.argmax.shape == (len(trace.tokens), L, H)
     assert int(trace.argmax.max()) < sample.input_ids.numel() + len(trace.tokens)
     scores = retrieval_scores(trace.argmax, trace.tokens, sample.input_ids, sample.needle_span,
-                              mode="paper")
+                              score_mode="paper")
     assert scores.shape == (L, H) and float(scores.min()) >= 0 and float(scores.max()) <= 1
 
 

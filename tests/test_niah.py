@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
+from rhlens.ablation import Mask
+from rhlens.grid import Grid, held_out_needles, needles_used_by
 from rhlens.haystack import NEEDLES, needles_to_json
 from rhlens.niah_grid import (
-    held_out_needles,
     k_curve,
     k_sweep,
-    needles_used_by,
     niah_heatmap,
     plot_k_curve,
     run_niah,
@@ -24,34 +24,36 @@ HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 
 def test_run_niah_csv_and_resume(tiny_llama, tmp_path):
     out = tmp_path / "niah.csv"
-    kw = dict(haystack=HAY, max_new_tokens=3, progress=False, out=out)
-    df = run_niah(tiny_llama, [160, 200], [0.0, 1.0], NEEDLES[:1], heads=[(1, 2)], **kw)
+    kw = dict(progress=False, out=out)
+    grid = Grid([160, 200], [0.0, 1.0], NEEDLES[:1], HAY, max_new_tokens=3)
+    df = run_niah(tiny_llama, grid, Mask([(1, 2)]), **kw)
     assert list(df.columns[:5]) == ["needle", "length", "depth", "score", "answer"]
     assert len(df) == 4 and df["score"].between(0, 100).all()
     on_disk = pd.read_csv(out)
     assert len(on_disk) == 4 and set(on_disk["length"]) == {160, 200}
-    again = run_niah(tiny_llama, [160, 200], [0.0, 1.0], NEEDLES[:1], heads=[(1, 2)], **kw)
+    again = run_niah(tiny_llama, grid, Mask([(1, 2)]), **kw)
     assert again["answer"].tolist() == df["answer"].tolist()
     with pytest.raises(ValueError, match="other settings"):  # other heads, same log
-        run_niah(tiny_llama, [160], [0.0], NEEDLES[:1], heads=[(0, 0)], **kw)
+        run_niah(tiny_llama, grid.replace(lengths=[160], depths=[0.0]), Mask([(0, 0)]), **kw)
     ax = niah_heatmap(df)
     assert ax.get_ylabel() == "needle depth"
 
 
 def test_mask_changes_answers(tiny_llama):
     """Zeroing every head changes what the model says (the hooks are really active)."""
-    kw = dict(haystack=HAY, max_new_tokens=4, progress=False)
-    base = run_niah(tiny_llama, [160], [0.5], NEEDLES[:1], **kw)
+    grid = Grid([160], [0.5], NEEDLES[:1], HAY, max_new_tokens=4)
+    base = run_niah(tiny_llama, grid, progress=False)
     every = [(l, h) for l in range(2) for h in range(4)]
-    masked = run_niah(tiny_llama, [160], [0.5], NEEDLES[:1], heads=every, mode="zero", **kw)
+    masked = run_niah(tiny_llama, grid, Mask(every, "zero"), progress=False)
     assert base["answer"][0] != masked["answer"][0]
 
 
 def test_k_sweep_and_curve(tiny_llama, tmp_path):
     scores = torch.zeros(2, 4)
     scores[1, 1], scores[0, 3] = 0.8, 0.4
-    df = k_sweep(tiny_llama, scores, [0, 2], [160], [0.5], NEEDLES[:1], HAY, seeds=(0, 1),
-                 max_new_tokens=3, progress=False, out=tmp_path / "sweep.csv")
+    grid = Grid([160], [0.5], NEEDLES[:1], HAY, max_new_tokens=3)
+    df = k_sweep(tiny_llama, grid, scores, [0, 2], seeds=(0, 1), progress=False,
+                 out=tmp_path / "sweep.csv")
     assert sorted(set(zip(df.k, df.kind))) == [(0, "top"), (2, "random"), (2, "top")]
     assert (df[(df.kind == "top") & (df.k == 2)]["heads"] == "L1H1 L0H3").all()
     rnd = df[df.kind == "random"]["heads"]
@@ -85,7 +87,7 @@ def test_cli_niah(tmp_path, monkeypatch, capsys):
     """`rhlens niah` end to end on a tiny model: masks top heads, leaves out score needles."""
     import rhlens.models
     from rhlens.cli import main
-    from rhlens.models import tiny_model
+    from rhlens.tiny import tiny_model
     from rhlens.results import scores_to_json
 
     monkeypatch.setattr(rhlens.models, "load_model", lambda *a, **k: tiny_model("llama"))

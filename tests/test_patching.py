@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rhlens.ablation import _as_heads
+from rhlens.ablation import split_heads
 from rhlens.haystack import NEEDLES, build_sample
 from rhlens.patching import (
     PatchPair,
@@ -54,8 +54,8 @@ def test_batched_patching_matches_single_head_patching(tiny):
     H = tiny.cfg.n_heads
     for layer, head in [(0, 1), (1, H - 1)]:
         def put(z, hook, layer=layer, head=head):
-            zz = _as_heads(z, H).clone()
-            zz[0, n - 1 :, head] = _as_heads(cc[f"blocks.{layer}.attn.hook_z"], H)[0, n - 1 :, head]
+            zz = split_heads(z, H).clone()
+            zz[0, n - 1 :, head] = split_heads(cc[f"blocks.{layer}.attn.hook_z"], H)[0, n - 1 :, head]
             return zz.reshape(z.shape)
 
         logits = tiny.run_with_hooks(seq_f[None], fwd_hooks=[(f"blocks.{layer}.attn.hook_z", put)])

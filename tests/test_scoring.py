@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rhlens.scoring import copy_hits, head_table, retrieval_scores, summarize
+from rhlens.heads import head_table, summarize
+from rhlens.scoring import copy_hits, retrieval_scores
 
 PROMPT = torch.tensor([50, 10, 11, 12, 13, 60, 61])  # needle = positions 1..4 -> ids 10..13
 SPAN = (1, 5)
@@ -46,7 +47,7 @@ def test_repeated_tokens_are_deduplicated_in_paper_mode():
     argmax = steps([2], [2], [2])
     tokens = torch.tensor([11, 11, 11])
     assert retrieval_scores(argmax, tokens, PROMPT, SPAN).item() == pytest.approx(0.25)
-    assert retrieval_scores(argmax, tokens, PROMPT, SPAN, mode="sum").item() == pytest.approx(0.75)
+    assert retrieval_scores(argmax, tokens, PROMPT, SPAN, score_mode="sum").item() == pytest.approx(0.75)
 
 
 def test_sum_mode_exceeds_one_like_the_public_code():
@@ -54,7 +55,7 @@ def test_sum_mode_exceeds_one_like_the_public_code():
     argmax = steps([1], [2], [3], [4], [4], [4], [4])
     tokens = torch.tensor([10, 11, 12, 13, 13, 13, 13])
     paper = retrieval_scores(argmax, tokens, PROMPT, SPAN)
-    public = retrieval_scores(argmax, tokens, PROMPT, SPAN, mode="sum")
+    public = retrieval_scores(argmax, tokens, PROMPT, SPAN, score_mode="sum")
     assert paper.item() == pytest.approx(1.0)
     assert public.item() == pytest.approx(7 / 4)
     assert public.item() > 1
@@ -89,7 +90,7 @@ def test_no_tokens_gives_zero():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="mode"):
-        retrieval_scores(steps([1]), torch.tensor([10]), PROMPT, SPAN, mode="max")
+        retrieval_scores(steps([1]), torch.tensor([10]), PROMPT, SPAN, score_mode="max")
     with pytest.raises(ValueError, match="one step per token"):
         retrieval_scores(steps([1], [2]), torch.tensor([10]), PROMPT, SPAN)
     with pytest.raises(ValueError, match="Empty needle"):

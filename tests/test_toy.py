@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.ablation import mask_hooks
+from rhlens.ablation import Mask
+from rhlens.heads import control_pool, pearson, random_heads, top_heads
 from rhlens.toy import (
     ATTN_ONLY_2L,
     ASST,
@@ -15,12 +16,8 @@ from rhlens.toy import (
     ToyModelConfig,
     ToyTask,
     build_model,
-    control_pool,
     masked_accuracy,
-    random_heads,
-    score_correlation,
     to_bridge,
-    top_heads,
     toy_retrieval_scores,
     toy_tokenizer,
     train,
@@ -123,7 +120,7 @@ def test_mask_hooks_only_touch_decode_positions_and_heads():
 
     from_pos = task.length - 1
     for mode in ("uniform", "zero"):
-        hooks = mask_hooks([(1, 0)], mode, from_pos=from_pos)
+        hooks = Mask([(1, 0)], mode).hooks(bridge, from_pos=from_pos)
         masked = bridge.run_with_hooks(ids, fwd_hooks=[*hooks, ("blocks.1.attn.hook_pattern", grab)])
         assert torch.allclose(masked[:, :from_pos], clean[:, :from_pos], atol=1e-5)
         assert not torch.allclose(masked[:, from_pos:], clean[:, from_pos:])
@@ -135,7 +132,7 @@ def test_mask_hooks_only_touch_decode_positions_and_heads():
         untouched = cache["blocks.1.attn.hook_pattern"][0, 1]
         assert torch.allclose(seen["p"][0, 1], untouched)
     with pytest.raises(ValueError, match="means"):
-        mask_hooks([(0, 0)], "mean")
+        Mask([(0, 0)], "mean").hooks(bridge)
 
 
 def test_head_selection_helpers():
@@ -144,7 +141,7 @@ def test_head_selection_helpers():
     drawn = random_heads(scores, 2, seed=0, threshold=None, exclude=[(0, 1), (1, 0)])
     assert sorted(drawn) == [(0, 0), (1, 1)]
     assert random_heads(scores, 1, seed=5) == random_heads(scores, 1, seed=5)
-    assert score_correlation(scores, 2 * scores) == pytest.approx(1.0)
+    assert pearson(scores, 2 * scores) == pytest.approx(1.0)
     # non-retrieval heads (<= 0.1) in the layers holding a retrieval head: (0, 0) and (1, 1)
     assert sorted(random_heads(scores, 2, seed=0, same_layers=True)) == [(0, 0), (1, 1)]
     with pytest.raises(ValueError, match="smaller k"):
@@ -162,7 +159,6 @@ def test_control_pool_never_holds_a_retrieval_head():
 @pytest.mark.slow
 def test_masking_top_head_breaks_retrieval_random_heads_do_not():
     """Trains the chapter's 2-layer model (about a minute) and checks the causal claim."""
-    from rhlens.toy import control_pool as toy_control_pool
     from rhlens.toy import trained_model
 
     bridge, history = trained_model("attn-only-2l", cache=False)
@@ -170,11 +166,11 @@ def test_masking_top_head_breaks_retrieval_random_heads_do_not():
     task = ToyTask()
     run = toy_retrieval_scores(bridge, task, n=16)
     retrieval = [hd for hd in top_heads(run.scores, 8) if run.scores[hd] > 0.5]
-    acc_top = masked_accuracy(bridge, task, retrieval, n=128)
+    acc_top = masked_accuracy(bridge, task, Mask(retrieval), n=128)
     assert acc_top < 0.2
-    control = [hd for hd in toy_control_pool(run.scores, same_layers=True)][: len(retrieval)]
+    control = [hd for hd in control_pool(run.scores, same_layers=True)][: len(retrieval)]
     if control:  # non-retrieval heads of the retrieval heads' layer barely matter
-        assert masked_accuracy(bridge, task, control, n=128) > 0.8
+        assert masked_accuracy(bridge, task, Mask(control), n=128) > 0.8
 
 
 def test_emergence_replays_checkpoints_on_a_bridge_and_restores_the_weights():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .check import expect, passed
+
 
 def check_exact_value_accuracy(fn) -> None:
     """``fn(logits [n, m, vocab], values [n, m]) -> float``: share of rows whose every value
@@ -15,16 +17,17 @@ def check_exact_value_accuracy(fn) -> None:
             logits[i, j, v] = 1.0
     logits[2, 1, 3] = 5.0  # row 2 gets its second token wrong
     got = float(fn(logits, values))
-    assert abs(got - 2 / 3) < 1e-6, (
-        f"Expected 2/3 (rows 0 and 1 fully right, row 2 has one wrong token), got {got}. "
-        "Hint: compare argmax(-1) with values, then require .all() along the value axis.")
-    print("✓ exact-value accuracy is correct")
+    expect(abs(got - 2 / 3) < 1e-6, "exact-value accuracy",
+           f"expected 2/3 (rows 0 and 1 fully right, row 2 has one wrong token), got {got}",
+           "compare argmax(-1) with values, then require .all() along the value axis")
+    passed("exact-value accuracy")
 
 
 def check_uniform_row(fn) -> None:
     """``fn(n_keys: int) -> Tensor [n_keys]``: the uniform attention row a masked head gets."""
     for k in (1, 4, 9):
-        row = fn(k)
-        assert row.shape == (k,), f"Expected shape ({k},), got {tuple(row.shape)}."
-        assert torch.allclose(row, torch.full((k,), 1.0 / k)), "Every key should get 1/n_keys."
-    print("✓ uniform attention row is correct")
+        row = torch.as_tensor(fn(k))
+        expect(tuple(row.shape) == (k,), "uniform row", f"expected shape ({k},), got {tuple(row.shape)}")
+        expect(torch.allclose(row.float(), torch.full((k,), 1.0 / k)), "uniform row",
+               f"for {k} keys got {row.tolist()}", "every key gets 1 / n_keys")
+    passed("uniform row")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..scoring import copy_hits, retrieval_scores
+from .check import expect, fail, passed
 
 _PROMPT = torch.tensor([50, 10, 11, 12, 13, 60, 11])
 _SPAN = (1, 5)
@@ -25,12 +26,12 @@ def check_copy_hits(fn) -> None:
     for argmax, token in _cases():
         got = torch.as_tensor(fn(argmax, token, _PROMPT, _SPAN)).bool()
         want = copy_hits(argmax, token, _PROMPT, _SPAN)
-        assert got.shape == want.shape, f"shape {tuple(got.shape)}, expected {tuple(want.shape)}"
-        assert torch.equal(got, want), (
-            f"argmax={argmax.tolist()}, token={token}: got {got.tolist()}, expected "
-            f"{want.tolist()}. Hint: position 6 holds token 11 too, but lies outside the needle."
-        )
-    print("check_copy_hits: all cases pass")
+        expect(got.shape == want.shape, "copy_hits",
+               f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        expect(torch.equal(got, want), "copy_hits",
+               f"argmax={argmax.tolist()}, token={token}: got {got.tolist()}, expected "
+               f"{want.tolist()}", "position 6 holds token 11 too, but lies outside the needle")
+    passed("copy_hits")
 
 
 def check_retrieval_scores(fn) -> None:
@@ -47,10 +48,12 @@ def check_retrieval_scores(fn) -> None:
     for argmax, tokens in cases:
         want = retrieval_scores(argmax, tokens, _PROMPT, _SPAN)
         got = torch.as_tensor(fn(argmax, tokens, _PROMPT, _SPAN)).float()
-        assert got.shape == want.shape, f"shape {tuple(got.shape)}, expected {tuple(want.shape)}"
+        expect(got.shape == want.shape, "retrieval_scores",
+               f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
         if not torch.allclose(got, want, atol=1e-6):
-            summed = retrieval_scores(argmax, tokens, _PROMPT, _SPAN, mode="sum")
-            hint = (" You are summing every copying step (the public code's arithmetic): count "
-                    "each needle position once." if torch.allclose(got, summed) else "")
-            raise AssertionError(f"got {got.tolist()}, expected {want.tolist()}.{hint}")
-    print("check_retrieval_scores: all cases pass")
+            summed = retrieval_scores(argmax, tokens, _PROMPT, _SPAN, score_mode="sum")
+            hint = ("you are summing every copying step (the public code's arithmetic): count "
+                    "each needle position once" if torch.allclose(got, summed)
+                    else "a head scores the share of distinct needle positions it copied")
+            fail("retrieval_scores", f"got {got.tolist()}, expected {want.tolist()}", hint)
+    passed("retrieval_scores")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ..answers import classify_answer
+from .check import expect, passed
+
 
 def check_restored_fraction(fn) -> None:
     """``fn(ld_patched, ld_clean, ld_cf) -> float``: share of the logit difference restored."""
@@ -9,10 +12,9 @@ def check_restored_fraction(fn) -> None:
              ((5.0, 3.0, -1.0), 1.5), ((-2.0, 2.0, 0.0), -1.0)]
     for args, want in cases:
         got = float(fn(*args))
-        assert abs(got - want) < 1e-9, (
-            f"fn{args} = {got}, expected {want}: 0 means no better than the counterfactual run, "
-            "1 means as good as the clean run")
-    print("check_restored_fraction: correct.")
+        expect(abs(got - want) < 1e-9, "restored fraction", f"fn{args} = {got}, expected {want}",
+               "0 means no better than the counterfactual run, 1 means as good as the clean run")
+    passed("restored fraction")
 
 
 def check_classify(fn) -> None:
@@ -25,7 +27,8 @@ def check_classify(fn) -> None:
         ("Saffron Thunder", "it was SAFFRON thunder!", "complete"),
     ]
     for answer, output, want in cases:
+        assert classify_answer(answer, output) == want  # the reference agrees with the cases
         got = fn(answer, output)
-        assert got == want, (f"{answer!r} vs {output!r}: got {got!r}, expected {want!r} "
-                             "(ignore case, punctuation and words like 'the')")
-    print("check_classify: correct.")
+        expect(got == want, "classify", f"{answer!r} vs {output!r}: got {got!r}, expected {want!r}",
+               "ignore case, punctuation and function words like 'the'")
+    passed("classify")

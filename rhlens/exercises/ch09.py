@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..kvcache import kv_cache_bytes, kv_heads_of
+from .check import expect, passed
 
 
 def check_kv_heads_of(fn) -> None:
@@ -15,11 +16,10 @@ def check_kv_heads_of(fn) -> None:
     ]
     for heads, n, k in cases:
         want, got = kv_heads_of(heads, n, k), sorted(map(tuple, fn(heads, n, k)))
-        assert got == want, (
-            f"query heads {heads} with {n} query / {k} KV heads: expected {want}, got {got}. "
-            "Hint: query head h reads KV head h // (n_heads // n_kv_heads); each KV head once."
-        )
-    print("✓ GQA groups mapped correctly")
+        expect(got == want, "KV heads of",
+               f"query heads {heads} with {n} query / {k} KV heads: expected {want}, got {got}",
+               "query head h reads KV head h // (n_heads // n_kv_heads); each KV head once")
+    passed("KV heads of")
 
 
 def check_kv_bytes(fn) -> None:
@@ -29,8 +29,7 @@ def check_kv_bytes(fn) -> None:
         L, K, d, n, f, s, w = args
         want = kv_cache_bytes(L, K, d, n, [(i // K, i % K) for i in range(f)], s, w)["kept"]
         got = int(fn(*args))
-        assert got == want, (
-            f"{args}: expected {want} bytes, got {got}. Hint: K and V, 2 bytes each, d_head "
-            "values per token per KV head; compressed heads keep min(n_tokens, sink + window)."
-        )
-    print("✓ KV-cache bytes are correct")
+        expect(got == want, "KV-cache bytes kept", f"{args}: expected {want} bytes, got {got}",
+               "K and V, 2 bytes each, d_head values per token per KV head; compressed heads "
+               "keep min(n_tokens, sink + window)")
+    passed("KV-cache bytes kept")

@@ -18,10 +18,6 @@ from .analysis import (
     masked_accuracy,
     masking_effect,
     prev_token_induction_scores,
-    control_pool,
-    random_heads,
-    score_correlation,
-    top_heads,
     toy_retrieval_scores,
 )
 from .recipes import ATTN_ONLY_3L, RECIPES, Recipe, cache_dir, trained_model

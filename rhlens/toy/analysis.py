@@ -3,12 +3,13 @@
 * :func:`toy_retrieval_scores`: greedy-decode toy prompts with :func:`rhlens.decode.greedy_decode`
   and score every head with :func:`rhlens.scoring.retrieval_scores` (needle span = the value
   tokens in the prompt);
-* :func:`masked_accuracy`: mask heads with :func:`rhlens.ablation.mask_hooks` (uniform
-  attention, as the paper, or zero output) at the decode positions and measure exact-value
-  accuracy; :func:`masking_effect`: top-K against random-K (:func:`rhlens.ablation.random_heads`);
+* :func:`masked_accuracy`: apply a :class:`rhlens.ablation.Mask` (uniform attention, as the
+  paper, or zero output) at the decode positions and measure exact-value accuracy;
+  :func:`masking_effect`: top-K against random-K (:func:`rhlens.heads.random_heads`);
 * :func:`prev_token_induction_scores`: TransformerLens ``head_detector`` scores;
-* :func:`emergence`: retrieval, induction and previous-token scores at every checkpoint;
-* :func:`score_correlation`: Pearson correlation of two score maps.
+* :func:`emergence`: retrieval, induction and previous-token scores at every checkpoint.
+
+Score maps compare with :func:`rhlens.heads.pearson`, like any other.
 
 Example::
 
@@ -20,17 +21,16 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 
-from ..ablation import control_pool, mask_hooks, random_heads, top_heads  # noqa: F401
+from ..ablation import Mask, MaskMode
 from ..decode import greedy_decode
-from ..scoring import retrieval_scores
+from ..heads import control_pool, head_name, head_names, random_heads, top_heads
+from ..scoring import ScoreMode, retrieval_scores
 from .task import ToyTask
 from .train import accuracy, hf_module, to_bridge
-
-Head = tuple[int, int]
 
 
 @dataclass
@@ -56,8 +56,8 @@ class ToyScoreRun:
 
 @torch.no_grad()
 def toy_retrieval_scores(
-    model, task: ToyTask, n: int = 32, seed: int = 1000, mode: str = "paper",
-    with_key: bool = False, decode_hooks=(), only_correct: bool = False,
+    model, task: ToyTask, n: int = 32, seed: int = 1000, *, score_mode: ScoreMode = "paper",
+    with_key: bool = False, mask: Mask | None = None, only_correct: bool = False,
 ) -> ToyScoreRun:
     """Decode ``n`` prompts of ``task`` greedily and compute each head's retrieval score.
 
@@ -71,9 +71,9 @@ def toy_retrieval_scores(
     for i in range(n):
         prompt = batch.input_ids[i]
         trace = greedy_decode(bridge, prompt, max_new_tokens=task.value_len,
-                              decode_hooks=decode_hooks, stop_at_newline=False)
+                              stop_at_newline=False, mask=mask)
         span = batch.needle_span(i, with_key=with_key)
-        per_sample.append(retrieval_scores(trace.argmax, trace.tokens, prompt, span, mode))
+        per_sample.append(retrieval_scores(trace.argmax, trace.tokens, prompt, span, score_mode))
         correct.append(trace.tokens.tolist() == batch.values[i].tolist())
     per = torch.stack(per_sample)
     ok = torch.tensor(correct)
@@ -82,31 +82,30 @@ def toy_retrieval_scores(
 
 
 @torch.no_grad()
-def masked_accuracy(model, task: ToyTask, heads: Iterable[Head] = (), n: int = 256,
-                    seed: int = 12345, mode: str = "uniform") -> float:
-    """Exact-value accuracy with ``heads`` masked at the decode positions only (teacher
+def masked_accuracy(model, task: ToyTask, mask: Mask = Mask(), *, n: int = 256,
+                    seed: int = 12345) -> float:
+    """Exact-value accuracy with ``mask`` applied at the decode positions only (teacher
     forcing on the batch: the same as masking during KV-cached greedy decoding)."""
-    heads = list(heads)
-    if not heads:
+    if not mask.heads:
         return accuracy(model, task, n, seed)["accuracy"]
     bridge = to_bridge(model)
     batch = task.sample(n, seed=seed)
     full = batch.full()
     n_prompt = batch.input_ids.shape[1]
     logits = bridge.run_with_hooks(
-        full[:, :-1], fwd_hooks=mask_hooks(heads, mode, from_pos=n_prompt - 1)
+        full[:, :-1], fwd_hooks=mask.hooks(bridge, from_pos=n_prompt - 1)
     )
     pred = logits[:, n_prompt - 1: n_prompt - 1 + task.value_len].argmax(-1)
     return float((pred == batch.values).all(1).float().mean())
 
 
-def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int] = (1, 2),
-                   n_random: int = 5, n: int = 256, mode: str = "uniform", seed: int = 0,
-                   retrieval_threshold: float = 0.1, same_layers: bool = True):
+def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int] = (1, 2), *,
+                   n_random: int = 5, n: int = 256, mask_mode: MaskMode = "uniform",
+                   seed: int = 0, retrieval_threshold: float = 0.1, same_layers: bool = True):
     """Accuracy with the top-``k`` retrieval heads masked versus ``k`` random heads.
 
     Random heads are drawn (seeded, ``n_random`` draws per ``k``, or every subset when there are
-    fewer) from :func:`rhlens.ablation.control_pool`: heads scoring ``<= retrieval_threshold``,
+    fewer) from :func:`rhlens.heads.control_pool`: heads scoring ``<= retrieval_threshold``,
     with ``same_layers`` only in the retrieval heads' layers. When the pool has fewer than
     ``k`` heads, the random columns are NaN.
 
@@ -119,8 +118,8 @@ def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int]
 
     import pandas as pd
 
-    base = masked_accuracy(model, task, (), n)
-    pool = control_pool(scores, retrieval_threshold, same_layers)
+    base = masked_accuracy(model, task, n=n)
+    pool = control_pool(scores, retrieval_threshold, same_layers=same_layers)
     rows = []
     for k in ks:
         top = top_heads(scores, k)
@@ -129,15 +128,16 @@ def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int]
         elif math.comb(len(pool), k) <= n_random:
             draws = [list(c) for c in itertools.combinations(pool, k)]
         else:
-            draws = [random_heads(scores, k, seed + 1000 * k + j, retrieval_threshold, same_layers)
+            draws = [random_heads(scores, k, seed + 1000 * k + j, retrieval_threshold,
+                                  same_layers=same_layers)
                      for j in range(n_random)]
-        rand = [masked_accuracy(model, task, d, n, mode=mode) for d in draws]
+        rand = [masked_accuracy(model, task, Mask(d, mask_mode), n=n) for d in draws]
         rows.append({
             "k": k,
-            "top_heads": ", ".join(f"L{l}H{h}" for l, h in top),
+            "top_heads": head_names(top, sep=", "),
             "top_min_score": float(min(scores[hd] for hd in top)),
             "acc_none": base,
-            "acc_top": masked_accuracy(model, task, top, n, mode=mode),
+            "acc_top": masked_accuracy(model, task, Mask(top, mask_mode), n=n),
             "acc_random": sum(rand) / len(rand) if rand else float("nan"),
             "acc_random_min": min(rand) if rand else float("nan"),
             "random_draws": len(draws),
@@ -165,14 +165,6 @@ def prev_token_induction_scores(model, task: ToyTask, n: int = 8, seed: int = 20
     prev = detect_head(bridge, texts, "previous_token_head", exclude_bos=True)
     ind = detect_head(bridge, texts, "induction_head", exclude_bos=True)
     return prev.float(), ind.float()
-
-
-def score_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of two score maps of the same shape (flattened)."""
-    if a.shape != b.shape:
-        raise ValueError(f"Score maps differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}.")
-    x = torch.stack([a.flatten().double(), b.flatten().double()])
-    return float(torch.corrcoef(x)[0, 1])
 
 
 def _plain_state(hf) -> dict:
@@ -221,7 +213,7 @@ def emergence(model, task: ToyTask, history, n: int = 16, seed: int = 1000):
             n_layers, n_heads = run.scores.shape
             for l in range(n_layers):
                 for h in range(n_heads):
-                    rows.append({"step": step, "head": f"L{l}H{h}", "layer": l,
+                    rows.append({"step": step, "head": head_name(l, h), "layer": l,
                                  "retrieval": float(run.scores[l, h]),
                                  "induction": float(ind[l, h]), "prev_token": float(prev[l, h]),
                                  "greedy_accuracy": run.accuracy})

@@ -1,89 +1,25 @@
-"""Interactive explorers (ipywidgets) for heads, decode steps and masking, each with a static twin.
+"""The head explorer: where one head looks at every decode step while the answer is written.
 
-Three explorers, each a function that returns an ipywidgets UI:
-
-- :func:`head_explorer`: pick a sample and a head, slide through the decode steps, and watch
-  where the head looks while the answer is written (needle span highlighted, top-attended
-  token named, copy-paste steps flagged).
-- :func:`masking_explorer`: slide over K masked heads (top-K or K random, with a seed) and read
-  the answer, its NIAH score and its class from precomputed runs.
-- :func:`score_map_explorer`: the layer x head score map as a grid of clickable cells, with a
-  threshold slider; a click opens the head in a head explorer.
-
-A built book page cannot run Python callbacks, so each explorer falls back to a static
-matplotlib figure of the same data (:func:`plot_head_steps`, :func:`plot_masking`,
-:func:`plot_score_map`) when ``static=True``, when ipywidgets is not installed, or when the
-environment variable ``RHLENS_STATIC=1`` is set (the book build sets it). In static mode the
-explorer returns the (closed) figure, so make the call the last line of its cell.
-
-Example::
-
-    >>> trace = greedy_decode(model, sample.input_ids, record_rows=[(17, 3)])   # doctest: +SKIP
-    >>> head_explorer(model, sample, trace, heads=[(17, 3)])                    # doctest: +SKIP
+Pick a sample and a head, slide through the decode steps: the needle span is highlighted, the
+top-attended token named and copy-paste steps flagged. Static twin: :func:`plot_head_steps`.
 """
 
 from __future__ import annotations
 
 import html
-import importlib.util
-import os
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .decode import DecodeTrace, greedy_decode
-from .haystack import Sample
-
-STATIC_ENV = "RHLENS_STATIC"
-CLASSES = ("complete", "incomplete", "hallucinated")
-CLASS_COLORS = {"complete": "#1a9850", "incomplete": "#fdae61", "hallucinated": "#d73027"}
-MASKING_COLUMNS = ("k", "kind", "seed", "answer", "score", "class")
-SINK = 4  # the first tokens, where heads park attention when they find nothing (attention sink)
+from ..decode import DecodeTrace, greedy_decode
+from ..haystack import Sample
+from ..heads import head_name
+from .common import SINK, static_figure, use_static
 
 
-def use_static(static: bool | None = None) -> bool:
-    """Whether explorers should return static figures.
-
-    ``static`` wins when given; otherwise static when ``RHLENS_STATIC`` is set to anything
-    but ``""``/``"0"`` or when ipywidgets is not installed.
-    """
-    if static is not None:
-        return bool(static)
-    if os.environ.get(STATIC_ENV, "") not in ("", "0"):
-        return True
-    return importlib.util.find_spec("ipywidgets") is None
-
-
-def _static(fig):
-    """Close ``fig`` (so Jupyter does not show it twice) and return it for display."""
-    plt.close(fig)
-    return fig
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
-
-
-# --------------------------------------------------------------------------- answer classes
-
-
-def classify_score(score: float) -> str:
-    """Class of a NIAH score (ROUGE-1 recall x 100): 100 complete, 0 hallucinated, else incomplete.
-
-    >>> [classify_score(s) for s in (100.0, 50.0, 0.0)]
-    ['complete', 'incomplete', 'hallucinated']
-    """
-    if score >= 100.0 - 1e-9:
-        return "complete"
-    if score <= 1e-9:
-        return "hallucinated"
-    return "incomplete"
-
-
-# --------------------------------------------------------------------------- head explorer data
 
 
 @dataclass
@@ -177,7 +113,7 @@ def _choose_heads(model_cfg, scores, heads, top) -> list[tuple[int, int]]:
     if heads is not None:
         return [(int(l), int(h)) for l, h in heads]
     if scores is not None:
-        from .scoring import head_table
+        from ..heads import head_table
 
         table = head_table(torch.as_tensor(scores)).head(top)
         return [(int(l), int(h)) for l, h in zip(table["layer"], table["head"])]
@@ -384,7 +320,7 @@ def head_explorer(model, samples, traces=None, scores=None, heads=None, top: int
     data, heads = head_data(model, samples, traces, heads, scores, top, max_new_tokens,
                             decode_hooks, tokenizer)
     if use_static(static):
-        return _static(plot_head_steps(data, 0, *heads[0]))
+        return static_figure(plot_head_steps(data, 0, *heads[0]))
     import ipywidgets as w
     from IPython.display import display
 
@@ -468,290 +404,4 @@ def head_explorer(model, samples, traces=None, scores=None, heads=None, top: int
     ui.controls, ui.views, ui.state, ui.data = controls, views, state, data
     ui.select_head = select_head
     render()
-    return ui
-
-
-# --------------------------------------------------------------------------- masking explorer
-
-
-def check_masking_frame(results):
-    """Validate (and complete) a masking-results table for :func:`masking_explorer`.
-
-    Expected columns: ``k`` (number of masked heads, int), ``kind`` (``"top"`` or
-    ``"random"``), ``seed`` (int; any value for ``top`` rows), ``answer`` (decoded output),
-    ``score`` (NIAH score, 0-100) and ``class`` (``complete``/``incomplete``/``hallucinated``).
-    ``class`` is derived from ``score`` when missing. An optional ``sample`` column selects
-    among several prompts. Returns a copy with ``seed`` filled (``-1`` for missing values).
-    """
-    import pandas as pd
-
-    frame = pd.DataFrame(results).copy()
-    if "class" not in frame.columns and "score" in frame.columns:
-        frame["class"] = [classify_score(s) for s in frame["score"]]
-    missing = [c for c in MASKING_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"Masking results lack columns {missing}; expected {list(MASKING_COLUMNS)} "
-                         "(one row per K, kind 'top' or 'random', and seed).")
-    bad = set(frame["kind"]) - {"top", "random"}
-    if bad:
-        raise ValueError(f"Column 'kind' must be 'top' or 'random', got {sorted(bad)}.")
-    if frame.empty:
-        raise ValueError("Masking results are empty.")
-    frame["seed"] = frame["seed"].fillna(-1).astype(int)
-    frame["k"] = frame["k"].astype(int)
-    return frame
-
-
-def masking_row(frame, k: int, kind: str, seed: int | None = None, sample=None):
-    """The row of run (``k``, ``kind``, ``seed``); ``K = 0`` (nothing masked) matches any kind."""
-    sel = frame[frame["k"] == k]
-    if sample is not None and "sample" in frame.columns:
-        sel = sel[sel["sample"] == sample]
-    if k != 0 or (sel["kind"] == kind).any():
-        sel = sel[sel["kind"] == kind]
-    if kind == "random" and seed is not None and (sel["seed"] == seed).any():
-        sel = sel[sel["seed"] == seed]
-    if sel.empty:
-        return None
-    return sel.iloc[0]
-
-
-def masking_html(row, k: int, kind: str, seed: int | None) -> str:
-    what = f"top {k}" if kind == "top" else f"{k} random (seed {seed})"
-    if row is None:
-        return f"<i>No run with {html.escape(what)} heads masked.</i>"
-    cls = row["class"]
-    return (f"<div><b>{html.escape(what)} heads masked</b> &rarr; NIAH score "
-            f"<b>{row['score']:.0f}</b> "
-            f"<span style='background:{CLASS_COLORS.get(cls, '#ccc')}; color:white; padding:1px 6px; "
-            f"border-radius:3px'>{html.escape(str(cls))}</span></div>"
-            f"<div style='font-family:monospace'>answer: {html.escape(str(row['answer']))}</div>")
-
-
-def plot_masking(results, ax=None, sample=None, title: str | None = None, current=None):
-    """NIAH score against K for top-K and random-K masking (mean and range over seeds).
-
-    Point colours give the answer class of each run. ``current`` = ``(k, kind, seed)``
-    circles one run (the masking explorer's selection).
-    """
-    frame = check_masking_frame(results)
-    if sample is not None and "sample" in frame.columns:
-        frame = frame[frame["sample"] == sample]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 3.6))
-    for kind, color in (("top", "#d73027"), ("random", "#4575b4")):
-        part = frame[(frame["kind"] == kind) | (frame["k"] == 0)]
-        if not (frame["kind"] == kind).any():
-            continue
-        stats = part.groupby("k")["score"].agg(["mean", "min", "max"]).sort_index()
-        ax.plot(stats.index, stats["mean"], marker="o", color=color,
-                label=f"{kind} heads masked" + (" (mean over seeds)" if kind == "random" else ""))
-        if kind == "random":
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.15)
-    for cls, color in CLASS_COLORS.items():
-        pts = frame[frame["class"] == cls]
-        ax.scatter(pts["k"], pts["score"], s=14, color=color, zorder=3, label=cls)
-    if current is not None:
-        row = masking_row(frame, *current)
-        if row is not None:
-            ax.scatter([row["k"]], [row["score"]], s=160, facecolors="none", edgecolors="black",
-                       lw=1.5, zorder=4)
-    ax.set_xlabel("K (heads masked)")
-    ax.set_ylabel("NIAH score")
-    ax.set_ylim(-5, 105)
-    ax.legend(fontsize=7, loc="lower left")
-    ax.set_title(title or "masking retrieval heads versus random heads")
-    return ax
-
-
-def masking_explorer(results, sample=None, static: bool | None = None):
-    """Slide over K masked heads and read the answer, its NIAH score and its class.
-
-    Args:
-        results: a pandas DataFrame of precomputed runs with columns ``k``, ``kind``
-            (``"top"``/``"random"``), ``seed``, ``answer``, ``score`` (0-100) and ``class``
-            (see :func:`check_masking_frame`); moving the controls only looks rows up.
-        sample: with a ``sample`` column, the sample to show first.
-        static: see :func:`use_static`.
-
-    Returns:
-        an ``ipywidgets.VBox`` with ``.controls`` (``k``, ``kind``, ``seed``, and ``sample`` when
-        the table has that column), ``.views`` (``result``, ``plot``) and ``.state`` (the current
-        row); or, in static mode, the :func:`plot_masking` figure.
-    """
-    frame = check_masking_frame(results)
-    samples = list(dict.fromkeys(frame["sample"])) if "sample" in frame.columns else [None]
-    if sample is None:
-        sample = samples[0]
-    if use_static(static):
-        ax = plot_masking(frame, sample=sample)
-        ax.figure.tight_layout()
-        return _static(ax.figure)
-    import ipywidgets as w
-    from IPython.display import display
-
-    ks = sorted(frame["k"].unique().tolist())
-    seeds = sorted(frame.loc[frame["kind"] == "random", "seed"].unique().tolist()) or [-1]
-    kinds = [k for k in ("top", "random") if (frame["kind"] == k).any()]
-    controls = {
-        "k": w.SelectionSlider(options=ks, value=ks[0], description="K masked"),
-        "kind": w.ToggleButtons(options=kinds, value=kinds[0], description="heads"),
-        "seed": w.Dropdown(options=seeds, value=seeds[0], description="seed"),
-    }
-    if samples != [None]:
-        controls["sample"] = w.Dropdown(options=samples, value=sample, description="sample")
-    views = {"result": w.HTML(), "plot": w.Output()}
-    state = {"row": None, "figure": None}
-
-    def render(*_):
-        k, kind, seed = controls["k"].value, controls["kind"].value, controls["seed"].value
-        smp = controls["sample"].value if "sample" in controls else None
-        controls["seed"].disabled = kind != "random"
-        row = masking_row(frame, k, kind, seed, smp)
-        state["row"] = row
-        views["result"].value = masking_html(row, k, kind, seed)
-        with views["plot"]:
-            views["plot"].clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(6.5, 3.4))
-            plot_masking(frame, ax=ax, sample=smp, current=(k, kind, seed, smp))
-            fig.tight_layout()
-            state["figure"] = fig
-            display(fig)
-            plt.close(fig)
-
-    for c in controls.values():
-        c.observe(render, names="value")
-    rows = [w.HBox([controls["k"], controls["kind"]]), controls["seed"]]
-    if "sample" in controls:
-        rows.insert(0, controls["sample"])
-    ui = w.VBox([*rows, views["result"], views["plot"]])
-    ui.controls, ui.views, ui.state, ui.frame = controls, views, state, frame
-    render()
-    return ui
-
-
-# --------------------------------------------------------------------------- score map explorer
-
-
-def share_above(scores: torch.Tensor, threshold: float) -> float:
-    """Fraction of heads whose score exceeds ``threshold``.
-
-    >>> share_above(torch.tensor([[0.0, 0.2], [0.6, 0.05]]), 0.1)
-    0.5
-    """
-    return float((torch.as_tensor(scores) > threshold).double().mean())
-
-
-def plot_score_map(scores, thresholds=(0.1, 0.5), ax=None, title: str | None = None):
-    """Layer x head heatmap; heads above the first threshold boxed, above the second starred.
-
-    The title gives the share of heads above each threshold.
-    """
-    from .plotting import score_heatmap
-
-    scores = torch.as_tensor(scores).float()
-    ax = score_heatmap(scores, ax=ax, annotate_top=0)
-    lo, hi = thresholds
-    for l, h in (scores > lo).nonzero().tolist():
-        ax.add_patch(plt.Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, ec="white", lw=1.2))
-    strong = (scores > hi).nonzero()
-    if len(strong):
-        ax.plot(strong[:, 1], strong[:, 0], "*", color="#d73027", ms=8)
-    shares = ", ".join(f"> {t}: {share_above(scores, t):.1%}" for t in thresholds)
-    ax.set_title(title or f"retrieval score per head ({shares} of heads)", fontsize=9)
-    return ax
-
-
-def _hex(value: float, vmax: float = 1.0) -> str:
-    r, g, b, _ = plt.get_cmap("viridis")(min(max(value / vmax, 0.0), 1.0))
-    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
-
-
-def score_map_explorer(scores, on_select: Callable | object | None = None, threshold: float = 0.1,
-                       vmax: float = 1.0, static: bool | None = None):
-    """Clickable layer x head score map with a threshold slider.
-
-    Each cell is a button coloured by the head's score (viridis, as the static heatmap);
-    heads above the threshold show a dot. Clicking a cell (or choosing a head in the menu)
-    calls ``on_select(layer, head)``; pass a head explorer to open the head there.
-
-    Args:
-        scores: ``[n_layers, n_heads]`` mean retrieval scores.
-        on_select: a callable ``(layer, head)``, or an explorer with ``.select_head``.
-        threshold: initial threshold (the paper uses 0.1 for retrieval heads, 0.5 for strong).
-
-    Returns:
-        an ``ipywidgets.VBox`` with ``.controls`` (``threshold``, ``menu``), ``.cells``
-        (``{(layer, head): Button}``), ``.views`` (``share``, ``selected``) and ``.state``
-        (``selected``); or, in static mode, the :func:`plot_score_map` figure.
-    """
-    scores = torch.as_tensor(scores).float()
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be [n_layers, n_heads], got shape {tuple(scores.shape)}.")
-    if use_static(static):
-        n_layers, n_heads = scores.shape
-        fig, ax = plt.subplots(figsize=(max(4, 0.35 * n_heads + 2), min(9, 0.16 * n_layers + 1.8)))
-        plot_score_map(scores, ax=ax)
-        fig.tight_layout()
-        return _static(fig)
-    import ipywidgets as w
-
-    callback = getattr(on_select, "select_head", on_select)
-    n_layers, n_heads = scores.shape
-    from .scoring import head_table
-
-    table = head_table(scores)
-    controls = {
-        "threshold": w.FloatSlider(value=threshold, min=0.0, max=1.0, step=0.05,
-                                   description="threshold", readout_format=".2f"),
-        "menu": w.Dropdown(options=[(f"{n} ({s:.2f})", (int(l), int(h))) for n, s, l, h in
-                                    zip(table["name"], table["score"], table["layer"], table["head"])],
-                           value=None, description="open head"),
-    }
-    views = {"share": w.HTML(), "selected": w.HTML()}
-    state = {"selected": None}
-    cells = {}
-    grid_children = []
-    for layer in reversed(range(n_layers)):  # top row = last layer, like the heatmap
-        grid_children.append(w.HTML(f"<small>L{layer}</small>", layout=w.Layout(width="32px")))
-        for head in range(n_heads):
-            s = float(scores[layer, head])
-            b = w.Button(description="", tooltip=f"{head_name(layer, head)}: {s:.2f}",
-                         layout=w.Layout(width="26px", height="18px", padding="0", margin="0"))
-            b.style.button_color = _hex(s, vmax)
-            b.head = (layer, head)
-            b.on_click(lambda btn: select(*btn.head))
-            cells[(layer, head)] = b
-            grid_children.append(b)
-    grid_children.append(w.HTML(""))
-    grid_children += [w.HTML(f"<small>H{h}</small>", layout=w.Layout(width="26px")) for h in range(n_heads)]
-    grid = w.GridBox(grid_children, layout=w.Layout(
-        grid_template_columns=f"32px repeat({n_heads}, 26px)", grid_gap="1px"))
-
-    def on_threshold(*_):
-        t = controls["threshold"].value
-        n_above = int((scores > t).sum())
-        views["share"].value = (f"<b>{n_above}</b> of {scores.numel()} heads "
-                                f"(<b>{n_above / scores.numel():.1%}</b>) score above {t:.2f}. "
-                                f"Paper: 3-6% above 0.1 in every model.")
-        for (layer, head), b in cells.items():
-            b.description = "•" if float(scores[layer, head]) > t else ""
-
-    def select(layer: int, head: int):
-        state["selected"] = (layer, head)
-        views["selected"].value = (f"selected <b>{head_name(layer, head)}</b>, score "
-                                   f"{float(scores[layer, head]):.2f}")
-        if callback is not None:
-            callback(layer, head)
-
-    def on_menu(change):
-        if change["new"] is not None:
-            select(*change["new"])
-
-    controls["threshold"].observe(on_threshold, names="value")
-    controls["menu"].observe(on_menu, names="value")
-    ui = w.VBox([w.HBox([controls["threshold"], controls["menu"]]), views["share"], grid,
-                 views["selected"]])
-    ui.controls, ui.cells, ui.views, ui.state, ui.select = controls, cells, views, state, select
-    on_threshold()
     return ui
