@@ -26,6 +26,7 @@ book: setup
 ## Speed and memory benchmarks (ratios against a baseline measured in the same run)
 bench: setup
 	$(VENV) && python benchmarks/bench_speed.py
+	$(VENV) && python benchmarks/bench_memory.py
 
 clean:
 	rm -rf _build runs .pytest_cache

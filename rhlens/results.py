@@ -128,7 +128,7 @@ class SampleLog:
                     raise ValueError(
                         f"{self.path} was written by a run with other settings:\n"
                         f"  theirs: {obj.get('settings')}\n  ours:   {self.settings}\n"
-                        "Use another --out, or delete the file to start over."
+                        "Use another `out` file, or delete the file to start over."
                     )
             else:
                 self.records[obj["key"]] = obj

@@ -123,7 +123,7 @@ def _choose_heads(model_cfg, scores, heads, top) -> list[tuple[int, int]]:
                      "heads) or heads=[(layer, head), ...].")
 
 
-def head_data(model, samples, traces=None, heads=None, scores=None, top: int = 8,
+def head_data(model, samples, traces=None, *, heads=None, scores=None, top: int = 8,
               max_new_tokens: int = 32, decode_hooks: Sequence = (), tokenizer=None) -> tuple[HeadData, list]:
     """Decode (or reuse traces of) ``samples`` recording only the rows of the chosen heads.
 
@@ -295,7 +295,7 @@ def plot_head_steps(data: HeadData, index: int, layer: int, head: int, margin: i
     return fig
 
 
-def head_explorer(model, samples, traces=None, scores=None, heads=None, top: int = 8,
+def head_explorer(model, samples, traces=None, *, scores=None, heads=None, top: int = 8,
                   max_new_tokens: int = 32, decode_hooks: Sequence = (), tokenizer=None,
                   static: bool | None = None):
     """Watch one head while the model writes its answer.
@@ -317,8 +317,9 @@ def head_explorer(model, samples, traces=None, scores=None, heads=None, top: int
         current :class:`StepView` and figure) and ``.select_head(layer, head)``; or, in static
         mode, the :func:`plot_head_steps` figure of the first head on the first sample.
     """
-    data, heads = head_data(model, samples, traces, heads, scores, top, max_new_tokens,
-                            decode_hooks, tokenizer)
+    data, heads = head_data(model, samples, traces, heads=heads, scores=scores, top=top,
+                            max_new_tokens=max_new_tokens, decode_hooks=decode_hooks,
+                            tokenizer=tokenizer)
     if use_static(static):
         return static_figure(plot_head_steps(data, 0, *heads[0]))
     import ipywidgets as w

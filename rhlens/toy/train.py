@@ -154,6 +154,7 @@ def accuracy(model, task: ToyTask, n: int = 256, seed: int = 12345) -> dict:
 def train(
     model,
     task: ToyTask,
+    *,
     steps: int = 800,
     batch_size: int = 32,
     lr: float = 3e-3,
