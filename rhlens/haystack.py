@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import inspect
 import json
@@ -30,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from .errors import RunError, UsageError
 
 CONTEXT_MARKER = "<<RHLENS_CONTEXT>>"
 INSTRUCTION = (
@@ -116,16 +119,26 @@ def load_needles(path: str | Path | None = None, n: int | None = None) -> list[N
     """The first ``n`` built-in needles, or needles from a JSON file.
 
     The file holds a list of objects with keys ``text`` (or ``needle``), ``question``,
-    ``answer`` (or ``real_needle``) and optionally ``answer_prefix``.
+    ``answer`` (or ``real_needle``) and optionally ``answer_prefix``, all strings; no two
+    needles may share a text.
     """
     if path is None:
         needles = list(NEEDLES)
     else:
         path = Path(path)
+        if path.is_dir():
+            raise UsageError(f"Needle file {path} is a folder; pass the JSON file itself.")
         if not path.exists():
             raise FileNotFoundError(f"Needle file {path} does not exist.")
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(read_text(path, "Needle file"))
+            if not isinstance(raw, list):
+                raise TypeError("the file holds no list")
+            for item in raw:
+                fields = ("text", "needle", "question", "answer", "real_needle", "answer_prefix")
+                bad = [f for f in fields if f in item and not isinstance(item[f], str)]
+                if bad:
+                    raise TypeError(f"{bad[0]!r} must be a string")
             needles = [
                 Needle(
                     text=item.get("text", item.get("needle", "")),
@@ -135,18 +148,27 @@ def load_needles(path: str | Path | None = None, n: int | None = None) -> list[N
                 )
                 for item in raw
             ]
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise ValueError(
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
+            if isinstance(err, UsageError):
+                raise
+            raise UsageError(
                 f"{path} is not a needle file: expected a JSON list of objects with keys "
                 f"'text', 'question' and 'answer' ({err})."
             ) from err
+        if not needles:
+            raise UsageError(f"{path} holds no needles; it needs at least one.")
+        texts = [nd.text for nd in needles]
+        twice = next((t for t in texts if texts.count(t) > 1), None)
+        if twice is not None:
+            raise UsageError(f"{path} holds the needle {twice!r} twice; each needle's text "
+                             "must be unique.")
     if n is not None:
         if n < 1:
-            raise ValueError(f"--needles must be at least 1, got {n}.")
+            raise UsageError(f"needles must be at least 1, got {n}.", arg="needles")
         if n > len(needles):
-            raise ValueError(
+            raise UsageError(
                 f"Asked for {n} needles but only {len(needles)} exist; pass a needle file "
-                "with more, or ask for fewer."
+                "with more, or ask for fewer.", arg="needles"
             )
         needles = needles[:n]
     return needles
@@ -208,41 +230,99 @@ def default_haystack() -> str:
     return "\n\n".join(paragraphs)
 
 
+#: Control characters that do not occur in text (tab, newlines and form feed do).
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+
+
+def read_text(path: str | Path, what: str = "File") -> str:
+    """The UTF-8 text of ``path``; an error when it is not text (invalid UTF-8, or control
+    characters such as NUL that only binary files hold).
+
+    >>> import tempfile, os
+    >>> f = tempfile.NamedTemporaryFile(delete=False); _ = f.write(b"\\x89PNG\\x00\\x01"); f.close()
+    >>> read_text(f.name, "Haystack")                       # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rhlens.errors.UsageError: Haystack ... is not text ...
+    >>> os.unlink(f.name)
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{what} {path} is not text (byte {err.start} is not UTF-8: a binary "
+                         "file?); pass a UTF-8 text file.") from None
+    bad = len(_CONTROL.findall(text))
+    if "\x00" in text or bad > len(text) // 1000:
+        raise UsageError(f"{what} {path} is not text ({bad} control characters: a binary "
+                         "file?); pass a UTF-8 text file.")
+    return text
+
+
+def _hf_haystack(spec: str) -> str:
+    parts = spec[3:].split(":")
+    name, split, column = (parts + ["train", "text"])[:3]
+    if not name.strip():
+        raise UsageError(f"Haystack {spec!r} names no dataset; write hf:NAME[:SPLIT[:COLUMN]].",
+                         arg="haystack")
+    try:
+        import datasets  # optional dependency
+    except ImportError:
+        raise UsageError("An hf: haystack needs the `datasets` package (pip install datasets); "
+                         "or pass a text file.", arg="haystack") from None
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"Cannot load the haystack dataset {name!r} (split {split!r}): "
+                         f"{first}", arg="haystack") from None
+    except Exception as err:  # noqa: BLE001 (offline, hub errors: all mean "not reachable")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunError(f"Cannot load the haystack dataset {name!r}: {first}. Offline? Pass "
+                       "a text file or a folder of .txt files instead.") from None
+    if column not in ds.column_names:
+        raise UsageError(f"Dataset {name!r} has no column {column!r} (it has "
+                         f"{', '.join(ds.column_names)}); write hf:{name}:{split}:COLUMN.",
+                         arg="haystack")
+    rows = ds.select(range(min(len(ds), 2000)))[column]
+    return "\n\n".join(r for r in rows if isinstance(r, str))
+
+
 def load_haystack(source: str | Path | None = None) -> str:
     """Haystack text from ``source``.
 
     * ``None`` or ``"stdlib"``: :func:`default_haystack` (offline);
-    * a text file, or a folder of ``.txt``/``.md`` files (read in sorted order), e.g. the
-      Paul Graham essays of the original NIAH benchmark;
+    * a UTF-8 text file, or a folder of ``.txt``/``.md`` files (read in sorted order), e.g.
+      the Paul Graham essays of the original NIAH benchmark;
     * ``"hf:NAME[:SPLIT[:COLUMN]]"``: a Hugging Face dataset (needs ``datasets`` and network).
 
     Raises:
-        ValueError: when the haystack is empty.
+        UsageError: when the haystack is empty, missing or not text.
+        RunError: when a dataset cannot be fetched (e.g. offline).
     """
     if source is None or str(source) == "stdlib":
         text = default_haystack()
     elif str(source).startswith("hf:"):
-        parts = str(source)[3:].split(":")
-        name, split, column = (parts + ["train", "text"])[:3]
-        import datasets  # optional dependency
-
-        ds = datasets.load_dataset(name, split=split)
-        text = "\n\n".join(row[column] for row in ds.select(range(min(len(ds), 2000))))
+        text = _hf_haystack(str(source))
     else:
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md"))
-            text = "\n\n".join(p.read_text(errors="replace") for p in files)
+            files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+            if not files:
+                raise UsageError(f"The haystack folder {source!r} holds no .txt or .md file.",
+                                 arg="haystack")
+            text = "\n\n".join(read_text(p, "Haystack file") for p in files)
         elif path.is_file():
-            text = path.read_text(errors="replace")
+            text = read_text(path, "Haystack")
         else:
             raise FileNotFoundError(
                 f"Haystack {source!r} is neither a file nor a folder; pass a text file, a "
                 "folder of .txt files, 'hf:DATASET' or leave it out for the built-in haystack."
             )
     if not text.strip():
-        raise ValueError(
-            f"The haystack {source!r} is empty: it needs some prose to hide the needle in."
+        raise UsageError(
+            f"The haystack {source!r} is empty: it needs some prose to hide the needle in.",
+            arg="haystack",
         )
     return text
 
@@ -271,8 +351,16 @@ class Sample:
 
     @property
     def key(self) -> str:
-        """Identifies the sample in result files: ``needle text|length|depth``."""
-        return f"{self.needle.text}|{self.length}|{self.depth:g}"
+        """Identifies the sample in result files: ``needle text|length|depth|fingerprint``.
+
+        The depth is written in full (``repr``), and the fingerprint hashes what decides the
+        sample's result besides the model: the prompt's token ids (haystack, needle, question,
+        template, tokenizer), the needle's span and the answer it is scored against. A resumed
+        run reuses a logged sample only when its key is the same.
+        """
+        h = hashlib.sha256(self.input_ids.to(torch.int64).cpu().numpy().tobytes())
+        h.update(json.dumps([list(self.needle_span), self.needle.answer]).encode())
+        return f"{self.needle.text}|{self.length}|{float(self.depth)!r}|{h.hexdigest()[:16]}"
 
 
 def chat_parts(tokenizer, needle: Needle, instruction: str = INSTRUCTION) -> tuple[str, str]:
