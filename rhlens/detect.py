@@ -27,8 +27,12 @@ from tqdm.auto import tqdm
 from .decode import greedy_decode
 from .haystack import Needle, Sample, build_sample, load_haystack, load_needles
 from .niah import rouge1_recall
-from .results import SampleLog, atomic_write_text, scores_to_json
+from .results import SampleLog, atomic_write_text, model_identity, scores_to_json
 from .scoring import retrieval_scores, summarize
+from .validate import check_grid
+
+#: Fields every logged sample of a score run has (a record lacking one is recomputed).
+RECORD_FIELDS = ("key", "needle", "length", "depth", "answer", "rouge", "scores", "passed")
 
 
 class NoPassingSampleError(RuntimeError):
@@ -70,15 +74,19 @@ def sample_grid(
     n_ctx: int | None = None,
 ) -> list[Sample]:
     """Every (needle, length, depth) prompt, in that nesting order; ``haystack=None`` uses
-    the built-in haystack. The one grid that scoring, NIAH, K sweeps and failure sweeps share."""
+    the built-in haystack. The one grid that scoring, NIAH, K sweeps and failure sweeps share.
+
+    A grid point given twice (``lengths=[160, 160]``) is built once, so it is never counted
+    twice."""
     if haystack is None:
         haystack = load_haystack(None)
-    return [
-        build_sample(tokenizer, needle, haystack, length, depth, n_ctx=n_ctx)
-        for needle in needles
-        for length in lengths
-        for depth in depths
-    ]
+    samples: dict[str, Sample] = {}
+    for needle in dict.fromkeys(needles):
+        for length in dict.fromkeys(lengths):
+            for depth in dict.fromkeys(float(d) for d in depths):
+                sample = build_sample(tokenizer, needle, haystack, length, depth, n_ctx=n_ctx)
+                samples.setdefault(sample.key, sample)
+    return list(samples.values())
 
 
 def score_sample(
@@ -132,14 +140,17 @@ def detect_retrieval_heads(
         needle_list = load_needles(needles)
     else:
         needle_list = list(needles)
+    check_grid(lengths, depths, max_new_tokens, model.cfg.n_ctx)
     samples = sample_grid(model.tokenizer, needle_list, haystack, lengths, depths, model.cfg.n_ctx)
     settings = {
-        "model": str(model.cfg.model_name),
+        **model_identity(model),
         "mode": mode,
         "rouge_gate": rouge_gate,
         "max_new_tokens": max_new_tokens,
     }
-    log = SampleLog(f"{out}.samples.jsonl", settings) if out else None
+    log = SampleLog(f"{out}.samples.jsonl", settings, required=RECORD_FIELDS) if out else None
+    if log is not None:
+        log.check_keys(s.key for s in samples)
     records: list[dict] = []
     bar = tqdm(samples, desc="retrieval score", unit="sample", disable=not progress)
     for sample in bar:

@@ -35,23 +35,30 @@ from .decode import greedy_decode
 from .detect import sample_grid
 from .haystack import Needle
 from .niah import niah_score
-from .results import SampleLog, atomic_write_text
+from .results import SampleLog, atomic_write_text, model_identity, tensor_digest
+from .validate import check_grid
 
 COLUMNS = ["needle", "length", "depth", "score", "answer"]
+
+#: Fields every logged NIAH sample has (a record lacking one is recomputed).
+ROW_FIELDS = ("key", "needle", "length", "depth", "score", "answer", "expected")
 
 
 def needles_used_by(scores_path: str | Path) -> set[str]:
     """Needle texts of the score run that wrote ``scores_path`` (from its
-    ``<scores>.samples.jsonl`` log); empty when there is no log (e.g. a published file)."""
+    ``<scores>.samples.jsonl`` log); empty when there is no log (e.g. a published file).
+    Unreadable lines are skipped."""
     log = Path(f"{scores_path}.samples.jsonl")
-    if not log.exists():
+    if not log.is_file():
         return set()
     used = set()
-    for line in log.read_text().splitlines()[1:]:
+    for line in log.read_bytes().decode("utf-8", errors="replace").splitlines()[1:]:
         try:
-            used.add(json.loads(line)["needle"])
-        except (json.JSONDecodeError, KeyError):
+            needle = json.loads(line)["needle"]
+        except (json.JSONDecodeError, KeyError, TypeError, IndexError):
             continue
+        if isinstance(needle, str):
+            used.add(needle)
     return used
 
 
@@ -96,11 +103,15 @@ def run_niah(
     """
     heads = [tuple(map(int, h)) for h in heads]
     check_heads(model, heads)
+    check_grid(lengths, depths, max_new_tokens, model.cfg.n_ctx)
     hooks = mask_hooks(heads, mode, means, model.cfg.n_heads)
     samples = sample_grid(model.tokenizer, needles, haystack, lengths, depths, model.cfg.n_ctx)
-    settings = {"model": str(model.cfg.model_name), "heads": [list(h) for h in heads],
-                "mode": mode, "prefill": prefill, "max_new_tokens": max_new_tokens}
-    log = SampleLog(f"{out}.samples.jsonl", settings) if out else None
+    settings = {**model_identity(model), "heads": [list(h) for h in heads],
+                "mode": mode, "prefill": prefill, "max_new_tokens": max_new_tokens,
+                "means": tensor_digest(means) if mode == "mean" else None}
+    log = SampleLog(f"{out}.samples.jsonl", settings, required=ROW_FIELDS) if out else None
+    if log is not None:
+        log.check_keys(s.key for s in samples)
     rows = []
     bar = tqdm(samples, desc=f"NIAH ({len(heads)} masked)", unit="sample", disable=not progress)
     for sample in bar:
@@ -168,16 +179,19 @@ def k_sweep(
     Returns:
         every row of every run, with columns ``k``, ``kind`` (``"top"``/``"random"``),
         ``seed`` (-1 for top) besides those of :func:`run_niah`. With ``out``, each run
-        logs to ``<out>.k{K}.{kind}{seed}.csv`` (resumable) and the whole table to ``out``.
+        logs to ``<out>.k{K}.top.csv`` or ``<out>.k{K}.random{seed}.csv`` (each with its
+        resumable ``.samples.jsonl``) and the whole table to ``out``. A K or seed given
+        twice runs once.
     """
     runs = []
-    for k in ks:
+    for k in dict.fromkeys(ks):
         runs.append((k, "top", -1, top_heads(scores, k)))
         if k > 0:
-            runs += [(k, "random", s, random_heads(scores, k, s, threshold)) for s in seeds]
+            runs += [(k, "random", s, random_heads(scores, k, s, threshold))
+                     for s in dict.fromkeys(seeds)]
     frames = []
     for k, kind, seed, heads in tqdm(runs, desc="K sweep", disable=not progress):
-        part = None if out is None else f"{out}.k{k}.{kind}{'' if seed < 0 else seed}.csv"
+        part = None if out is None else f"{out}.k{k}.{kind}{seed if kind == 'random' else ''}.csv"
         frames.append(run_niah(model, lengths, depths, needles, haystack, heads, mode, prefill,
                                means, part, max_new_tokens, progress=False,
                                extra={"k": k, "kind": kind, "seed": seed,
