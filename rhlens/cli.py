@@ -5,7 +5,9 @@
     rhlens score --model smollm2-135m --lengths 500,1000 --depths 0.1,0.5,0.9 --needles 2 --out scores.json
     rhlens plot  scores.json --out heads.png
 
-Other subcommands register themselves through :data:`SUBCOMMANDS`.
+Other subcommands register themselves through :data:`SUBCOMMANDS`. Every argument that can
+be checked without the model is checked before it loads (:mod:`rhlens.validate`); errors are
+one line, with the exit codes of :data:`rhlens.errors.EXIT_CODES_HELP`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,18 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from .errors import (EXIT_CODES_HELP, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, RunError,
+                     UsageError)
+
 #: ``name -> (add_arguments(parser), run(args) -> exit code)``; modules add theirs here.
 SUBCOMMANDS: dict[str, tuple[Callable, Callable]] = {}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit code 2), pointing to ``--help``."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def parse_list(text: str, kind=float) -> list:
@@ -63,7 +75,15 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
                    help="text file, folder of .txt files or hf:DATASET (default: built-in prose)")
 
 
+def _save_figure(fig, path, **kwargs) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **kwargs)
+
+
 def _score(args) -> int:
+    from .validate import check_score_args
+
+    check_score_args(args)
     import torch
 
     from .detect import detect_retrieval_heads
@@ -88,18 +108,20 @@ def _score(args) -> int:
           f"> 0.5: {100 * s['share_above_0.5']:.1f}%   = 0: {100 * s['share_zero']:.1f}%")
     print(f"wrote {args.out} (and {args.out}.samples.jsonl)")
     if args.plot:
-        plot_scores(run.scores, title=args.model).savefig(args.plot, dpi=130)
+        _save_figure(plot_scores(run.scores, title=args.model), args.plot, dpi=130)
         print(f"wrote {args.plot}")
     return 0
 
 
 def _plot(args) -> int:
     from .plotting import plot_scores
-    from .results import load_scores
+    from .results import load_scores, score_file_mode
+    from .validate import output_file
 
-    scores = load_scores(args.scores)
+    output_file(args.out, "out")
+    scores = load_scores(args.scores, mode=score_file_mode(args.scores))
     fig = plot_scores(scores, title=args.title or Path(args.scores).stem)
-    fig.savefig(args.out, dpi=130)
+    _save_figure(fig, args.out, dpi=130)
     print(f"wrote {args.out}")
     return 0
 
@@ -116,12 +138,14 @@ def _models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rhlens", description="Find, mask and patch retrieval heads (Wu et al. 2024)."
+    parser = _Parser(
+        prog="rhlens", description="Find, mask and patch retrieval heads (Wu et al. 2024).",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    raw = {"epilog": EXIT_CODES_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
-    p = sub.add_parser("score", help="retrieval score of every head over a NIAH grid")
+    p = sub.add_parser("score", help="retrieval score of every head over a NIAH grid", **raw)
     add_model_args(p)
     add_grid_args(p)
     p.add_argument("--out", default="scores.json", help="score file ({'layer-head': [...]})")
@@ -133,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="also save the heatmap here (PNG)")
     p.set_defaults(func=_score)
 
-    p = sub.add_parser("plot", help="heatmap and sorted-score curve of a score file")
+    p = sub.add_parser("plot", help="heatmap and sorted-score curve of a score file", **raw)
     p.add_argument("scores", help="score file or URL")
     p.add_argument("--out", default="heads.png")
     p.add_argument("--title", default=None)
@@ -143,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_models)
 
     for name, (add_arguments, run) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=(run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None)
+        p = sub.add_parser(name, help=(run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None,
+                           **raw)
         add_arguments(p)
         p.set_defaults(func=run)
     return parser
@@ -161,26 +186,60 @@ def _register_plugins() -> None:
                 raise
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``rhlens`` command."""
-    _register_plugins()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    import matplotlib
+def _one_line(err: BaseException, flags: bool = True) -> str:
+    """The error as one line; an argument named by a :class:`UsageError` becomes its flag."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    arg = getattr(err, "arg", None)
+    if flags and arg and text.startswith(arg):
+        text = "--" + arg.replace("_", "-") + text[len(arg):]
+    return text
 
-    matplotlib.use("Agg")
+
+def _run(args) -> int:
+    """``args.func(args)`` with every failure reported as one line and an exit code."""
+    import os
+
     from .detect import NoPassingSampleError
     from .models import ModelNotFoundError
 
+    where = f"rhlens {args.command}: error:"
     try:
         return args.func(args)
-    except (ModelNotFoundError, NoPassingSampleError, ValueError, FileNotFoundError) as err:
-        print(f"rhlens {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (UsageError, ModelNotFoundError, FileNotFoundError, IsADirectoryError,
+            NotADirectoryError, ValueError) as err:
+        print(f"{where} {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RunError, NoPassingSampleError) as err:
+        print(f"{where} {_one_line(err)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, RuntimeError, MemoryError) as err:  # disk full, CUDA out of memory...
+        if os.environ.get("RHLENS_TRACEBACK"):
+            raise
+        print(f"{where} {type(err).__name__}: {_one_line(err, False)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as err:  # noqa: BLE001 (a bug: one line, the traceback on request)
+        if os.environ.get("RHLENS_TRACEBACK"):
+            raise
+        print(f"{where} internal error: {type(err).__name__}: {_one_line(err, False)} (set "
+              "RHLENS_TRACEBACK=1 to see where; please report it)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rhlens`` command; returns its exit code."""
+    try:
+        _register_plugins()
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        return _run(args)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished samples are saved; rerun the same command to resume.",
-              file=sys.stderr)
-        return 130
+        lead = "\n" if sys.stderr.isatty() else ""  # end a progress bar's line first
+        print(f"{lead}rhlens: interrupted; finished samples are saved: rerun the same command "
+              "to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
