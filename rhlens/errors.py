@@ -3,7 +3,8 @@
 * :class:`UsageError` (a ``ValueError``): an argument or an input file is wrong; running
   again unchanged fails again. Exit code 2.
 * :class:`RunError` (a ``RuntimeError``): the inputs are fine but the run could not finish
-  (a download failed, nothing passed the ROUGE gate, the disk is full). Exit code 1.
+  (a download failed, nothing passed the ROUGE gate, the disk is full). Exit code 1. A
+  failed download is a :class:`FetchError`, also an ``OSError``.
 
 A library error names the *argument* it is about (``needles must be at least 1``); the
 command line turns it into the flag (``--needles must be at least 1``).
@@ -44,3 +45,8 @@ class UsageError(ValueError):
 
 class RunError(RuntimeError):
     """The inputs were fine but the run failed (network, disk, nothing to score)."""
+
+
+class FetchError(RunError, OSError):
+    """A download failed (unreachable, too slow, a server error). Also an ``OSError``, as
+    urllib's own errors are, so ``except OSError`` keeps catching an offline machine."""

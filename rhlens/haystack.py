@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import RunError, UsageError
+from .errors import FetchError, UsageError
 
 CONTEXT_MARKER = "<<RHLENS_CONTEXT>>"
 INSTRUCTION = (
@@ -278,7 +278,7 @@ def _hf_haystack(spec: str) -> str:
                          f"{first}", arg="haystack") from None
     except Exception as err:  # noqa: BLE001 (offline, hub errors: all mean "not reachable")
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RunError(f"Cannot load the haystack dataset {name!r}: {first}. Offline? Pass "
+        raise FetchError(f"Cannot load the haystack dataset {name!r}: {first}. Offline? Pass "
                        "a text file or a folder of .txt files instead.") from None
     if column not in ds.column_names:
         raise UsageError(f"Dataset {name!r} has no column {column!r} (it has "
@@ -298,7 +298,7 @@ def load_haystack(source: str | Path | None = None) -> str:
 
     Raises:
         UsageError: when the haystack is empty, missing or not text.
-        RunError: when a dataset cannot be fetched (e.g. offline).
+        FetchError: when a dataset cannot be fetched (e.g. offline).
     """
     if source is None or str(source) == "stdlib":
         text = default_haystack()

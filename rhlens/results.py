@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .errors import RunError, UsageError
+from .errors import FetchError, UsageError
 
 #: Version of the sample-log format: logs of other versions are not resumed.
 LOG_FORMAT = 2
@@ -253,7 +253,7 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         old, new = req.full_url.split(":", 1)[0].lower(), newurl.split(":", 1)[0].lower()
         if new not in ("http", "https") or (old == "https" and new != "https"):
-            raise RunError(f"{req.full_url} redirects to {newurl}: refused (an https address "
+            raise FetchError(f"{req.full_url} redirects to {newurl}: refused (an https address "
                            "may only redirect to https).")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -267,7 +267,7 @@ def fetch_text(url: str, timeout: float = 60.0, max_bytes: int = MAX_SCORE_BYTES
     Raises:
         UsageError: for an address that is not http(s), a 4xx answer, a body over
             ``max_bytes`` or not UTF-8: the address is wrong.
-        RunError: the server could not be reached, answered 5xx, or was too slow.
+        FetchError: the server could not be reached, answered 5xx, or was too slow.
     """
     scheme = url.split(":", 1)[0].lower()
     if scheme not in ("http", "https"):
@@ -284,7 +284,7 @@ def fetch_text(url: str, timeout: float = 60.0, max_bytes: int = MAX_SCORE_BYTES
                                  "limit of a score file.")
             while True:
                 if time.monotonic() > deadline:
-                    raise RunError(f"{url} took longer than {timeout:.0f} s to download; "
+                    raise FetchError(f"{url} took longer than {timeout:.0f} s to download; "
                                    "try again, or download it and pass the file.")
                 chunk = resp.read1(1 << 16)
                 if not chunk:
@@ -293,16 +293,18 @@ def fetch_text(url: str, timeout: float = 60.0, max_bytes: int = MAX_SCORE_BYTES
                 if size > max_bytes:
                     raise UsageError(f"{url} is over the {max_bytes}-byte limit of a score file.")
                 chunks.append(chunk)
+    except FetchError:
+        raise
     except urllib.error.HTTPError as err:
         msg = f"{url} answered HTTP {err.code} {err.reason}"
         if 400 <= err.code < 500:
             raise UsageError(f"{msg}: check the address.") from None
-        raise RunError(f"{msg}: try again later.") from None
+        raise FetchError(f"{msg}: try again later.") from None
     except urllib.error.URLError as err:
-        raise RunError(f"Cannot fetch {url}: {err.reason}; check the address and the "
+        raise FetchError(f"Cannot fetch {url}: {err.reason}; check the address and the "
                        "network, or download the file and pass its path.") from None
     except (TimeoutError, OSError, http.client.HTTPException) as err:
-        raise RunError(f"Cannot fetch {url}: {err}; check the network, or download the file "
+        raise FetchError(f"Cannot fetch {url}: {err}; check the network, or download the file "
                        "and pass its path.") from None
     try:
         return b"".join(chunks).decode("utf-8")

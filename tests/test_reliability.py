@@ -25,7 +25,7 @@ import torch
 
 import rhlens.models
 from rhlens.cli import main
-from rhlens.errors import RunError, UsageError
+from rhlens.errors import FetchError, UsageError
 from rhlens.haystack import NEEDLES, needles_to_json
 from rhlens.results import SampleLog, fetch_text, load_scores, scores_to_json
 
@@ -388,6 +388,8 @@ def test_score_url_errors(files, capsys, server):
     line = one_error(capsys, "plot", f"http://127.0.0.1:{port}/s.json", "--out",
                      files / "p.png", code=1)
     assert "Cannot fetch" in line and "refused" in line.lower()
+    with pytest.raises(OSError):  # what the book's offline cells catch
+        load_scores(f"http://127.0.0.1:{port}/s.json")
     (files / "nan.json").write_text('{"0-0": [NaN]}')  # fetched files are checked too
     assert "NaN is not a score" in one_error(capsys, "plot", f"{server}/nan.json", "--out",
                                              files / "p.png")
@@ -416,7 +418,7 @@ def test_fetch_has_a_size_cap_a_deadline_and_no_downgrade(files, server):
 
     threading.Thread(target=drip, daemon=True).start()
     start = time.monotonic()
-    with pytest.raises(RunError, match="longer than 1 s"):
+    with pytest.raises(FetchError, match="longer than 1 s"):
         fetch_text(f"http://127.0.0.1:{listener.getsockname()[1]}/slow.json", timeout=1.0)
     assert time.monotonic() - start < 5
     listener.close()
@@ -426,7 +428,7 @@ def test_fetch_has_a_size_cap_a_deadline_and_no_downgrade(files, server):
     from rhlens.results import _NoDowngrade
 
     req = urllib.request.Request("https://example.org/s.json")
-    with pytest.raises(RunError, match="may only redirect to https"):
+    with pytest.raises(FetchError, match="may only redirect to https"):
         _NoDowngrade().redirect_request(req, None, 302, "Found", {}, "http://example.org/s.json")
 
 
