@@ -393,16 +393,23 @@ class SampleLog:
         else:
             if self.path.exists():
                 _note(f"{self.path} was empty; wrote its header again.")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
+            self._write_header()
+
+    def _write_header(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
+
+    def _move_aside(self) -> Path:
+        """Rename the log to ``<log>.old`` (``.old2``... if taken) and start a new one."""
+        n, old = 1, self.path.with_name(self.path.name + ".old")
+        while old.exists():
+            n += 1
+            old = self.path.with_name(f"{self.path.name}.old{n}")
+        os.replace(self.path, old)
+        self._write_header()
+        return old
 
     def _mismatch(self, theirs: Any) -> UsageError:
-        if not isinstance(theirs, dict) or theirs.get("log_format") != LOG_FORMAT:
-            return UsageError(
-                f"{self.path} was written by an older rhlens whose samples cannot be checked "
-                "against this run (haystack, needles, weights); use another --out, or delete "
-                "the file to start over."
-            )
         diffs = [f"{k} {theirs.get(k)!r} there, {self.settings.get(k)!r} here"
                  for k in sorted(set(theirs) | set(self.settings))
                  if theirs.get(k) != self.settings.get(k)]
@@ -418,6 +425,11 @@ class SampleLog:
         except (ValueError, IndexError):
             header = None
         header_ok = isinstance(header, dict) and isinstance(header.get("settings"), dict)
+        if header_ok and "log_format" not in header["settings"]:
+            old = self._move_aside()
+            _note(f"{self.path} was written by an older rhlens, whose samples cannot be checked "
+                  f"against this run; moved it to {old.name} and starting over.")
+            return
         if header_ok and header["settings"] != self.settings:
             raise self._mismatch(header["settings"])
         dropped: list[str] = []

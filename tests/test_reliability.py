@@ -697,9 +697,12 @@ def test_sample_log_api_repairs_and_refuses(tmp_path, capsys):
     with pytest.raises(UsageError, match="another prompt or answer"):
         SampleLog(path, {"model": "m"}).check_keys(["n|160|0.5|bbbb"])
     SampleLog(path, {"model": "m"}).check_keys(["n|160|0.5|aaaa", "n|200|0.5|cccc"])
-    path.write_text('{"settings": {"model": "m"}}\n{"key": "x"}\n')  # an older rhlens
-    with pytest.raises(UsageError, match="older rhlens"):
-        SampleLog(path, {"model": "m"})
+    old = '{"settings": {"model": "m"}}\n{"key": "x"}\n'  # an older rhlens: moved aside
+    path.write_text(old)
+    log = SampleLog(path, {"model": "m"})
+    assert "older rhlens" in capsys.readouterr().err and log.records == {}
+    assert Path(f"{path}.old").read_text() == old
+    assert json.loads(path.read_text())["settings"]["log_format"] == 2
 
 
 @pytest.mark.slow
