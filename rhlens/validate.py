@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import numbers
 import os
 import re
 import socket
@@ -52,8 +53,9 @@ TINY_CONTEXT = 4096
 
 def count(value: int, arg: str, minimum: int = 0, maximum: int | None = None) -> int:
     """``value`` as an int in ``[minimum, maximum]``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise UsageError(f"{arg} must be a whole number, got {value!r}.", arg=arg)
+    value = int(value)
     if value < minimum:
         raise UsageError(f"{arg} must be at least {minimum}, got {value}.", arg=arg)
     if maximum is not None and value > maximum:
@@ -63,7 +65,7 @@ def count(value: int, arg: str, minimum: int = 0, maximum: int | None = None) ->
 
 def finite(value: float, arg: str) -> float:
     """``value`` when it is a finite number."""
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise UsageError(f"{arg} must be a finite number, got {value!r}.", arg=arg)
     return float(value)
 
@@ -104,7 +106,7 @@ def check_grid(lengths: Sequence[int], depths: Sequence[float], max_new_tokens: 
     for n in lengths:
         count(n, "lengths", minimum=1)
     for d in depths:
-        if not (isinstance(d, (int, float)) and math.isfinite(d) and 0 <= d <= 1):
+        if not (isinstance(d, numbers.Real) and math.isfinite(d) and 0 <= d <= 1):
             raise UsageError(f"depths must lie in [0, 1], got {d!r}.", arg="depths")
     count(max_new_tokens, "max_new_tokens", minimum=1)
     longest = max(lengths)
