@@ -116,9 +116,9 @@ def _score(args) -> int:
 def _plot(args) -> int:
     from .plotting import plot_scores
     from .results import load_scores, score_file_mode
-    from .validate import output_file
+    from .validate import check_plot_args
 
-    output_file(args.out, "out")
+    check_plot_args(args)
     scores = load_scores(args.scores, mode=score_file_mode(args.scores))
     fig = plot_scores(scores, title=args.title or Path(args.scores).stem)
     _save_figure(fig, args.out, dpi=130)

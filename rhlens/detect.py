@@ -83,7 +83,7 @@ def sample_grid(
     samples: dict[str, Sample] = {}
     for needle in dict.fromkeys(needles):
         for length in dict.fromkeys(lengths):
-            for depth in dict.fromkeys(float(d) for d in depths):
+            for depth in dict.fromkeys(depths):
                 sample = build_sample(tokenizer, needle, haystack, length, depth, n_ctx=n_ctx)
                 samples.setdefault(sample.key, sample)
     return list(samples.values())

@@ -354,6 +354,13 @@ def check_score_args(args) -> dict[str, int]:
     return facts
 
 
+def check_plot_args(args) -> None:
+    """``rhlens plot``: the figure can be written and does not replace the score file."""
+    output_file(args.out, "out")
+    if same_file(args.out, args.scores):
+        raise UsageError("out must name another file than the score file.", arg="out")
+
+
 def check_niah_args(args) -> dict[str, Any]:
     """Everything of ``rhlens niah`` that can be checked before the score file is read and
     the model loads; returns ``{"facts": ..., "ks": ..., "seeds": ...}``."""

@@ -364,6 +364,10 @@ def test_score_file_of_another_shape_fails_before_the_model_loads(files, capsys,
 def test_a_directory_as_score_file(files, capsys):
     (files / "sdir").mkdir()
     assert "is a folder" in one_error(capsys, "plot", files / "sdir", "--out", files / "p.png")
+    before = snapshot(files / "scores.json")
+    line = one_error(capsys, "plot", files / "scores.json", "--out", files / "scores.json")
+    assert "--out must name another file than the score file" in line
+    assert snapshot(files / "scores.json") == before
 
 
 @pytest.fixture
