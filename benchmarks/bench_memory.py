@@ -44,7 +44,8 @@ def _reset_peak() -> None:
 
 
 def _sample(model, length: int):
-    from rhlens.haystack import NEEDLES, build_sample, default_haystack
+    from rhlens.haystack import NEEDLES, default_haystack
+    from rhlens.prompts import build_sample
 
     return build_sample(model.tokenizer, NEEDLES[0], default_haystack(), length, 0.5)
 

@@ -19,7 +19,8 @@ import time
 import torch
 
 from rhlens.detect import score_sample
-from rhlens.haystack import NEEDLES, build_sample, default_haystack
+from rhlens.haystack import NEEDLES, default_haystack
+from rhlens.prompts import build_sample
 from rhlens.models import load_model, smollm2_gguf_path
 
 

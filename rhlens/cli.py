@@ -8,8 +8,11 @@
 
 Also ``python -m rhlens ...``. Each subcommand parses its flags into the library's objects (a
 :class:`~rhlens.grid.Grid`, a :class:`~rhlens.ablation.Mask`) and calls the library; errors of
-the library name their arguments in backquotes (`` `rouge_gate` ``), which :func:`main` shows
-as the flags that set them (``--rouge-gate``).
+the library name their arguments (a :class:`~rhlens.errors.UsageError`'s ``arg``, or a name in
+backquotes, `` `rouge_gate` ``), which :func:`main` shows as the flags that set them
+(``--rouge-gate``). Every argument that can be checked without the model is checked before it
+loads (:mod:`rhlens.validate`); errors are one line, with the exit codes of
+:data:`rhlens.errors.EXIT_CODES_HELP`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,16 @@ import argparse
 import re
 import sys
 from pathlib import Path
+
+from .errors import (EXIT_CODES_HELP, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, RunError,
+                     UsageError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit code 2), pointing to ``--help``."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def parse_list(text: str, kind=float) -> list:
@@ -77,7 +90,15 @@ def grid_from_args(args, needles=None):
                 args.max_new_tokens)
 
 
+def _save_figure(fig, path, **kwargs) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **kwargs)
+
+
 def _score(args) -> int:
+    from .validate import check_score_args
+
+    check_score_args(args)
     import torch
 
     from .detect import detect_retrieval_heads
@@ -98,18 +119,20 @@ def _score(args) -> int:
           f"> 0.5: {100 * s['share_above_0.5']:.1f}%   = 0: {100 * s['share_zero']:.1f}%")
     print(f"wrote {args.out} (and {args.out}.samples.jsonl)")
     if args.plot:
-        plot_scores(run.scores, title=args.model).savefig(args.plot, dpi=130)
+        _save_figure(plot_scores(run.scores, title=args.model), args.plot, dpi=130)
         print(f"wrote {args.plot}")
     return 0
 
 
 def _plot(args) -> int:
     from .plotting import plot_scores
-    from .results import load_scores
+    from .results import load_scores, score_file_mode
+    from .validate import check_plot_args
 
-    scores = load_scores(args.scores)
+    check_plot_args(args)
+    scores = load_scores(args.scores, mode=score_file_mode(args.scores))
     fig = plot_scores(scores, title=args.title or Path(args.scores).stem)
-    fig.savefig(args.out, dpi=130)
+    _save_figure(fig, args.out, dpi=130)
     print(f"wrote {args.out}")
     return 0
 
@@ -126,12 +149,16 @@ def _models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rhlens", description="Find, mask and patch retrieval heads (Wu et al. 2024)."
+    from . import niah_cli
+
+    parser = _Parser(
+        prog="rhlens", description="Find, mask and patch retrieval heads (Wu et al. 2024).",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    raw = {"epilog": EXIT_CODES_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
-    p = sub.add_parser("score", help="retrieval score of every head over a NIAH grid")
+    p = sub.add_parser("score", help="retrieval score of every head over a NIAH grid", **raw)
     add_model_args(p)
     add_grid_args(p)
     p.add_argument("--out", default="scores.json", help="score file ({'layer-head': [...]})")
@@ -143,56 +170,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="also save the heatmap here (PNG)")
     p.set_defaults(func=_score)
 
-    p = sub.add_parser("plot", help="heatmap and sorted-score curve of a score file")
+    p = sub.add_parser("niah", help="needle-in-a-haystack with top-K or random heads masked",
+                       description=niah_cli.__doc__, **raw)
+    niah_cli.add_arguments(p)
+    p.set_defaults(func=niah_cli.run)
+
+    p = sub.add_parser("plot", help="heatmap and sorted-score curve of a score file", **raw)
     p.add_argument("scores", help="score file or URL")
     p.add_argument("--out", default="heads.png")
     p.add_argument("--title", default=None)
     p.set_defaults(func=_plot)
 
-    p = sub.add_parser("models", help="list the model names rhlens knows")
+    p = sub.add_parser("models", help="list the model names rhlens knows", **raw)
     p.set_defaults(func=_models)
-
-    from . import niah_cli
-
-    p = sub.add_parser("niah", help="needle-in-a-haystack with top-K or random heads masked",
-                       description=niah_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    niah_cli.add_arguments(p)
-    p.set_defaults(func=niah_cli.run)
     return parser
 
 
-def as_flags(message: str, parser: argparse.ArgumentParser) -> str:
-    """The library's `` `argument` `` names in ``message`` written as the CLI's flags.
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every flag's ``dest`` (``rouge_gate``) over all subcommands."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {a.dest for s in subs for p in s.choices.values() for a in p._actions if a.option_strings}
 
-    >>> as_flags("a negative `rouge_gate` (or `other`)", build_parser())
-    'a negative --rouge-gate (or `other`)'
+
+def _one_line(err: BaseException, flags: set[str] = frozenset()) -> str:
+    """The error as one line, the library's argument names written as the CLI's flags: the
+    argument a :class:`UsageError` names (``arg``) at its start, and any `` `argument` ``.
+
+    >>> _one_line(UsageError("needles must be at least 1.", arg="needles"), {"needles"})
+    '--needles must be at least 1.'
+    >>> _one_line(ValueError("a negative `rouge_gate`   or `other`"), {"rouge_gate"})
+    'a negative --rouge-gate or `other`'
     """
-    flags = {a.dest for sub in parser._subparsers._group_actions for p in sub.choices.values()
-             for a in p._actions if a.option_strings}
+    text = " ".join(str(err).split()) or type(err).__name__
+    arg = getattr(err, "arg", None)
+    if flags and arg and text.startswith(arg):
+        text = "--" + arg.replace("_", "-") + text[len(arg):]
     return re.sub(r"`([a-z_]+)`",
                   lambda m: "--" + m.group(1).replace("_", "-") if m.group(1) in flags
-                  else m.group(0), message)
+                  else m.group(0), text)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``rhlens`` command."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    import matplotlib
+def _run(args, flags: set[str]) -> int:
+    """``args.func(args)`` with every failure reported as one line and an exit code."""
+    import os
 
-    matplotlib.use("Agg")
     from .detect import NoPassingSampleError
     from .models import ModelNotFoundError
 
+    where = f"rhlens {args.command}: error:"
     try:
         return args.func(args)
-    except (ModelNotFoundError, NoPassingSampleError, ValueError, FileNotFoundError) as err:
-        print(f"rhlens {args.command}: error: {as_flags(str(err), parser)}", file=sys.stderr)
-        return 2
+    except (UsageError, ModelNotFoundError, FileNotFoundError, IsADirectoryError,
+            NotADirectoryError, ValueError) as err:
+        print(f"{where} {_one_line(err, flags)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RunError, NoPassingSampleError) as err:
+        print(f"{where} {_one_line(err, flags)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, RuntimeError, MemoryError) as err:  # disk full, CUDA out of memory...
+        if os.environ.get("RHLENS_TRACEBACK"):
+            raise
+        print(f"{where} {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as err:  # noqa: BLE001 (a bug: one line, the traceback on request)
+        if os.environ.get("RHLENS_TRACEBACK"):
+            raise
+        print(f"{where} internal error: {type(err).__name__}: {_one_line(err)} (set "
+              "RHLENS_TRACEBACK=1 to see where; please report it)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rhlens`` command; returns its exit code."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        return _run(args, _flags(parser))
     except KeyboardInterrupt:
-        print("\ninterrupted: finished samples are saved; rerun the same command to resume.",
-              file=sys.stderr)
-        return 130
+        lead = "\n" if sys.stderr.isatty() else ""  # end a progress bar's line first
+        print(f"{lead}rhlens: interrupted; finished samples are saved: rerun the same command "
+              "to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -26,10 +26,14 @@ from tqdm.auto import tqdm
 from .answers import rouge1_recall
 from .decode import greedy_decode
 from .grid import Grid
-from .haystack import Sample
+from .prompts import Sample
 from .heads import summarize
-from .results import SampleLog, atomic_write_text, scores_to_json
+from .results import atomic_write_text, scores_to_json
+from .samplelog import SampleLog, model_identity
 from .scoring import ScoreMode, retrieval_scores
+
+#: Fields every logged sample of a score run has (a record lacking one is recomputed).
+RECORD_FIELDS = ("key", "needle", "length", "depth", "answer", "rouge", "scores", "passed")
 
 
 class NoPassingSampleError(RuntimeError):
@@ -106,12 +110,14 @@ def detect_retrieval_heads(
     """
     samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
     settings = {
-        "model": str(model.cfg.model_name),
+        **model_identity(model),
         "mode": score_mode,
         "rouge_gate": rouge_gate,
         "max_new_tokens": grid.max_new_tokens,
     }
-    log = SampleLog(f"{out}.samples.jsonl", settings) if out else None
+    log = SampleLog(f"{out}.samples.jsonl", settings, required=RECORD_FIELDS) if out else None
+    if log is not None:
+        log.check_keys(s.key for s in samples)
     records: list[dict] = []
     bar = tqdm(samples, desc="retrieval score", unit="sample", disable=not progress)
     for sample in bar:

@@ -43,7 +43,8 @@ import torch
 from .ablation import Mask
 from .answers import extract_number, token_f1
 from .decode import Hook, decode_conditions
-from .haystack import Needle, _encode, chat_parts
+from .haystack import Needle
+from .prompts import _encode, chat_parts
 
 #: A condition of a downstream run: a :class:`~rhlens.ablation.Mask` or decode hooks.
 Condition = Mask | Sequence[Hook]

@@ -27,7 +27,11 @@ from typing import Sequence
 
 import torch
 
-from .haystack import Needle, Sample, build_sample, load_haystack, load_needles
+from .haystack import Needle, load_haystack, load_needles
+
+from .prompts import Sample, build_sample
+from .errors import UsageError
+from .validate import check_grid
 
 
 @dataclass(frozen=True)
@@ -58,31 +62,34 @@ class Grid:
         object.__setattr__(self, "needles", tuple(needles))
         object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
         object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
-        if not self.needles or not self.lengths or not self.depths:
-            raise ValueError("A grid needs at least one needle, one length and one depth.")
-        if any(n < 1 for n in self.lengths):
-            raise ValueError(f"lengths must be positive token counts, got {list(self.lengths)}.")
-        if any(not 0 <= d <= 1 for d in self.depths):
-            raise ValueError(f"depths must lie in [0, 1], got {list(self.depths)}.")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+        if not self.needles:
+            raise UsageError("needles is empty: a grid needs at least one needle.", arg="needles")
+        check_grid(self.lengths, self.depths, self.max_new_tokens)
 
     def __len__(self) -> int:
-        return len(self.needles) * len(self.lengths) * len(self.depths)
+        """Prompts in the grid (a point given twice counts once)."""
+        return (len(dict.fromkeys(self.needles)) * len(dict.fromkeys(self.lengths))
+                * len(dict.fromkeys(self.depths)))
 
     def replace(self, **changes) -> "Grid":
         """A copy with some fields changed (e.g. other needles for a held-out test)."""
         return dataclasses.replace(self, **changes)
 
     def samples(self, tokenizer, n_ctx: int | None = None) -> list[Sample]:
-        """Every (needle, length, depth) prompt, in that nesting order."""
+        """Every (needle, length, depth) prompt, in that nesting order.
+
+        With ``n_ctx`` the longest prompt plus ``max_new_tokens`` must fit the context. A grid
+        point given twice (``lengths=[160, 160]``) is built once, so it is never counted twice.
+        """
+        check_grid(self.lengths, self.depths, self.max_new_tokens, n_ctx)
         haystack = self.haystack if self.haystack is not None else load_haystack(None)
-        return [
-            build_sample(tokenizer, needle, haystack, length, depth, n_ctx=n_ctx)
-            for needle in self.needles
-            for length in self.lengths
-            for depth in self.depths
-        ]
+        samples: dict[str, Sample] = {}
+        for needle in dict.fromkeys(self.needles):
+            for length in dict.fromkeys(self.lengths):
+                for depth in dict.fromkeys(self.depths):
+                    sample = build_sample(tokenizer, needle, haystack, length, depth, n_ctx=n_ctx)
+                    samples.setdefault(sample.key, sample)
+        return list(samples.values())
 
     def reference_prompts(self, tokenizer, n_ctx: int | None = None) -> list[torch.Tensor]:
         """Prompts for mean ablation's reference: each needle at the first length and depth

@@ -220,6 +220,8 @@ def random_heads(
     >>> sorted(random_heads(s, 4, seed=0)) == [(0, 1), (0, 2), (1, 0), (1, 2)]
     True
     """
+    if k < 0:
+        raise ValueError(f"k must be at least 0, got {k}.")
     excluded = {(int(l), int(h)) for l, h in exclude}
     pool = [hd for hd in control_pool(scores, threshold, same_layers=same_layers)
             if hd not in excluded]

@@ -15,8 +15,9 @@ needles found in ``<scores>.samples.jsonl`` (written by ``rhlens score``) are le
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from .cli import add_grid_args, add_model_args, grid_from_args, parse_list
+from .cli import add_grid_args, add_model_args, grid_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,8 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "run used, read from <scores>.samples.jsonl)")
     p.add_argument("--sweep-k", default=None, metavar="K,K,...|auto",
                    help="sweep K for top vs random heads instead of one run "
-                        "('auto': the paper's 0..100-of-1024 grid scaled to this model)")
-    p.add_argument("--seeds", default="0,1,2", help="random-head seeds of --sweep-k")
+                        "('auto': the paper's 0..100-of-1024 grid scaled to this model); "
+                        "besides the whole table in --out, each run writes OUT.kK.top.csv "
+                        "or OUT.kK.randomSEED.csv (with its .samples.jsonl log) beside it")
+    p.add_argument("--seeds", default="0,1,2",
+                   help="random-head seeds of --sweep-k (each seed its own file)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--out", default="niah.csv", help="CSV, a row per (needle, length, depth)")
     p.add_argument("--plot", default=None, help="save the heatmap (or the K curve) here")
@@ -66,19 +70,22 @@ def run(args) -> int:
     from .heads import head_names
     from .models import load_model
     from .niah_grid import k_curve, k_sweep, niah_heatmap, plot_k_curve, run_niah
-    from .results import load_scores
+    from .results import load_scores, score_file_mode
+    from .validate import check_head_counts, check_niah_args, check_shape
 
-    if (args.mask_top or args.mask_random or args.sweep_k) and not args.scores:
-        raise ValueError("Masking needs --scores (make one with `rhlens score`).")
-    if args.mask_top and args.mask_random:
-        raise ValueError("Use --mask-top or --mask-random in one run, not both.")
+    checked = check_niah_args(args)
+    scores = None
+    if args.scores:
+        scores = load_scores(args.scores, mode=score_file_mode(args.scores))
+        check_shape(tuple(scores.shape), checked["facts"], args.scores)
+        ks = checked["ks"] if checked["ks"] != "auto" else k_grid(scores.numel())
+        check_head_counts(scores, args.mask_top, args.mask_random, ks, args.threshold)
     grid = grid_from_args(args, _needles(args))
     torch.set_grad_enabled(False)
     model = load_model(args.model, args.device, args.dtype)
-    scores = load_scores(args.scores) if args.scores else None
-    if scores is not None and tuple(scores.shape) != (model.cfg.n_layers, model.cfg.n_heads):
-        raise ValueError(f"{args.scores} scores {tuple(scores.shape)} heads, but the model has "
-                         f"{model.cfg.n_layers} x {model.cfg.n_heads}: wrong score file?")
+    if scores is not None:
+        check_shape(tuple(scores.shape), {"n_layers": model.cfg.n_layers,
+                                          "n_heads": model.cfg.n_heads}, args.scores)
     options = {"mask_mode": args.mask_mode, "prefill": args.mask_prefill}
     if args.mask_top:
         mask = Mask.top(scores, args.mask_top, **options)
@@ -92,12 +99,13 @@ def run(args) -> int:
 
     if args.sweep_k:
         n_total = model.cfg.n_layers * model.cfg.n_heads
-        ks = k_grid(n_total) if args.sweep_k == "auto" else parse_list(args.sweep_k, int)
-        df = k_sweep(model, grid, scores, ks, seeds=parse_list(args.seeds, int),
+        ks = k_grid(n_total) if args.sweep_k == "auto" else checked["ks"]
+        df = k_sweep(model, grid, scores, ks, seeds=checked["seeds"],
                      threshold=args.threshold, mask=mask, out=args.out)
         curve = k_curve(df)
         print(curve.round(1).to_string(index=False))
         if args.plot:
+            Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
             plot_k_curve(curve, n_heads_total=n_total, title=args.model).figure.savefig(
                 args.plot, dpi=130, bbox_inches="tight")
     else:
@@ -106,6 +114,7 @@ def run(args) -> int:
         df = run_niah(model, grid, mask, out=args.out)
         print(f"\nNIAH score {df['score'].mean():.1f} over {len(df)} samples")
         if args.plot:
+            Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
             niah_heatmap(df, title=f"{args.model}: {len(mask.heads)} heads masked").figure.savefig(
                 args.plot, dpi=130, bbox_inches="tight")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))

@@ -35,9 +35,13 @@ from .answers import niah_score
 from .decode import greedy_decode
 from .grid import Grid
 from .heads import head_names
-from .results import SampleLog, atomic_write_text
+from .results import atomic_write_text
+from .samplelog import SampleLog, model_identity, tensor_digest
 
 COLUMNS = ["needle", "length", "depth", "score", "answer"]
+
+#: Fields every logged NIAH sample has (a record lacking one is recomputed).
+ROW_FIELDS = ("key", "needle", "length", "depth", "score", "answer", "expected")
 
 
 def run_niah(
@@ -63,10 +67,13 @@ def run_niah(
     """
     mask.hooks(model)  # check the heads (and the means) before the first sample
     samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
-    settings = {"model": str(model.cfg.model_name), "heads": [list(h) for h in mask.heads],
+    settings = {**model_identity(model), "heads": [list(h) for h in mask.heads],
                 "mode": mask.mask_mode, "prefill": mask.prefill,
-                "max_new_tokens": grid.max_new_tokens}
-    log = SampleLog(f"{out}.samples.jsonl", settings) if out else None
+                "max_new_tokens": grid.max_new_tokens,
+                "means": tensor_digest(mask.means) if mask.mask_mode == "mean" else None}
+    log = SampleLog(f"{out}.samples.jsonl", settings, required=ROW_FIELDS) if out else None
+    if log is not None:
+        log.check_keys(s.key for s in samples)
     rows = []
     bar = tqdm(samples, desc=f"NIAH ({len(mask.heads)} masked)", unit="sample",
                disable=not progress)
@@ -135,18 +142,19 @@ def k_sweep(
     Returns:
         every row of every run, with columns ``k``, ``kind`` (``"top"``/``"random"``),
         ``seed`` (-1 for top) and ``heads`` besides those of :func:`run_niah`. With ``out``,
-        each run logs to ``<out>.k{K}.{kind}{seed}.csv`` (resumable) and the whole table to
-        ``out``.
+        each run logs to ``<out>.k{K}.top.csv`` or ``<out>.k{K}.random{seed}.csv`` (each with
+        its resumable ``.samples.jsonl``) and the whole table to ``out``. A K or seed given
+        twice runs once.
     """
     runs = []
-    for k in ks:
+    for k in dict.fromkeys(ks):
         runs.append((k, "top", -1, Mask.top(scores, k).heads))
         if k > 0:
             runs += [(k, "random", s, Mask.random(scores, k, s, threshold=threshold).heads)
-                     for s in seeds]
+                     for s in dict.fromkeys(seeds)]
     frames = []
     for k, kind, seed, heads in tqdm(runs, desc="K sweep", disable=not progress):
-        part = None if out is None else f"{out}.k{k}.{kind}{'' if seed < 0 else seed}.csv"
+        part = None if out is None else f"{out}.k{k}.{kind}{seed if kind == 'random' else ''}.csv"
         frames.append(run_niah(model, grid, mask.with_heads(heads), out=part, progress=False,
                                extra={"k": k, "kind": kind, "seed": seed,
                                       "heads": head_names(heads)}))

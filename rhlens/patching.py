@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from .ablation import split_heads
 from .decode import greedy_decode, model_device, new_cache, prefill
 from .heads import head_name, spearman, top_heads, top_k_overlap
-from .haystack import Sample
+from .prompts import Sample
 
 #: Plain words used to build counterfactual answers (kept if they are one token).
 REPLACEMENT_WORDS = (

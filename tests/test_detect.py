@@ -8,7 +8,8 @@ import torch
 from rhlens.decode import greedy_decode
 from rhlens.detect import NoPassingSampleError, detect_retrieval_heads
 from rhlens.grid import Grid
-from rhlens.haystack import NEEDLES, build_sample, default_haystack
+from rhlens.haystack import NEEDLES, default_haystack
+from rhlens.prompts import build_sample
 from rhlens.results import load_scores
 
 

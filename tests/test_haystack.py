@@ -7,14 +7,12 @@ import pytest
 from rhlens.haystack import (
     NEEDLES,
     Needle,
-    build_sample,
     default_haystack,
-    insertion_point,
     load_haystack,
     load_needles,
     needles_to_json,
-    sentence_end_ids,
 )
+from rhlens.prompts import build_sample, insertion_point, sentence_end_ids
 from rhlens.models import embedded_tokenizer
 
 

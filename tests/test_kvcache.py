@@ -7,7 +7,8 @@ import torch
 
 from rhlens.decode import greedy_decode
 from rhlens.grid import Grid
-from rhlens.haystack import NEEDLES, build_sample, default_haystack
+from rhlens.haystack import NEEDLES, default_haystack
+from rhlens.prompts import build_sample
 from rhlens.kvcache import (
     compressed_cache_hooks,
     curve,

@@ -11,7 +11,8 @@ import torch
 from transformers import LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config
 
 from rhlens.decode import greedy_decode, new_cache, prefill
-from rhlens.haystack import NEEDLES, build_sample, default_haystack
+from rhlens.haystack import NEEDLES, default_haystack
+from rhlens.prompts import build_sample
 from rhlens.models import PAPER_MODELS
 from rhlens.rope import apply_config_overrides, ntk_theta, prepare_config, public_rope_reset
 from rhlens.tiny import TINY_QUIRKS, tiny_model, tiny_paper_model

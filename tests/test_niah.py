@@ -100,7 +100,7 @@ def test_cli_niah(tmp_path, monkeypatch, capsys):
     needle_file = tmp_path / "needles.json"
     needle_file.write_text(needles_to_json(list(NEEDLES[:2])))
     out = tmp_path / "niah.csv"
-    rc = main(["niah", "--scores", str(tmp_path / "scores.json"), "--mask-top", "1",
+    rc = main(["niah", "--model", "tiny-llama", "--scores", str(tmp_path / "scores.json"), "--mask-top", "1",
                "--lengths", "160", "--depths", "0.5", "--needle-file", str(needle_file),
                "--haystack", str(tmp_path / "hay.txt"), "--max-new-tokens", "3",
                "--out", str(out), "--plot", str(tmp_path / "h.png")])

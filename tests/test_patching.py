@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from rhlens.ablation import split_heads
-from rhlens.haystack import NEEDLES, build_sample
+from rhlens.haystack import NEEDLES
+from rhlens.prompts import build_sample
 from rhlens.patching import (
     PatchPair,
     _logit_diff,

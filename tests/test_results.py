@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from rhlens.results import SampleLog, atomic_write_text, load_scores, scores_to_json
+from rhlens.results import atomic_write_text, load_scores, scores_to_json
+from rhlens.samplelog import SampleLog
 
 
 def test_score_file_roundtrip(tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..decode import DecodeTrace, greedy_decode
-from ..haystack import Sample
+from ..prompts import Sample
 from ..heads import head_name
 from .common import SINK, static_figure, use_static
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..results import atomic_write_bytes
 from . import task as task_module
 from . import train as train_module
 from .task import ToyTask
@@ -79,18 +82,49 @@ def trained_model(name: str, cache: bool = True, checkpoint_every: int | None = 
     model = build_model(recipe.config, recipe.task.vocab, seed=recipe.seed)
     path = cache_dir() / f"{_cache_key(name, recipe, f'{checkpoint_every}/{eval_every}')}.pt"
     if cache and path.exists():
-        saved = torch.load(path, weights_only=False)
-        model.load_state_dict(saved["state"])
-        history = pd.DataFrame(saved["history"])
-        history.attrs["checkpoints"] = saved["checkpoints"]
-        return to_bridge(model), history
+        saved = load_cached(path)
+        if saved is not None:
+            model.load_state_dict(saved["state"])
+            history = pd.DataFrame(saved["history"])
+            history.attrs["checkpoints"] = saved["checkpoints"]
+            return to_bridge(model), history
     history = train(model, recipe.task, steps=recipe.steps, lr=recipe.lr, seed=recipe.seed,
                     eval_every=eval_every, checkpoint_every=checkpoint_every,
                     target=recipe.target, callback=callback)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"state": model.state_dict(), "history": history.to_dict("list"),
-                    "checkpoints": history.attrs["checkpoints"]}, tmp)
-        tmp.replace(path)
+        save_cached(path, {"state": model.state_dict(), "history": history.to_dict("list"),
+                           "checkpoints": history.attrs["checkpoints"]})
     return to_bridge(model), history
+
+
+def _plain(obj):
+    """``obj`` with numpy scalars made Python numbers (``weights_only`` loads no numpy)."""
+    if isinstance(obj, dict):
+        return {_plain(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, torch.Tensor):
+        return obj.item()
+    return obj
+
+
+def save_cached(path: Path, entry: dict) -> None:
+    """Write a cache entry atomically, under a temporary name no other run shares."""
+    buf = io.BytesIO()
+    torch.save({"state": entry["state"], "history": _plain(entry["history"]),
+                "checkpoints": entry["checkpoints"]}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_cached(path: Path) -> dict | None:
+    """A cache entry, loaded with ``weights_only=True``: tensors and plain data only, so a
+    file planted in the cache cannot run code. ``None`` (retrain) when it cannot be read."""
+    try:
+        saved = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 (unpickling refused, torn or foreign file)
+        print(f"note: ignoring the cached weights {path} ({type(err).__name__}); retraining.",
+              file=sys.stderr)
+        return None
+    if not isinstance(saved, dict) or not {"state", "history", "checkpoints"} <= set(saved):
+        return None
+    return saved
