@@ -13,8 +13,8 @@ that follow run through the bridge again and record their rows as before::
     >>> cache = DynamicCache(config=model.original_model.config)           # doctest: +SKIP
     >>> with sdpa_attention(model):                                        # doctest: +SKIP
     ...     prefill(model, ids[:-1], cache)   # fills the cache; no score matrix is built
-    >>> out, cache = model(ids[-1:][None], return_type="logits_and_cache",
-    ...                    past_key_values=cache)   # hooked, eager, reads that cache  # doctest: +SKIP
+    >>> step = model(ids[-1:][None], return_type="logits_and_cache",  # doctest: +SKIP
+    ...              past_key_values=cache)   # a decode step: hooked, eager, reads that cache
 
 Two traps, both measured, explain the shape of this module:
 
