@@ -1,11 +1,17 @@
 """Greedy decoding with a KV cache that records where every query head looks.
 
-The prompt is prefilled in chunks (so no ``n x n`` attention matrix of the whole prompt is
-ever held; each chunk's scores are ``chunk x n``), then tokens are generated one at a time.
+The prompt but its last token is prefilled first, then tokens are generated one at a time.
 The *decode steps* are the forwards whose query produces a generated token: the first one
 feeds the prompt's last token, the next ones feed the tokens generated so far. At each step
 a hook on ``blocks.{l}.attn.hook_pattern`` (shape ``[batch, head, 1, key]``) reads only the
-one query row and keeps its argmax per query head.
+one query row and keeps its argmax per query head (on the model's device, moved once at the
+end of the sample).
+
+Nothing reads attention during the prefill unless ``prefill_hooks`` are given, so by default
+it runs with Hugging Face's SDPA attention (:func:`rhlens.sdpa.sdpa_attention`: no score
+matrix, the speed of plain ``generate``) into the same KV cache the hooked decode steps read.
+With ``prefill_hooks``, or ``prefill_attention="eager"``, it runs through the bridge's hooked
+eager attention in chunks (each chunk's scores are ``chunk x n``, never ``n x n``).
 
 Example::
 
@@ -19,14 +25,23 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 import torch
+
+from .sdpa import sdpa_attention
 
 Hook = tuple[str | Callable[[str], bool], Callable]
 
 PATTERN_HOOK = "hook_pattern"
+
+#: How the prompt is prefilled: ``"sdpa"`` (fast, no hooks) or ``"eager"`` (the bridge's hooked
+#: attention, chunked).
+PrefillAttention = Literal["sdpa", "eager"]
+#: Default prefill chunk of the eager path: each chunk materialises ``heads x chunk x n`` scores.
+EAGER_CHUNK = 512
 
 
 def pattern_hook_name(layer: int) -> str:
@@ -46,6 +61,8 @@ class DecodeTrace:
         text: the decoded generation.
         rows: ``{(layer, head): [T, n + T]}`` full attention rows of the recorded heads
             (zero-padded on the right), when asked for.
+        timings: seconds spent in the prefill (``"prefill_s"``) and in the decode steps
+            (``"decode_s"``, including the one move of the recorded argmaxes and rows).
     """
 
     prompt_ids: torch.Tensor
@@ -53,6 +70,7 @@ class DecodeTrace:
     argmax: torch.Tensor
     text: str
     rows: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def model_device(model) -> torch.device:
@@ -80,12 +98,15 @@ def stops(tokenizer, token: int, generated: Sequence[int], stop_at_newline: bool
 def prefill(model, ids: torch.Tensor, cache, chunk_size: int = 512) -> torch.Tensor | None:
     """Run ``ids`` (``[n]``) through the model into ``cache``, ``chunk_size`` tokens at a time.
 
-    Returns the logits of the last position (``[vocab]``), or ``None`` when ``ids`` is empty.
+    Returns the logits of the last position (``[vocab]``), or ``None`` when ``ids`` is empty;
+    only that position goes through the unembedding (``logits_to_keep=1``). The attention is
+    the bridge's own (hooked, eager) unless called inside :func:`rhlens.sdpa.sdpa_attention`.
     """
     logits = None
     for start in range(0, ids.shape[0], chunk_size):
         chunk = ids[start : start + chunk_size].unsqueeze(0)
-        out, cache = model(chunk, return_type="logits_and_cache", past_key_values=cache)
+        out, cache = model(chunk, return_type="logits_and_cache", past_key_values=cache,
+                           logits_to_keep=1)
         logits = out[0, -1]
     return logits
 
@@ -99,9 +120,10 @@ def greedy_decode(
     prefill_hooks: Sequence[Hook] = (),
     record_rows: Iterable[tuple[int, int]] | None = None,
     stop_at_newline: bool = True,
-    chunk_size: int = 512,
+    chunk_size: int | None = None,
     *,
     mask=None,
+    prefill_attention: PrefillAttention = "sdpa",
 ) -> DecodeTrace:
     """Greedy generation from ``input_ids`` (``[n]``) that records attention argmaxes.
 
@@ -116,12 +138,26 @@ def greedy_decode(
         record_rows: ``(layer, head)`` pairs whose whole attention row to keep per step.
         mask: a :class:`rhlens.ablation.Mask`: its hooks join ``decode_hooks`` (and
             ``prefill_hooks`` when ``mask.prefill``).
+        chunk_size: prompt tokens per prefill forward. Default: :data:`EAGER_CHUNK` for the
+            eager prefill, the whole prompt for the SDPA one (its memory grows with the
+            chunk only through the MLP activations; set it to cap them).
+        prefill_attention: ``"sdpa"`` (default) prefills with Hugging Face's SDPA attention
+            and no hooks whenever ``prefill_hooks`` is empty; ``"eager"`` forces the bridge's
+            hooked attention (the reference the SDPA path is tested against). With
+            ``prefill_hooks`` the prefill is always eager, since only that path fires them.
+            The decode steps always run through the hooked eager attention.
 
     Returns:
         a :class:`DecodeTrace`.
     """
     if input_ids.ndim != 1 or input_ids.numel() < 2:
         raise ValueError("input_ids must be a 1-D tensor of at least two prompt tokens.")
+    if prefill_attention not in ("sdpa", "eager"):
+        raise ValueError(
+            f"prefill_attention must be 'sdpa' or 'eager', not {prefill_attention!r}."
+        )
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of tokens, not {chunk_size}.")
     n_ctx = model.cfg.n_ctx
     if n_ctx and input_ids.numel() + max_new_tokens > n_ctx:
         raise ValueError(
@@ -135,23 +171,35 @@ def greedy_decode(
     tok = model.tokenizer
     ids = input_ids.to(device)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    argmax = torch.zeros(max_new_tokens, n_layers, n_heads, dtype=torch.long)
+    # Filled on the device by the hook (no host sync per layer per step), moved once at the end.
+    argmax = torch.zeros(max_new_tokens, n_layers, n_heads, dtype=torch.long, device=device)
     wanted = sorted(set(record_rows or ()))
-    rows = {key: torch.zeros(max_new_tokens, ids.numel() + max_new_tokens) for key in wanted}
+    rows = {key: torch.zeros(max_new_tokens, ids.numel() + max_new_tokens, device=device)
+            for key in wanted}
     step = {"t": 0}
 
     def read_pattern(pattern: torch.Tensor, hook) -> torch.Tensor:
         layer = int(hook.name.split(".")[1])
         row = pattern[0, :, -1]  # [head, key]
-        argmax[step["t"], layer] = row.argmax(-1).cpu()
+        argmax[step["t"], layer] = row.argmax(-1)
         for lay, head in wanted:
             if lay == layer:
-                rows[(lay, head)][step["t"], : row.shape[-1]] = row[head].float().cpu()
+                rows[(lay, head)][step["t"], : row.shape[-1]] = row[head].float()
         return pattern
 
     cache = new_cache(model)
-    with model.hooks(fwd_hooks=list(prefill_hooks)) if prefill_hooks else contextlib.nullcontext():
-        prefill(model, ids[:-1], cache, chunk_size)
+    fast = prefill_attention == "sdpa" and not prefill_hooks
+    if chunk_size is None:
+        chunk_size = max(1, ids.numel() - 1) if fast else EAGER_CHUNK
+    t0 = time.perf_counter()
+    if fast:
+        with sdpa_attention(model):
+            prefill(model, ids[:-1], cache, chunk_size)
+    else:
+        with model.hooks(fwd_hooks=list(prefill_hooks)) if prefill_hooks else contextlib.nullcontext():
+            prefill(model, ids[:-1], cache, chunk_size)
+    _sync(device)
+    t1 = time.perf_counter()
 
     recorder = (lambda name: name.endswith(PATTERN_HOOK), read_pattern)
     generated: list[int] = []
@@ -167,13 +215,23 @@ def greedy_decode(
             generated.append(token)
             nxt = torch.tensor([token], device=device)
     steps = len(generated)
+    argmax_cpu = argmax[:steps].cpu()
+    rows_cpu = {k: v[:steps].cpu() for k, v in rows.items()}
+    t2 = time.perf_counter()
     return DecodeTrace(
         prompt_ids=input_ids.cpu(),
         tokens=torch.tensor(generated, dtype=torch.long),
-        argmax=argmax[:steps],
+        argmax=argmax_cpu,
         text=tok.decode(generated),
-        rows={k: v[:steps] for k, v in rows.items()},
+        rows=rows_cpu,
+        timings={"prefill_s": t1 - t0, "decode_s": t2 - t1},
     )
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that the prefill/decode time split is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------- batched decoding
@@ -222,12 +280,12 @@ def decode_conditions(
     conditions: Mapping[str, Sequence[Hook]],
     max_new_tokens: int = 16,
     stop_at_newline: bool = True,
-    chunk_size: int = 512,
+    chunk_size: int | None = None,
 ) -> dict[str, str]:
     """Greedy answers of ``input_ids`` (``[n]``) under every condition, in one batch.
 
-    The prompt but its last token is prefilled once without hooks (conditions act at decode
-    steps only, as the paper masks); the cache is then repeated once per condition and
+    The prompt but its last token is prefilled once, with SDPA attention and no hooks
+    (conditions act at decode steps only, as the paper masks); the cache is then repeated once per condition and
     decoding runs with :func:`batched_hooks` (each condition's hooks on its own row), as
     :func:`greedy_decode` would with ``decode_hooks=conditions[name]``, with the same stop
     rule (:func:`stops`).
@@ -243,7 +301,8 @@ def decode_conditions(
     tok = model.tokenizer
     ids = input_ids.to(model_device(model))
     cache = new_cache(model)
-    prefill(model, ids[:-1], cache, chunk_size)
+    with sdpa_attention(model):
+        prefill(model, ids[:-1], cache, chunk_size or max(1, ids.numel() - 1))
     batch = len(names)
     if batch > 1:
         cache.batch_repeat_interleave(batch)

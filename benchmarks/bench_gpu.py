@@ -1,0 +1,151 @@
+"""GPU: rhlens greedy_decode / HF generate (SDPA) on a random Llama-2-7B-shaped model, up to 80K.
+
+One random-weight model (32 layers, 32 heads, d_model 4096, MLP 11008, vocab 32000, bf16) is
+built on the GPU. First plain ``generate`` (transformers' SDPA attention, greedy, 16 new
+tokens) runs at every context length; then the same model is wrapped in a TransformerBridge
+and ``rhlens.decode.greedy_decode`` (SDPA prefill, hooked decode steps recording every query
+head's attention row) runs at the same lengths, with the same number of new tokens. Peak
+memory is ``torch.cuda.max_memory_allocated`` over each call (weights included, one model in
+memory at a time). Targets: time ratio <= 1.05, peak memory ratio <= 1.01.
+
+    python benchmarks/bench_gpu.py                       # 8K, 32K, 81,856 tokens (H100/H200)
+    python benchmarks/bench_gpu.py --eager               # also time the old eager prefill
+    python benchmarks/bench_gpu.py --tiny                # small shape: smoke test, CPU is fine
+
+Same work on both sides: for 16 new tokens ``generate`` runs one prefill forward of ``n``
+tokens and 15 one-token forwards; rhlens prefills ``n - 1`` tokens and runs 16 one-token
+decode steps (the first feeds the prompt's last token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+TIME_TARGET = 1.05
+MEMORY_TARGET = 1.01
+LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000}
+TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 32000}
+
+
+def build(shape: dict, max_len: int, device: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from rhlens.models import embedded_tokenizer
+
+    tok = embedded_tokenizer()  # ids below 32000 are ordinary tokens of it
+    config = LlamaConfig(**shape, max_position_embeddings=max_len, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return hf.eval(), tok
+
+
+class Meter:
+    """Wall time and peak CUDA memory of one call (peak ``None`` off CUDA)."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.t0
+        self.peak_gb = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
+        return False
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lengths", type=int, nargs="+", default=None,
+                   help="context lengths (default 8192 32768 81856; --tiny: 256 512 1024)")
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--tiny", action="store_true",
+                   help="a 2-layer shape instead of 7B, on CPU when no GPU (smoke test)")
+    p.add_argument("--eager", action="store_true",
+                   help="also time greedy_decode(prefill_attention='eager')")
+    args = p.parse_args(argv)
+    has_cuda = torch.cuda.is_available()
+    if not has_cuda and not args.tiny:
+        raise SystemExit("bench_gpu.py: no CUDA device, so the 7B-shaped table cannot be "
+                         "measured here (run with --tiny for a CPU smoke test of the code path).")
+    device = "cuda" if has_cuda else "cpu"
+    dtype = torch.bfloat16 if has_cuda else torch.float32
+    lengths = args.lengths or ([256, 512, 1024] if args.tiny else [8192, 32768, 81856])
+    torch.set_grad_enabled(False)
+    hf, tok = build(TINY if args.tiny else LLAMA2_7B, max(lengths) + args.new_tokens + 64,
+                    device, dtype)
+    vocab = hf.config.vocab_size
+    prompts = {n: torch.randint(100, vocab - 100, (n,), generator=torch.Generator().manual_seed(n))
+               for n in lengths}
+
+    def generate(ids, n_new):
+        hf.generate(ids[None].to(device), max_new_tokens=n_new, min_new_tokens=n_new,
+                    do_sample=False, pad_token_id=tok.eos_token_id)
+
+    generate(prompts[lengths[0]][:64], 2)  # warm-up
+    rows = {n: {"length": n} for n in lengths}
+    for n in lengths:
+        with Meter(device) as m:
+            generate(prompts[n], args.new_tokens)
+        rows[n].update(hf_s=m.seconds, hf_peak_gb=m.peak_gb)
+
+    from rhlens.decode import greedy_decode
+    from rhlens.models import bridge_from_hf
+
+    model = bridge_from_hf(hf, tok, "random-llama-2-7b-shape", device, dtype)
+    greedy_decode(model, prompts[lengths[0]][:64], max_new_tokens=2, stop_at_newline=False)
+    for n in lengths:
+        with Meter(device) as m:
+            trace = greedy_decode(model, prompts[n], max_new_tokens=args.new_tokens,
+                                  stop_at_newline=False)
+        rows[n].update(rhlens_s=m.seconds, rhlens_peak_gb=m.peak_gb, steps=len(trace.tokens),
+                       prefill_s=trace.timings["prefill_s"], decode_s=trace.timings["decode_s"])
+        if args.eager:
+            with Meter(device) as m:
+                greedy_decode(model, prompts[n], max_new_tokens=args.new_tokens,
+                              stop_at_newline=False, prefill_attention="eager")
+            rows[n].update(eager_s=m.seconds, eager_peak_gb=m.peak_gb)
+
+    name = torch.cuda.get_device_name() if has_cuda else "CPU"
+    shape = "tiny 2-layer" if args.tiny else "Llama-2-7B"
+    print(f"{shape} shape, random weights, {dtype}, {name}, {args.new_tokens} new tokens")
+    print(f"{'context':>8} {'HF SDPA s':>10} {'rhlens s':>9} {'ratio':>6} {'(prefill':>9} "
+          f"{'decode)':>8} {'HF GB':>7} {'rhlens GB':>9} {'ratio':>6}")
+    ok = True
+    for n in lengths:
+        r = rows[n]
+        ratio = r["rhlens_s"] / r["hf_s"]
+        ok &= ratio <= TIME_TARGET
+        mem = "      -         -      -"
+        if r["hf_peak_gb"] is not None:
+            mem_ratio = r["rhlens_peak_gb"] / r["hf_peak_gb"]
+            ok &= mem_ratio <= MEMORY_TARGET
+            mem = f"{r['hf_peak_gb']:7.1f} {r['rhlens_peak_gb']:9.1f} {mem_ratio:6.3f}"
+        print(f"{n:>8} {r['hf_s']:10.2f} {r['rhlens_s']:9.2f} {ratio:6.3f} {r['prefill_s']:9.2f} "
+              f"{r['decode_s']:8.2f} {mem}")
+        if r["steps"] < args.new_tokens:
+            print(f"         (rhlens stopped at EOS after {r['steps']} tokens)")
+    for n in lengths:
+        print(json.dumps(rows[n]))
+    memory = "" if device == "cpu" else f", memory <= {MEMORY_TARGET}x"
+    print(f"targets: time ratio <= {TIME_TARGET}{memory}: {'PASS' if ok else 'FAIL'}"
+          + ("  (tiny shape: a smoke test, not the target measurement)" if args.tiny else ""))
+
+
+if __name__ == "__main__":
+    main()
