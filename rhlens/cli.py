@@ -1,10 +1,12 @@
-"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens plot``, ``rhlens models``.
+"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens plot``, ``rhlens models``,
+``rhlens published``.
 
 ::
 
     rhlens score --model smollm2-135m --lengths 500,1000 --depths 0.1,0.5,0.9 --needles 2 --out scores.json
     rhlens niah  --model smollm2-135m --scores scores.json --mask-top 20 --out niah.csv
     rhlens plot  scores.json --out heads.png
+    rhlens published --json              # the paper's seven published maps, offline
 
 Also ``python -m rhlens ...``. Each subcommand parses its flags into the library's objects (a
 :class:`~rhlens.grid.Grid`, a :class:`~rhlens.ablation.Mask`) and calls the library; errors of
@@ -126,14 +128,46 @@ def _score(args) -> int:
 
 def _plot(args) -> int:
     from .plotting import plot_scores
+    from .published import NAMES, is_published, load_published
     from .results import load_scores, score_file_mode
     from .validate import check_plot_args
 
     check_plot_args(args)
-    scores = load_scores(args.scores, mode=score_file_mode(args.scores))
-    fig = plot_scores(scores, title=args.title or Path(args.scores).stem)
+    if is_published(args.scores) and not Path(args.scores).exists():
+        scores, title = load_published(args.scores), f"{args.scores} (published)"
+    else:
+        try:
+            scores = load_scores(args.scores, mode=score_file_mode(args.scores))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err} Or name a published map: {', '.join(NAMES)}.") from None
+        title = Path(args.scores).stem
+    fig = plot_scores(scores, title=args.title or title)
     _save_figure(fig, args.out, dpi=130)
     print(f"wrote {args.out}")
+    return 0
+
+
+def _published(args) -> int:
+    import json
+
+    from .heads import head_name
+    from .published import published_rows, source
+
+    if args.top < 1:
+        raise ValueError(f"`top` must be at least 1, got {args.top}.")
+    rows = published_rows(top=args.top)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'model':18s} {'layers x heads':>14s} {'samples':>7s} {'> 0.1':>6s} {'= 0':>6s}  "
+          f"top {args.top} heads")
+    for r in rows:
+        top = ", ".join(f"{head_name(l, h)} {v:.2f}" for l, h, v in r["top"])
+        print(f"{r['name']:18s} {r['n_layers']:>7d} x {r['n_heads']:<4d} {r['samples']:>7d} "
+              f"{r['share_above_0_1']:5.2f}% {r['share_zero']:5.1f}%  {top}")
+    src = source()
+    print(f"\nshares of all query heads; means over samples. Source: {src['source']}\n"
+          f"({src['paper']}); derived figures only.")
     return 0
 
 
@@ -176,13 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=niah_cli.run)
 
     p = sub.add_parser("plot", help="heatmap and sorted-score curve of a score file", **raw)
-    p.add_argument("scores", help="score file or URL")
+    p.add_argument("scores", help="score file, URL, or a published map's name (see `rhlens "
+                                  "published`)")
     p.add_argument("--out", default="heads.png")
     p.add_argument("--title", default=None)
     p.set_defaults(func=_plot)
 
     p = sub.add_parser("models", help="list the model names rhlens knows", **raw)
     p.set_defaults(func=_models)
+
+    p = sub.add_parser("published", help="the paper's seven published score maps (offline)", **raw)
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per model")
+    p.add_argument("--top", type=int, default=5, help="top heads per model (default 5)")
+    p.set_defaults(func=_published)
     return parser
 
 

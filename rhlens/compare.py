@@ -1,7 +1,8 @@
 """Compare retrieval-score maps: ours, the paper's published files, two models of a family.
 
 Score files are ``{"layer-head": [per-sample scores]}`` (the public code's format); any source
-:func:`rhlens.results.load_scores` reads works here: a path, a URL or a dict. Maps are
+:func:`rhlens.heads.as_map` reads works here: a map, a path, a URL, a dict, or the short name of
+one of the paper's published maps (:mod:`rhlens.published`, shipped offline). Maps are
 ``[n_layers, n_heads]`` mean scores. The correlations themselves live in :mod:`rhlens.heads`;
 this module builds the tables, verdicts and figures of a comparison.
 
@@ -12,9 +13,9 @@ Pearson r > 0.8, while maps of different families correlate about 0.
 Example::
 
     >>> from rhlens.compare import same_family_test
-    >>> v = same_family_test("Mistral-7B-v0.2-hf.json", "Mixtral-8x7B-v0.1.json")  # doctest: +SKIP
-    >>> v.pearson, v.verdict                                                      # doctest: +SKIP
-    (0.86, 'same family')
+    >>> v = same_family_test("mistral-7b-v0.2", "mixtral-8x7b")   # the published maps
+    >>> round(v.pearson, 2), v.verdict
+    (0.96, 'same family')
 """
 
 from __future__ import annotations
@@ -23,41 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from .heads import (ScoreSource, as_map, null_pearson, paired_maps, pearson, sparsity, spearman,
-                    top_k_overlap)
-
-#: Where the paper's public score files live (raw files of its repository's ``head_score``).
-PUBLISHED_URL = "https://raw.githubusercontent.com/nightdessert/Retrieval_Head/main/head_score/{}.json"
-
-#: Published score files, by rhlens model name.
-PUBLISHED_FILES = {
-    "llama-2-7b-80k": "llama-2-7b-80k",
-    "llama-2-13b-64k": "llama-2-13b-64k",
-    "mistral-7b-instruct-v0.2": "Mistral-7B-v0.2-hf",
-    "mixtral-8x7b": "Mixtral-8x7B-v0.1",
-    "qwen1.5-14b": "Qwen1.5-14B",
-    "qwen1.5-14b-chat": "Qwen1.5-14B-Chat",
-    "yi-6b-200k": "Yi-6B-200K",
-}
-
-#: Share of heads with mean score > 0.1 in the paper's published score files (DESIGN notes).
-PAPER_SHARE_ABOVE_0_1 = {
-    "llama-2-7b-80k": 0.032,
-    "llama-2-13b-64k": 0.021,
-    "mistral-7b-instruct-v0.2": 0.042,
-    "mixtral-8x7b": 0.062,
-    "qwen1.5-14b": 0.038,
-    "qwen1.5-14b-chat": 0.042,
-    "yi-6b-200k": 0.052,
-}
-
-
-def published_url(model: str) -> str:
-    """URL of the paper's score file for ``model`` (a key of :data:`PUBLISHED_FILES`)."""
-    if model not in PUBLISHED_FILES:
-        raise ValueError(f"No published score file for {model!r}; known: {', '.join(PUBLISHED_FILES)}.")
-    return PUBLISHED_URL.format(PUBLISHED_FILES[model])
-
+from .heads import (ScoreSource, as_map, head_table, null_pearson, paired_maps, pearson,
+                    sparsity, spearman, top_k_overlap)
 
 def compare_scores(maps: dict[str, ScoreSource], k: int = 20):
     """Pairwise table (pandas) of every pair in ``maps``: Pearson, Spearman, top-``k`` overlap.
@@ -82,17 +50,130 @@ def compare_scores(maps: dict[str, ScoreSource], k: int = 20):
     return pd.DataFrame(rows)
 
 
-def sparsity_table(maps: dict[str, ScoreSource], paper: dict[str, float] | None = None):
-    """One row per map: its sparsity shares, and the paper's share > 0.1 where known."""
+def sparsity_table(maps: dict[str, ScoreSource]):
+    """One row per map: layers x heads, the shares of :func:`~rhlens.heads.sparsity` (> 0.1,
+    > 0.5, exactly 0; fractions of all heads), how many heads score > 0.1, and the best head."""
     import pandas as pd
 
-    paper = PAPER_SHARE_ABOVE_0_1 if paper is None else paper
     rows = []
     for name, src in maps.items():
         m = as_map(src)
-        rows.append({"model": name, "heads": m.numel(), **sparsity(m),
-                     "paper_share_above_0.1": paper.get(name, float("nan"))})
+        best = head_table(m).iloc[0]
+        rows.append({"model": name, "layers x heads": f"{m.shape[0]} x {m.shape[1]}",
+                     "heads": m.numel(), **sparsity(m),
+                     "heads > 0.1": int((m > 0.1).sum()),
+                     "top head": best["name"], "top score": float(best.score)})
     return pd.DataFrame(rows)
+
+
+def correlation_matrix(maps: dict[str, ScoreSource], method: str = "pearson"):
+    """``len(maps) x len(maps)`` table of Pearson (or ``method="spearman"``) correlations
+    over heads; NaN where two maps have different shapes (no head-by-head pairing exists)."""
+    import pandas as pd
+
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f"method must be 'pearson' or 'spearman', got {method!r}.")
+    fn = pearson if method == "pearson" else spearman
+    loaded = {name: as_map(src) for name, src in maps.items()}
+    names = list(loaded)
+    table = pd.DataFrame(float("nan"), index=names, columns=names)
+    for i, a in enumerate(names):
+        for b in names[i:]:
+            if loaded[a].shape == loaded[b].shape:
+                table.loc[a, b] = table.loc[b, a] = fn(loaded[a], loaded[b])
+    return table
+
+
+def family_table(maps: dict[str, ScoreSource], families: dict[str, str], n_null: int = 1000,
+                 seed: int = 0, k: int = 20):
+    """The "same family, same heads" claim on every pair of ``maps``.
+
+    One row per pair: whether the two are of one family (``families[name]``), and, when their
+    shapes match, :func:`same_family_test`'s Pearson, Spearman, top-``k`` overlap, the 95th
+    percentile of head-shuffled maps and the verdict; ``expected`` is what the paper claims
+    (r > 0.8 within a family, about 0 across). Pairs of different shapes say why they cannot
+    be compared head to head.
+    """
+    import pandas as pd
+
+    loaded = {name: as_map(src) for name, src in maps.items()}
+    names = list(loaded)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = loaded[a], loaded[b]
+            same = families[a] == families[b]
+            row = {"a": a, "b": b, "same family": same,
+                   "expected": "r > 0.8" if same else "r ~ 0"}
+            if x.shape != y.shape:
+                row.update(pearson=float("nan"), spearman=float("nan"),
+                           **{f"top{k}_overlap": float("nan")}, null_p95=float("nan"),
+                           verdict=f"not comparable: {x.shape[0]}x{x.shape[1]} vs "
+                                   f"{y.shape[0]}x{y.shape[1]} heads")
+            else:
+                v = same_family_test(x, y, k=k, n_null=n_null, seed=seed)
+                row.update(pearson=v.pearson, spearman=v.spearman,
+                           **{f"top{k}_overlap": v.top_k_overlap}, null_p95=v.null_p95,
+                           verdict=v.verdict)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def universality_table(maps: dict[str, ScoreSource], threshold: float = 0.1,
+                       strong: float = 0.5, small: float = 0.1):
+    """The paper's "universal" in its own sense: does every map have a *small set* of
+    retrieval heads?
+
+    One row per map: heads scoring > ``threshold`` (retrieval heads) and > ``strong``, their
+    share, the best head's score, the first and last layer holding a retrieval head (also as
+    a fraction of depth), and ``small set``: at least one retrieval head, and fewer than
+    ``small`` of all heads.
+    """
+    import pandas as pd
+
+    rows = []
+    for name, src in maps.items():
+        m = as_map(src)
+        above = m > threshold
+        layers = above.any(1).nonzero().flatten().tolist()
+        n = int(above.sum())
+        rows.append({
+            "model": name, "heads": m.numel(), f"> {threshold}": n,
+            f"> {strong}": int((m > strong).sum()), "share": n / m.numel(),
+            "best score": float(m.max()),
+            "layers": f"{layers[0]}-{layers[-1]} of {m.shape[0]}" if layers else "-",
+            "depth": (f"{layers[0] / (m.shape[0] - 1):.0%}-{layers[-1] / (m.shape[0] - 1):.0%}"
+                      if layers and m.shape[0] > 1 else "-"),
+            "small set": bool(n >= 1 and n / m.numel() < small),
+        })
+    return pd.DataFrame(rows)
+
+
+def family_report(table, threshold: float = 0.8) -> str:
+    """The "same family, same heads" claim checked on a :func:`family_table`, in sentences:
+    each within-family pair against ``threshold``, the cross-family pairs against their
+    head-shuffle baselines, and the same-family pairs that cannot be compared."""
+    k = next(c for c in table.columns if c.startswith("top") and c.endswith("_overlap"))
+    comparable = table.pearson.notna()
+    within = table[table["same family"] & comparable]
+    across = table[~table["same family"] & comparable]
+    lines = []
+    for _, r in within.iterrows():
+        holds = "holds" if r.pearson > threshold else "does not hold"
+        lines.append(f"within a family: {r.a} vs {r.b}: r = {r.pearson:.3f} (> {threshold}: "
+                     f"{holds}); head-shuffled maps reach {r.null_p95:.3f} at their 95th "
+                     f"percentile; Spearman {r.spearman:.3f}; {k.replace('_', ' ')} "
+                     f"{r[k]:.0%}")
+    if len(across):
+        chance = bool((across.pearson.abs() <= across.null_p95).all())
+        lines.append(
+            f"across families: {len(across)} comparable pairs, r from {across.pearson.min():+.3f} "
+            f"to {across.pearson.max():+.3f}; every |r| within its head-shuffle 95th percentile "
+            f"(at most {across.null_p95.max():.3f}): {'yes' if chance else 'no'}, so r ~ 0 "
+            f"{'holds' if chance else 'does not hold'}")
+    for _, r in table[table["same family"] & ~comparable].iterrows():
+        lines.append(f"same family, no head-by-head comparison: {r.a} vs {r.b} ({r.verdict})")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -156,8 +237,9 @@ def same_family_test(a: ScoreSource, b: ScoreSource, threshold: float = 0.8,
     return FamilyVerdict(r, rho, overlap, kk, p95, p_value, verdict, explanation)
 
 
-def side_by_side(maps: dict[str, ScoreSource], vmax: float = 1.0, annotate_top: int = 3):
-    """One heatmap per map, in a row (matplotlib figure)."""
+def side_by_side(maps: dict[str, ScoreSource], vmax: float = 1.0, annotate_top: int = 3,
+                 ncols: int | None = None):
+    """One heatmap per map (matplotlib figure): in one row, or ``ncols`` per row."""
     import matplotlib.pyplot as plt
 
     from .plotting import score_heatmap
@@ -165,10 +247,14 @@ def side_by_side(maps: dict[str, ScoreSource], vmax: float = 1.0, annotate_top: 
     loaded = {name: as_map(src).float() for name, src in maps.items()}
     if not loaded:
         raise ValueError("Give at least one score map.")
-    widths = [max(3.0, 0.12 * m.shape[1] + 2) for m in loaded.values()]
+    ncols = len(loaded) if ncols is None else max(1, min(ncols, len(loaded)))
+    nrows = -(-len(loaded) // ncols)
+    width = max(max(3.0, 0.12 * m.shape[1] + 2) for m in loaded.values())
     height = max(3.5, 0.1 * max(m.shape[0] for m in loaded.values()) + 2)
-    fig, axes = plt.subplots(1, len(loaded), figsize=(sum(widths), height), squeeze=False)
-    for ax, (name, m) in zip(axes[0], loaded.items()):
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax, (name, m) in zip(axes.flat, loaded.items()):
         score_heatmap(m, ax=ax, title=name, vmax=vmax, annotate_top=annotate_top)
+    for ax in list(axes.flat)[len(loaded):]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig

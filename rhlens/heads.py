@@ -34,8 +34,9 @@ import torch
 #: A query head: ``(layer, head)``.
 Head = tuple[int, int]
 
-#: Anything that holds a score map: a ``[n_layers, n_heads]`` tensor, a score file, a URL or a
-#: ``{"layer-head": [...]}`` dict.
+#: Anything that holds a score map: a ``[n_layers, n_heads]`` tensor, a score file, a URL, a
+#: ``{"layer-head": [...]}`` dict, or the short name of a published map (``"mixtral-8x7b"``,
+#: :mod:`rhlens.published`).
 ScoreSource = str | Path | dict | torch.Tensor
 
 
@@ -101,12 +102,17 @@ def check_heads(heads: Iterable[Head], n_layers: int, n_heads: int) -> None:
 
 
 def as_map(source: ScoreSource) -> torch.Tensor:
-    """``[n_layers, n_heads]`` float64 map from a tensor, score file, URL or dict."""
+    """``[n_layers, n_heads]`` float64 map from a tensor, score file, URL, dict, or the short
+    name of a published map (an existing file of that name wins)."""
     if isinstance(source, torch.Tensor):
         if source.ndim != 2:
             raise ValueError(f"A score map is [n_layers, n_heads]; got shape {tuple(source.shape)}.")
         return source.detach().double().cpu()
+    from .published import is_published, load_published
     from .results import load_scores
+
+    if is_published(source) and not Path(source).exists():
+        return load_published(source).double()
 
     return load_scores(source).double()
 

@@ -84,9 +84,29 @@ PAPER_MODELS: dict[str, ModelSpec] = {
     "llama-2-7b": ModelSpec(
         "meta-llama/Llama-2-7b-hf", "llama", "base model, 4K context", shape=(32, 32, 32)
     ),
+    # The paper's "Llama-2-13b-64k": the id is the one the continued-pretraining repository
+    # (FranxYao/Long-Context-Data-Engineering, README) downloads; its config was not checked
+    # offline. The public detection code resets RoPE only for llama-2-7b-80k, so this one runs
+    # with its checkpoint's own config.
+    "llama-2-13b-64k": ModelSpec(
+        "yaofu/llama-2-13b-64k",
+        "llama",
+        "Llama-2-13B continued-pretrained at 64K tokens; checkpoint's own RoPE config",
+        arch="llama",
+        shape=(40, 40, 40),
+    ),
+    "mistral-7b-v0.2": ModelSpec(
+        "mistral-community/Mistral-7B-v0.2",
+        "mistral",
+        "base model of the published Mistral score file; rope theta 1e6, no sliding window",
+        {"rope_theta": 1_000_000.0, "sliding_window": None},
+        arch="mistral",
+        shape=(32, 32, 8),
+    ),
     "mistral-7b-instruct-v0.2": ModelSpec(
         "mistralai/Mistral-7B-Instruct-v0.2",
         "mistral",
+        "chapters 7 and 9; fine-tuned from mistral-7b-v0.2 (the published file's model); "
         "rope theta 1e6, no sliding window",
         {"rope_theta": 1_000_000.0, "sliding_window": None},
         arch="mistral",

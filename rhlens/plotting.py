@@ -67,3 +67,64 @@ def plot_scores(scores: torch.Tensor, title: str | None = None):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def matrix_heatmap(table, ax=None, title: str | None = None, vmin: float = -1.0, vmax: float = 1.0):
+    """A square table of correlations (pandas, e.g. :func:`rhlens.compare.correlation_matrix`)
+    as an annotated heatmap; NaN cells (no comparison) stay blank."""
+    import numpy as np
+
+    values = table.to_numpy(dtype=float)
+    if ax is None:
+        n = len(table)
+        _, ax = plt.subplots(figsize=(0.9 * n + 3, 0.8 * n + 1.5))
+    im = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(table.columns)), table.columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(table.index)), table.index)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            v = values[i, j]
+            ax.text(j, i, "-" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                    fontsize=8, color="white" if abs(v) > 0.6 else "black")
+    plt.colorbar(im, ax=ax, label="correlation")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def scatter_maps(a: torch.Tensor, b: torch.Tensor, ax=None, labels=("a", "b"), annotate: int = 5):
+    """Head-by-head scatter of two score maps of one shape (one dot per head), the diagonal
+    dashed; the ``annotate`` best heads of ``a`` are named."""
+    if a.shape != b.shape:
+        raise ValueError(f"Maps of different shapes {tuple(a.shape)} and {tuple(b.shape)}.")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4.5))
+    x, y = a.flatten().float().numpy(), b.flatten().float().numpy()
+    ax.scatter(x, y, s=8, alpha=0.5)
+    top = float(max(x.max(), y.max(), 1e-9))
+    ax.plot([0, top], [0, top], ls="--", lw=0.8, color="gray")
+    for _, row in head_table(a).head(annotate).iterrows():
+        l, h = int(row.layer), int(row["head"])
+        ax.annotate(row["name"], (float(a[l, h]), float(b[l, h])), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"{labels[0]} score")
+    ax.set_ylabel(f"{labels[1]} score")
+    return ax
+
+
+def activation_curves(shares: dict, ax=None, nearly: float = 0.95):
+    """For each model, the share of samples on which each head fired, heads sorted high to
+    low (log head rank); ``shares``: ``{name: [n_layers, n_heads] tensor of shares}``."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    for name, share in shares.items():
+        values = share.flatten().sort(descending=True).values
+        values = values[values > 0].numpy()
+        ax.plot(range(1, len(values) + 1), values, lw=1.2, label=name)
+    ax.axhline(nearly, ls="--", lw=0.8, color="gray")
+    ax.text(1, nearly, f" {nearly:.0%} of samples", va="bottom", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("head rank (heads that fired at least once)")
+    ax.set_ylabel("share of samples with score > 0")
+    ax.legend(fontsize=7)
+    return ax

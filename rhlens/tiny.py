@@ -49,6 +49,9 @@ TINY_QUIRKS: dict[str, dict[str, Any]] = {
     "llama-2-7b-80k": {"max_position_embeddings": 4096,
                        "rope_scaling": {"type": "dynamic", "factor": 10.0}},
     "llama-2-7b": {"max_position_embeddings": 4096},
+    "llama-2-13b-64k": {"max_position_embeddings": 4096},  # Llama-2's defaults (unchecked)
+    "mistral-7b-v0.2": {"max_position_embeddings": 32768, "sliding_window": 4096,
+                        "rope_theta": 10000.0},
     "mistral-7b-instruct-v0.2": {"max_position_embeddings": 32768, "sliding_window": 4096,
                                  "rope_theta": 10000.0},
     "qwen1.5-14b": {"max_position_embeddings": 32768, "rope_theta": 1_000_000.0,

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from rhlens.compare import (
-    PAPER_SHARE_ABOVE_0_1,
     compare_scores,
-    published_url,
+    correlation_matrix,
+    family_table,
     same_family_test,
     side_by_side,
     sparsity_table,
@@ -125,11 +125,32 @@ def test_tables_and_figure(family):
     s = sparsity(base)
     assert s["share_above_0.1"] == pytest.approx(float((base > 0.1).float().mean()))
     assert s["share_zero"] > 0.9
-    st = sparsity_table({"llama-2-7b-80k": base_f, "mine": base})
-    assert st.loc[0, "paper_share_above_0.1"] == PAPER_SHARE_ABOVE_0_1["llama-2-7b-80k"]
-    assert st.loc[1, "paper_share_above_0.1"] != st.loc[1, "paper_share_above_0.1"]
+    st = sparsity_table({"file": base_f, "mine": base})
+    assert st.loc[1, "share_above_0.1"] == pytest.approx(s["share_above_0.1"])
+    assert st.loc[1, "heads > 0.1"] == int((base > 0.1).sum())
+    assert st.loc[1, "top head"] == "L{}H{}".format(*top_heads(base, 1)[0])
+    assert st.loc[0, "layers x heads"] == "32 x 32"
     fig = side_by_side({"base": base_f, "chat": chat_f})
     assert len([a for a in fig.axes if a.get_title()]) == 2
-    assert published_url("mixtral-8x7b").endswith("Mixtral-8x7B-v0.1.json")
-    with pytest.raises(ValueError):
-        published_url("gpt-5")
+    fig = side_by_side({"base": base_f, "chat": chat_f, "other": other_f}, ncols=2)
+    assert len([a for a in fig.axes if a.get_title()]) == 3
+
+
+def test_correlation_matrix_and_family_table(family):
+    base_f, chat_f, other_f, *_ = family
+    maps = {"base": base_f, "chat": chat_f, "other": other_f, "tiny": torch.rand(2, 2)}
+    r = correlation_matrix(maps)
+    assert list(r.index) == list(r.columns) == list(maps)
+    assert r.loc["base", "base"] == pytest.approx(1.0)
+    assert r.loc["base", "chat"] == r.loc["chat", "base"] == pytest.approx(pearson(base_f, chat_f))
+    assert r.loc["base", "tiny"] != r.loc["base", "tiny"]  # NaN: shapes differ
+    rho = correlation_matrix(maps, method="spearman")
+    assert rho.loc["base", "other"] == pytest.approx(spearman(base_f, other_f))
+    with pytest.raises(ValueError, match="pearson"):
+        correlation_matrix(maps, method="kendall")
+    fams = {"base": "a", "chat": "a", "other": "b", "tiny": "a"}
+    t = family_table(maps, fams, n_null=200).set_index(["a", "b"])
+    assert t.loc[("base", "chat"), "verdict"] == "same family"
+    assert t.loc[("base", "chat"), "expected"] == "r > 0.8"
+    assert t.loc[("base", "other"), "verdict"] == "different families"
+    assert t.loc[("base", "tiny"), "verdict"].startswith("not comparable: 32x32 vs 2x2")

@@ -66,6 +66,8 @@ def test_expected_rope_per_checkpoint(paper):
     expected = {
         "llama-2-7b-80k": ntk_theta(10000.0, 81920, 4096, 10.0, 16),
         "llama-2-7b": 1e4,
+        "llama-2-13b-64k": 1e4,
+        "mistral-7b-v0.2": 1e6,
         "mistral-7b-instruct-v0.2": 1e6,
         "qwen1.5-14b": 1e6,
         "qwen1.5-14b-chat": 1e6,

@@ -101,12 +101,15 @@ def score_map_explorer(scores, on_select: Callable | object | None = None, thres
     grid = w.GridBox(grid_children, layout=w.Layout(
         grid_template_columns=f"32px repeat({n_heads}, 26px)", grid_gap="1px"))
 
+    from ..published import share_range
+
     def on_threshold(*_):
         t = controls["threshold"].value
         n_above = int((scores > t).sum())
+        lo, hi = share_range(t)
         views["share"].value = (f"<b>{n_above}</b> of {scores.numel()} heads "
-                                f"(<b>{n_above / scores.numel():.1%}</b>) score above {t:.2f}. "
-                                f"Paper: 3-6% above 0.1 in every model.")
+                                f"(<b>{n_above / scores.numel():.1%}</b>) score above {t:.2f}; "
+                                f"in the paper's seven published maps: {lo:.1%} to {hi:.1%}.")
         for (layer, head), b in cells.items():
             b.description = "•" if float(scores[layer, head]) > t else ""
 
