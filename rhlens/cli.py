@@ -178,6 +178,7 @@ def _models(args) -> int:
     for key, spec in PAPER_MODELS.items():
         print(f"{key:26s} {spec.hf_id}  ({spec.note})")
     print("tiny-llama, tiny-mistral, tiny-qwen2, tiny-mixtral: random weights, for smoke tests")
+    print("tiny-<paper key> (e.g. tiny-mixtral-8x7b): a paper model's random-weight stand-in")
     print("...or any Hugging Face id, local checkpoint directory or .gguf file.")
     return 0
 

@@ -138,7 +138,39 @@ class ModelNotFoundError(ValueError):
 
 def accepted_models() -> list[str]:
     """Every short name :func:`load_model` accepts (besides any HF id or local path)."""
-    return [EMBEDDED, *PAPER_MODELS, *(f"tiny-{a}" for a in ARCHITECTURES)]
+    return [EMBEDDED, *PAPER_MODELS, *(f"tiny-{a}" for a in ARCHITECTURES),
+            *(standin_name(k) for k in PAPER_MODELS)]
+
+
+def standin_name(paper_key: str) -> str:
+    """The name of a paper model's tiny random-weight stand-in: ``tiny-<key>``.
+
+    >>> standin_name("mixtral-8x7b")
+    'tiny-mixtral-8x7b'
+    """
+    return f"tiny-{paper_key}"
+
+
+def paper_key(name: str) -> str | None:
+    """The paper model a name stands for: its key, for the model or its stand-in; else ``None``.
+
+    >>> paper_key("llama-2-7b-80k"), paper_key("tiny-llama-2-7b-80k"), paper_key("smollm2-135m")
+    ('llama-2-7b-80k', 'llama-2-7b-80k', None)
+    """
+    if name in PAPER_MODELS:
+        return name
+    if name.startswith("tiny-") and name[5:] in PAPER_MODELS:
+        return name[5:]
+    return None
+
+
+def is_standin(name: str) -> bool:
+    """Whether ``name`` is a paper model's tiny stand-in (random weights: it answers nothing).
+
+    >>> is_standin("tiny-mistral-7b-v0.2"), is_standin("mistral-7b-v0.2"), is_standin("tiny-llama")
+    (True, False, False)
+    """
+    return name.startswith("tiny-") and name[5:] in PAPER_MODELS
 
 
 def smollm2_gguf_path() -> Path:
@@ -206,7 +238,9 @@ def load_model(
     Args:
         name: ``"smollm2-135m"``, a key of :data:`PAPER_MODELS`, a Hugging Face id, a local
             checkpoint directory, a path to a ``.gguf`` file, or ``"tiny-llama"`` (also
-            ``tiny-mistral``, ``tiny-qwen2``, ``tiny-mixtral``: random weights, for smoke tests).
+            ``tiny-mistral``, ``tiny-qwen2``, ``tiny-mixtral``: random weights, for smoke tests),
+            or ``"tiny-<paper key>"`` (e.g. ``tiny-mixtral-8x7b``: the paper model's tiny
+            stand-in, :func:`rhlens.tiny.tiny_paper_model`).
         device: ``"cpu"``, ``"cuda"``...; default: CUDA if available.
         dtype: default float32 on CPU, bfloat16 on GPU.
         load_in_4bit: bitsandbytes 4-bit weights (GPU only); default from the model spec.
@@ -226,6 +260,10 @@ def load_model(
         from .tiny import tiny_model
 
         return tiny_model(name[5:])
+    if is_standin(name):
+        from .tiny import tiny_paper_model
+
+        return tiny_paper_model(name[5:])
     if name == EMBEDDED:
         path = smollm2_gguf_path()
         tok = embedded_tokenizer()

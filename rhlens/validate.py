@@ -247,9 +247,12 @@ def model_name(name: str, arg: str = "model") -> str:
     Raises:
         rhlens.models.ModelNotFoundError: a ``UsageError``-like ``ValueError``.
     """
-    from .models import ARCHITECTURES, EMBEDDED, PAPER_MODELS, ModelNotFoundError, accepted_models
+    from .models import (ARCHITECTURES, EMBEDDED, PAPER_MODELS, ModelNotFoundError,
+                         accepted_models, is_standin)
 
     if name == EMBEDDED or (name.startswith("tiny-") and name[5:] in ARCHITECTURES):
+        return name
+    if is_standin(name):
         return name
     accepted = (f"Accepted: {', '.join(accepted_models())}, a Hugging Face id, a local "
                 "checkpoint directory, or a .gguf file.")
@@ -285,9 +288,14 @@ def model_facts(name: str) -> dict[str, int]:
     """``n_layers``, ``n_heads`` (query heads) and ``n_ctx`` of ``name`` where they are known
     without loading the model (known names, a local checkpoint's ``config.json``); keys that
     are unknown are left out."""
-    from .models import ARCHITECTURES, EMBEDDED, PAPER_MODELS
-    from .tiny import tiny_model
+    from .models import ARCHITECTURES, EMBEDDED, PAPER_MODELS, is_standin
+    from .tiny import tiny_model, tiny_paper_model
 
+    if is_standin(name):
+        params = inspect.signature(tiny_paper_model).parameters
+        spec = PAPER_MODELS[name[5:]]
+        return {"n_layers": params["n_layers"].default, "n_heads": params["n_heads"].default,
+                "n_ctx": spec.context_length or TINY_CONTEXT}
     if name.startswith("tiny-") and name[5:] in ARCHITECTURES:
         params = inspect.signature(tiny_model).parameters
         return {"n_layers": params["n_layers"].default, "n_heads": params["n_heads"].default,
