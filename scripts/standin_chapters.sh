@@ -25,11 +25,20 @@ chapters=("$@")
 export RHLENS_STATIC=1 MPLBACKEND=Agg OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning}"
 start=$(date +%s)
+failed=()
 for ch in "${chapters[@]}"; do
   model=${STANDIN[$ch]:?no stand-in for chapter $ch}
   t=$(date +%s)
-  RHLENS_MODEL=$model python -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 \
-    notebooks/${ch}_*.ipynb
-  echo "chapter $ch on $model: $(( $(date +%s) - t )) s"
+  if RHLENS_MODEL=$model python -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 \
+      notebooks/${ch}_*.ipynb; then
+    echo "chapter $ch on $model: passed in $(( $(date +%s) - t )) s"
+  else
+    echo "chapter $ch on $model: FAILED after $(( $(date +%s) - t )) s"
+    failed+=("$ch")
+  fi
 done
 echo "Stand-in chapters in $(( $(date +%s) - start )) s"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed on their stand-ins: chapters ${failed[*]}" >&2
+  exit 1
+fi
