@@ -191,11 +191,51 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def tokenizer_cache_dir() -> Path:
+    """Where tokenizers read from GGUF files are kept in transformers' own format:
+    ``$RHLENS_CACHE/tokenizers`` (default ``~/.cache/rhlens/tokenizers``)."""
+    root = os.environ.get("RHLENS_CACHE", Path.home() / ".cache" / "rhlens")
+    return Path(root) / "tokenizers"
+
+
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer(directory: str, gguf_file: str | None):
+    """A tokenizer from a checkpoint directory or a GGUF file.
+
+    Rebuilding a tokenizer from GGUF metadata takes about 30 s on a laptop CPU, in every new
+    process (each notebook kernel, each CLI call); the saved copy loads in under a second. The
+    copy is keyed by the file's name, size and modification time and by the transformers
+    version, written to a temporary folder and renamed, so a half-written copy is never read.
+    """
+    import shutil
+    import tempfile
+
+    import transformers
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    if gguf_file is None:
+        return AutoTokenizer.from_pretrained(directory)
+    source = Path(directory) / gguf_file
+    stat = source.stat()
+    key = f"{source.stem}-{stat.st_size}-{int(stat.st_mtime)}-tf{transformers.__version__}"
+    cached = tokenizer_cache_dir() / key
+    if (cached / "tokenizer_config.json").exists():
+        try:
+            return AutoTokenizer.from_pretrained(cached)
+        except (OSError, ValueError):
+            pass                                    # unreadable copy: rebuild it below
+    tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".partial-"))
+        tok.save_pretrained(staged)
+        try:
+            staged.rename(cached)                   # atomic; another process may have won
+        except OSError:
+            shutil.rmtree(staged, ignore_errors=True)
+    except OSError:
+        pass                                        # a read-only cache only costs time
+    return tok
 
 
 def embedded_tokenizer():

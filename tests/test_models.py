@@ -217,3 +217,33 @@ def test_patch_hook_z(paper):
     model.run_with_hooks(clean, fwd_hooks=[(name_z, save)])
     patched = model.run_with_hooks(corrupt, fwd_hooks=[(name_z, patch_from(stash["z"]))])
     assert not torch.allclose(patched, base, atol=1e-5)
+
+
+def test_the_gguf_tokenizer_is_cached_in_transformers_format(tmp_path, monkeypatch):
+    """Reading the tokenizer from GGUF takes ~30 s per process; the saved copy must give the
+    same ids and chat template, and be used the second time."""
+    from rhlens import models
+
+    monkeypatch.setenv("RHLENS_CACHE", str(tmp_path))
+    path = models.smollm2_gguf_path()
+    models._load_tokenizer.cache_clear()
+    first = models._load_tokenizer(str(path.parent), path.name)
+    saved = list(models.tokenizer_cache_dir().iterdir())
+    assert len(saved) == 1 and (saved[0] / "tokenizer_config.json").exists()
+    models._load_tokenizer.cache_clear()
+    calls = []
+    import transformers
+
+    original = transformers.AutoTokenizer.from_pretrained
+
+    def spy(target, *args, **kwargs):
+        calls.append((str(target), kwargs.get("gguf_file")))
+        return original(target, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy)
+    second = models._load_tokenizer(str(path.parent), path.name)
+    models._load_tokenizer.cache_clear()
+    assert calls == [(str(saved[0]), None)]           # the copy, not the GGUF file
+    text = "The needle is smoked cardamom. What is it?"
+    assert first(text).input_ids == second(text).input_ids
+    assert first.chat_template == second.chat_template and len(first) == len(second)
