@@ -59,6 +59,13 @@ def kv_head_of(head: int, n_heads: int, n_kv_heads: int) -> int:
     return head // group_size(n_heads, n_kv_heads)
 
 
+def n_kv_heads(model) -> int:
+    """KV heads per layer: ``n_key_value_heads`` under grouped-query attention, else one per
+    query head (TransformerLens leaves ``n_key_value_heads`` as ``None`` for multi-head
+    attention, as in Llama-2-7B)."""
+    return model.cfg.n_key_value_heads or model.cfg.n_heads
+
+
 def kv_heads_of(query_heads: Sequence[Head], n_heads: int,
                 n_kv_heads: int) -> list[KVHead]:
     """KV heads that must stay full so that every query head in ``query_heads`` sees all keys.

@@ -98,3 +98,13 @@ def test_policy_grid_and_sweep(tiny_llama):
     assert len(frame) == len(pols) and frame["score"].between(0, 100).all()
     table = curve(frame)
     assert set(table["family"]) == {"full", "retrieval", "random", "window"}
+
+
+def test_n_kv_heads_counts_one_per_query_head_without_grouping():
+    from rhlens.kvcache import n_kv_heads
+    from rhlens.models import load_model
+
+    mha = load_model("tiny-llama-2-7b-80k")            # Llama-2-7B: multi-head attention
+    gqa = load_model("tiny-mistral-7b-v0.2")           # Mistral: 4 query heads per KV head
+    assert mha.cfg.n_key_value_heads is None and n_kv_heads(mha) == mha.cfg.n_heads
+    assert n_kv_heads(gqa) == gqa.cfg.n_heads // 4
