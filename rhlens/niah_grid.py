@@ -37,6 +37,7 @@ from .grid import Grid
 from .heads import head_names
 from .results import atomic_write_text
 from .samplelog import SampleLog, model_identity, tensor_digest
+from .shard import Shard
 
 COLUMNS = ["needle", "length", "depth", "score", "answer"]
 
@@ -52,6 +53,7 @@ def run_niah(
     out: str | Path | None = None,
     progress: bool = True,
     extra: dict | None = None,
+    shard: Shard | None = None,
 ) -> pd.DataFrame:
     """NIAH over ``grid`` with ``mask`` applied.
 
@@ -60,6 +62,8 @@ def run_niah(
         mask: the heads to mask and how (default: none; the paper masks decode steps only).
         out: CSV path; ``<out>.samples.jsonl`` lets a rerun resume.
         extra: constant columns added to every row (e.g. ``{"k": 5, "kind": "top"}``).
+        shard: run only this shard's prompts (:meth:`rhlens.shard.Shard.select`); ``out`` is
+            the shard's own CSV, whose log names the shard for :func:`rhlens.shard.merge_shards`.
 
     Returns:
         a DataFrame with a row per (needle, length, depth): ``needle``, ``length``,
@@ -67,11 +71,16 @@ def run_niah(
     """
     mask.hooks(model)  # check the heads (and the means) before the first sample
     samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
+    part = None
+    if shard is not None:
+        part = shard.part([s.key for s in samples], "niah")
+        samples = shard.select(samples)
     settings = {**model_identity(model), "heads": [list(h) for h in mask.heads],
                 "mode": mask.mask_mode, "prefill": mask.prefill,
                 "max_new_tokens": grid.max_new_tokens,
                 "means": tensor_digest(mask.means) if mask.mask_mode == "mean" else None}
-    log = SampleLog(f"{out}.samples.jsonl", settings, required=ROW_FIELDS) if out else None
+    log = (SampleLog(f"{out}.samples.jsonl", settings, required=ROW_FIELDS, part=part)
+           if out else None)
     if log is not None:
         log.check_keys(s.key for s in samples)
     rows = []
@@ -94,6 +103,8 @@ def run_niah(
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
+    if not rows:  # e.g. a shard of a grid with fewer prompts than shards
+        return pd.DataFrame(columns=COLUMNS)
     df = pd.DataFrame(rows)
     if "key" in df:
         df = df.drop(columns="key")

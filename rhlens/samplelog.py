@@ -8,6 +8,10 @@ log's header the run's settings (the model and a fingerprint of its weights, dty
 device...: :func:`model_identity`), so a rerun reuses only samples that would come out the
 same. A log with a torn or empty header is repaired from the run's settings, keeping the
 finished samples that match.
+
+A shard's log (:mod:`rhlens.shard`) also names, beside the settings, which part of the grid it
+holds; that is not part of the run's identity, so the shards of one run log the same settings
+as a single process, and :func:`write_log` joins them into its log.
 """
 
 from __future__ import annotations
@@ -95,8 +99,10 @@ class SampleLog:
     """
 
     def __init__(self, path: str | Path, settings: dict[str, Any],
-                 required: Iterable[str] = ("key",)):
+                 required: Iterable[str] = ("key",), part: dict[str, Any] | None = None):
         self.path = Path(path)
+        # which part of the grid a shard's log holds (:meth:`rhlens.shard.Shard.part`)
+        self.part = json.loads(json.dumps(part)) if part is not None else None
         # as it reads back from the file; the format version refuses logs of older rhlens
         self.settings = json.loads(json.dumps({"log_format": LOG_FORMAT, **settings}))
         self.required = tuple(dict.fromkeys(("key", *required)))
@@ -111,9 +117,12 @@ class SampleLog:
                 _note(f"{self.path} was empty; wrote its header again.")
             self._write_header()
 
+    def _header(self) -> dict[str, Any]:
+        return {"settings": self.settings, **({"shard": self.part} if self.part else {})}
+
     def _write_header(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps({"settings": self.settings}) + "\n")
+        atomic_write_text(self.path, json.dumps(self._header()) + "\n")
 
     def _move_aside(self) -> Path:
         """Rename the log to ``<log>.old`` (``.old2``... if taken) and start a new one."""
@@ -174,17 +183,18 @@ class SampleLog:
             )
         if foreign:
             dropped.append(f"{foreign} record(s) of another run")
-        if header_ok and not dropped:
+        new_part = header_ok and self.part is not None and header.get("shard") != self.part
+        if header_ok and not dropped and not new_part:
             return
         repaired = [] if header_ok else ["rewrote its damaged header from this run's settings"]
         if dropped:
             repaired.append(f"dropped {', '.join(dropped)}, to be recomputed")
         atomic_write_text(self.path, "".join(
             json.dumps(obj) + "\n"
-            for obj in [{"settings": self.settings},
-                        *({**r, "run": self.run} for r in self.records.values())]))
-        _note(f"repaired {self.path}: {', '.join(repaired)}; kept {len(self.records)} "
-              "finished sample(s).")
+            for obj in [self._header(), *({**r, "run": self.run} for r in self.records.values())]))
+        if repaired:
+            _note(f"repaired {self.path}: {', '.join(repaired)}; kept {len(self.records)} "
+                  "finished sample(s).")
 
     def _append(self, obj: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -217,3 +227,39 @@ class SampleLog:
         """Log one finished sample (a dict with a unique ``key``)."""
         self._append({**record, "run": self.run})
         self.records[record["key"]] = record
+
+
+def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, dict]]:
+    """The header (``{"settings": ..., "shard": ...}``) and the finished records of a sample
+    log, by key, as a resume would reuse them: lines that are torn, not records, or of
+    another run are left out.
+
+    Raises:
+        UsageError: the file's header is unreadable (not a sample log, or torn).
+    """
+    lines = Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+    try:
+        header = json.loads(lines[0])
+    except (ValueError, IndexError):
+        header = None
+    if not isinstance(header, dict) or not isinstance(header.get("settings"), dict):
+        raise UsageError(f"{path} has no readable header: not a sample log, or a damaged one "
+                         "(rerun its command to repair it).")
+    run = text_digest(json.dumps(header["settings"], sort_keys=True))
+    records: dict[str, dict] = {}
+    for line in lines[1:]:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("key"), str) and obj.pop("run", None) == run:
+            records[obj["key"]] = obj
+    return header, records
+
+
+def write_log(path: str | Path, settings: dict[str, Any], records: Iterable[dict]) -> None:
+    """Write (atomically) the sample log a run with ``settings`` (as a log's header holds
+    them) leaves after finishing ``records`` in that order, as :class:`SampleLog` writes it."""
+    run = text_digest(json.dumps(settings, sort_keys=True))
+    atomic_write_text(path, "".join(json.dumps(obj) + "\n" for obj in
+                                    [{"settings": settings}, *({**r, "run": run} for r in records)]))

