@@ -1,4 +1,4 @@
-"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens plot``, ``rhlens models``,
+"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens patch``, ``rhlens plot``, ``rhlens models``,
 ``rhlens published``.
 
 ::
@@ -184,7 +184,7 @@ def _models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import niah_cli
+    from . import niah_cli, patch_cli
 
     parser = _Parser(
         prog="rhlens", description="Find, mask and patch retrieval heads (Wu et al. 2024).",
@@ -209,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description=niah_cli.__doc__, **raw)
     niah_cli.add_arguments(p)
     p.set_defaults(func=niah_cli.run)
+
+    p = sub.add_parser("patch", help="group and per-head activation patching, direct logit "
+                       "attribution", description=patch_cli.__doc__, **raw)
+    patch_cli.add_arguments(p)
+    p.set_defaults(func=patch_cli.run)
 
     p = sub.add_parser("plot", help="heatmap and sorted-score curve of a score file", **raw)
     p.add_argument("scores", help="score file, URL, or a published map's name (see `rhlens "
