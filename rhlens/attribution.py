@@ -36,6 +36,28 @@ def _final_norm_weight(model) -> torch.Tensor | None:
     return None
 
 
+def head_dla(z: torch.Tensor, w_o: torch.Tensor, scale: torch.Tensor,
+             direction: torch.Tensor) -> torch.Tensor:
+    """Direct logit attribution of heads, the formula alone.
+
+    Args:
+        z: ``[m, n_heads, d_head]`` head outputs (``hook_z``) at the ``m`` answer positions.
+        w_o: ``[n_heads, d_head, d_model]`` output matrices.
+        scale: ``[m]`` the final norm's scale at those positions (frozen from the run).
+        direction: ``[m, d_model]`` per position, the unembedding difference
+            ``W_U[:, clean] - W_U[:, cf]`` times the final norm's weight.
+
+    Returns:
+        ``[n_heads]``: each head's mean direct contribution to the logit difference.
+
+    >>> z = torch.ones(1, 1, 2); w_o = torch.eye(2)[None]; d = torch.tensor([[3.0, -1.0]])
+    >>> head_dla(z, w_o, torch.tensor([2.0]), d)
+    tensor([1.])
+    """
+    written = torch.einsum("mhd,hde->mhe", z, w_o)  # [m, n_heads, d_model]
+    return (torch.einsum("mhe,me->mh", written, direction) / scale[:, None]).mean(0)
+
+
 @torch.no_grad()
 def direct_logit_attribution(model, run: PairRun) -> torch.Tensor:
     """``[n_layers, n_heads]`` direct contribution of each head to
@@ -50,7 +72,7 @@ def direct_logit_attribution(model, run: PairRun) -> torch.Tensor:
         raise ValueError("The run has no final-norm scale (ln_final.hook_scale); direct logit "
                          "attribution needs a model with a final norm.")
     pair = run.pair
-    steps = pair.answer_steps
+    steps = pair.answer_steps - run.start  # z and scale start at the first patched position
     w_u = model.W_U  # [d_model, vocab]
     direction = (w_u[:, pair.clean_tokens.to(w_u.device)]
                  - w_u[:, pair.cf_tokens.to(w_u.device)]).T.float()  # [m, d_model]
@@ -63,9 +85,7 @@ def direct_logit_attribution(model, run: PairRun) -> torch.Tensor:
     for layer, z in enumerate(run.z["clean"]):
         w_o = model.blocks[layer].attn.W_O.float()  # [n_heads, d_head, d_model]
         za = z[steps].to(w_o)  # [m, n_heads, d_head]
-        written = torch.einsum("mhd,hde->mhe", za, w_o)  # [m, n_heads, d_model]
-        if centre:
-            written = written - written.mean(-1, keepdim=True)
-        dla = torch.einsum("mhe,me->mh", written, direction.to(w_o)) / scale[:, None]
-        out.append(dla.mean(0).cpu())
+        if centre:  # a LayerNorm centres what each head writes
+            w_o = w_o - w_o.mean(-1, keepdim=True)
+        out.append(head_dla(za, w_o, scale.to(w_o), direction.to(w_o)).cpu())
     return torch.stack(out)

@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-answer", action="store_true",
                    help="teacher-force the needle's answer even where the model does not give "
                         "it (random-weight test models)")
+    p.add_argument("--positions", choices=["decode", "answer"], default="decode",
+                   help="patch every decode position (the prompt's last token and the whole "
+                        "continuation), or only the answer's (what comes before, e.g. a restated "
+                        "question, runs unpatched: a few positions, much faster)")
     p.add_argument("--batch-size", type=int, default=8, help="patched runs per forward (8)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--shard", default=None, metavar="i/n",
@@ -144,7 +148,7 @@ def run(args) -> int:
     df = patch_sweep(model, samples, scores, ks, checked["seeds"], threshold=args.threshold,
                      index=index, out=out, heads=not args.no_heads, dla=not args.no_dla,
                      force_answer=args.force_answer, max_new_tokens=args.max_new_tokens,
-                     batch_size=args.batch_size)
+                     positions=args.positions, batch_size=args.batch_size)
     n_pairs = df.pair.nunique()
     print(f"\n{n_pairs} pair(s) patched, {len(df.attrs['skipped'])} skipped (not answered)")
     if n_pairs:

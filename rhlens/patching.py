@@ -156,21 +156,22 @@ def make_pair(model, sample: Sample, seed: int = 0, max_new_tokens: int = 32, *,
     )
 
 
-def _logit_diff(logits: torch.Tensor, pair: PatchPair) -> torch.Tensor:
-    """``logits``: ``[batch, s, vocab]`` at the decode positions -> ``[batch]`` mean LD."""
-    at = logits[:, pair.answer_steps]  # [b, m, vocab]
+def _logit_diff(logits: torch.Tensor, pair: PatchPair, start: int = 0) -> torch.Tensor:
+    """``logits``: ``[batch, s, vocab]`` at the decode positions from ``start`` on -> ``[batch]``
+    mean LD."""
+    at = logits[:, pair.answer_steps - start]  # [b, m, vocab]
     clean = at.gather(-1, pair.clean_tokens[None, :, None].expand(at.shape[0], -1, 1).to(at.device))
     cf = at.gather(-1, pair.cf_tokens[None, :, None].expand(at.shape[0], -1, 1).to(at.device))
     return (clean - cf)[..., 0].float().mean(-1).cpu()
 
 
-def _greedy_clean(logits: torch.Tensor, pair: PatchPair) -> torch.Tensor:
+def _greedy_clean(logits: torch.Tensor, pair: PatchPair, start: int = 0) -> torch.Tensor:
     """``[batch]`` bool: the argmax at every decode position is the clean continuation's token.
 
     Then greedy decoding with the same patch writes exactly the clean continuation (answer
     included): teacher forcing and free decoding agree as long as every argmax agrees.
     """
-    want = pair.continuation.to(logits.device)
+    want = pair.continuation[start:].to(logits.device)
     return (logits.argmax(-1) == want[None]).all(-1).cpu()
 
 
@@ -187,7 +188,12 @@ class PairRun:
         greedy: ``{"clean": bool, "cf": bool}``: whether the unpatched run decodes the clean
             continuation.
         scale: ``[s]`` the final norm's scale in the clean run (for direct logit attribution).
-        caches: ``{"clean": ..., "cf": ...}`` KV caches of the prompts but their last token.
+        caches: ``{"clean": ..., "cf": ...}`` KV caches of the prompts but their last token
+            (and of the decode positions before ``start``).
+        start: the first patched decode position (0: every decode position; the first answer
+            token's step with ``positions="answer"``); ``z`` and ``scale`` hold positions
+            ``start..s-1`` only.
+        pre_greedy: per run, whether its argmax before ``start`` follows the clean continuation.
     """
 
     pair: PatchPair
@@ -197,6 +203,8 @@ class PairRun:
     greedy: dict[str, bool]
     scale: torch.Tensor
     caches: dict
+    start: int = 0
+    pre_greedy: dict | None = None
 
     @property
     def gap(self) -> float:
@@ -204,14 +212,26 @@ class PairRun:
         return self.ld["clean"] - self.ld["cf"]
 
 
+#: Where patches act: every decode position (the prompt's last token and the whole
+#: continuation), or only the answer's positions (the decode positions from the one that
+#: writes the first answer token on; what comes before, e.g. a restated question, runs unpatched).
+Positions = Literal["decode", "answer"]
+
+
 @torch.no_grad()
-def run_pair(model, pair: PatchPair, chunk_size: int | None = None) -> PairRun:
+def run_pair(model, pair: PatchPair, chunk_size: int | None = None, *,
+             positions: Positions = "decode") -> PairRun:
     """Prefill both prompts (with SDPA: patches act at decode positions only; through the
     hooked attention when the model carries attention hooks of its own) and run the decode
-    positions of each, caching ``hook_z`` and the final norm's scale."""
+    positions of each, caching ``hook_z`` and the final norm's scale (``positions``: where the
+    patches will act, :data:`Positions`)."""
+    if positions not in ("decode", "answer"):
+        raise ValueError(f"positions must be 'decode' or 'answer', got {positions!r}.")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     device = model_device(model)
     suffix = torch.cat([pair.clean_ids[-1:], pair.continuation[:-1]]).to(device)
+    start = int(pair.answer_steps[0]) if positions == "answer" else 0
+    pre_greedy = {}
     want = lambda n: n.endswith("attn.hook_z") or n == "ln_final.hook_scale"  # noqa: E731
     z, ld, greedy, caches, scale = {}, {}, {}, {}, None
     for run, ids in (("clean", pair.clean_ids), ("cf", pair.cf_ids)):
@@ -221,18 +241,24 @@ def run_pair(model, pair: PatchPair, chunk_size: int | None = None) -> PairRun:
         else:
             with sdpa_attention(model):
                 prefill(model, ids[:-1].to(device), cache, chunk_size or max(1, ids.numel() - 1))
-        logits, act = model.run_with_cache(suffix[None], past_key_values=cache, names_filter=want)
-        cache.crop(-suffix.numel())  # back to the prompt: every patched run starts from here
+        pre_greedy[run] = True
+        if start:  # the unpatched decode positions join the prompt's cache
+            pre = model(suffix[None, :start], past_key_values=cache)
+            want_pre = pair.continuation[:start].to(pre.device)
+            pre_greedy[run] = bool((pre[0].argmax(-1) == want_pre).all())
+        rest = suffix[start:]
+        logits, act = model.run_with_cache(rest[None], past_key_values=cache, names_filter=want)
+        cache.crop(-rest.numel())  # back to the unpatched part: every patched run starts here
         z[run] = [split_heads(act[f"blocks.{l}.attn.hook_z"], n_heads)[0] for l in range(n_layers)]
-        ld[run] = float(_logit_diff(logits, pair)[0])
-        greedy[run] = bool(_greedy_clean(logits, pair)[0])
+        ld[run] = float(_logit_diff(logits, pair, start)[0])
+        greedy[run] = pre_greedy[run] and bool(_greedy_clean(logits, pair, start)[0])
         caches[run] = cache
         if run == "clean" and "ln_final.hook_scale" in act:
-            scale = act["ln_final.hook_scale"][0].reshape(suffix.numel(), -1)[:, 0].cpu()
+            scale = act["ln_final.hook_scale"][0].reshape(rest.numel(), -1)[:, 0].cpu()
     if abs(ld["clean"] - ld["cf"]) < 1e-6:
         raise ValueError("The clean and counterfactual runs give the same logit difference; "
                          "the needle does not change the answer, so patching measures nothing.")
-    return PairRun(pair, suffix, z, ld, greedy, scale, caches)
+    return PairRun(pair, suffix, z, ld, greedy, scale, caches, start, pre_greedy)
 
 
 def _forward_rows(model, run: PairRun, target: str, rows: Sequence[dict[int, torch.Tensor]],
@@ -262,9 +288,9 @@ def _forward_rows(model, run: PairRun, target: str, rows: Sequence[dict[int, tor
 
         hooks = [(f"blocks.{l}.attn.hook_z", put) for l in layers]
         with model.hooks(fwd_hooks=hooks):
-            logits = model(run.suffix[None].expand(b, -1), past_key_values=cache)
-        lds.append(_logit_diff(logits, run.pair))
-        greedy.append(_greedy_clean(logits, run.pair))
+            logits = model(run.suffix[None, run.start :].expand(b, -1), past_key_values=cache)
+        lds.append(_logit_diff(logits, run.pair, run.start))
+        greedy.append(_greedy_clean(logits, run.pair, run.start) & run.pre_greedy[target])
     return torch.cat(lds), torch.cat(greedy)
 
 
@@ -418,8 +444,8 @@ def patching_map(model, samples: Sequence[Sample], seed: int = 0, max_new_tokens
 
 #: Columns of a patching run's CSV, one row per (pair, measure, group or head). Rows of several
 #: shards concatenate (sort by ``pair`` to get the single run's order).
-COLUMNS = ["pair", "needle", "length", "depth", "measure", "direction", "kind", "seed", "k",
-           "heads", "ld_clean", "ld_cf", "ld", "value", "greedy_clean", "key"]
+COLUMNS = ["pair", "answer", "length", "depth", "measure", "direction", "kind", "seed", "k",
+           "heads", "ld_clean", "ld_cf", "ld", "value", "greedy_clean"]
 
 #: What a row measures: ``"group"`` (heads patched together; ``value`` is the fraction moved),
 #: ``"head"`` (one head patched clean->cf; ``value`` is its restored fraction), ``"dla"``
@@ -478,7 +504,7 @@ def patch_sweep(model, samples: Sequence[Sample], scores: torch.Tensor, ks: Sequ
                 seeds: Sequence[int] = (0, 1, 2), *, threshold: float = 0.1,
                 index: Sequence[int] | None = None, out=None, heads: bool = True,
                 dla: bool = True, force_answer: bool = False, max_new_tokens: int = 32,
-                batch_size: int = 8, progress: bool = True):
+                positions: Positions = "decode", batch_size: int = 8, progress: bool = True):
     """Group patching over the K grid (top-K against controls, both directions), the per-head
     map and direct logit attribution, on every pair of ``samples`` the model answers.
 
@@ -494,6 +520,7 @@ def patch_sweep(model, samples: Sequence[Sample], scores: torch.Tensor, ks: Sequ
             rerun resume.
         force_answer: teacher-force the needle's answer right after the prompt
             (:func:`make_pair`), for random-weight models.
+        positions: where the patches act (:data:`Positions`).
 
     Returns:
         a DataFrame with :data:`COLUMNS` (the run's skipped samples in ``.attrs["skipped"]``).
@@ -508,7 +535,8 @@ def patch_sweep(model, samples: Sequence[Sample], scores: torch.Tensor, ks: Sequ
     index = list(range(len(samples))) if index is None else list(index)
     settings = {**model_identity(model), "scores": tensor_digest(scores), "ks": ks,
                 "seeds": list(seeds), "threshold": threshold, "heads": heads, "dla": dla,
-                "force_answer": force_answer, "max_new_tokens": max_new_tokens}
+                "force_answer": force_answer, "max_new_tokens": max_new_tokens,
+                "positions": positions}
     log = SampleLog(f"{out}.samples.jsonl", settings, required=("rows",)) if out else None
     if log is not None:
         log.check_keys(s.key for s in samples)
@@ -522,7 +550,7 @@ def patch_sweep(model, samples: Sequence[Sample], scores: torch.Tensor, ks: Sequ
             try:
                 pair = make_pair(model, sample, max_new_tokens=max_new_tokens,
                                  force_answer=force_answer)
-                run = run_pair(model, pair)
+                run = run_pair(model, pair, positions=positions)
                 rec["rows"] = pair_rows(model, run, groups, heads=heads, dla=dla,
                                         batch_size=batch_size)
             except NoAnswerError as err:
@@ -531,10 +559,11 @@ def patch_sweep(model, samples: Sequence[Sample], scores: torch.Tensor, ks: Sequ
                 log.add(rec)
         if rec["skipped"]:
             skipped.append(rec["skipped"])
-        rows += [{"pair": i, "needle": sample.needle.text, "length": sample.length,
-                  "depth": sample.depth, "key": sample.key, **r} for r in rec["rows"]]
+        rows += [{"pair": i, "answer": sample.needle.answer, "length": sample.length,
+                  "depth": sample.depth, **r} for r in rec["rows"]]
         if out:
-            atomic_write_text(out, pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
+            atomic_write_text(out, pd.DataFrame(rows, columns=COLUMNS).to_csv(
+                index=False, float_format="%.6g"))
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.attrs["skipped"] = skipped
     return df

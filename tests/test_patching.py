@@ -11,7 +11,7 @@ import torch
 from rhlens.ablation import split_heads
 from rhlens.haystack import NEEDLES
 from rhlens.prompts import build_sample
-from rhlens.attribution import direct_logit_attribution
+from rhlens.attribution import direct_logit_attribution, head_dla
 from rhlens.heads import top_heads
 from rhlens.patching import (
     PatchPair,
@@ -57,11 +57,14 @@ def test_counterfactual_same_length_and_different(tiny_llama):
         assert len(tok(tok.decode(cf), add_special_tokens=False)["input_ids"]) >= 1
 
 
-def test_batched_patching_matches_single_head_patching(tiny):
-    """Every architecture: the batched map equals patching one head at a time by hand."""
+@pytest.mark.parametrize("positions", ["decode", "answer"])
+def test_batched_patching_matches_single_head_patching(tiny, positions):
+    """Every architecture: the batched map equals patching one head at a time by hand, at
+    every decode position or from the first answer token's on."""
     pair = _pair(tiny)
-    res = patch_heads(tiny, pair)
+    res = patch_heads(tiny, run_pair(tiny, pair, positions=positions))
     n = pair.clean_ids.numel()
+    first = n - 1 + (int(pair.answer_steps[0]) if positions == "answer" else 0)
     seq_c = torch.cat([pair.clean_ids, pair.continuation[:-1]])
     seq_f = torch.cat([pair.cf_ids, pair.continuation[:-1]])
     _, cc = tiny.run_with_cache(seq_c[None], names_filter=lambda x: x.endswith("hook_z"))
@@ -69,7 +72,7 @@ def test_batched_patching_matches_single_head_patching(tiny):
     for layer, head in [(0, 1), (1, H - 1)]:
         def put(z, hook, layer=layer, head=head):
             zz = split_heads(z, H).clone()
-            zz[0, n - 1 :, head] = split_heads(cc[f"blocks.{layer}.attn.hook_z"], H)[0, n - 1 :, head]
+            zz[0, first:, head] = split_heads(cc[f"blocks.{layer}.attn.hook_z"], H)[0, first:, head]
             return zz.reshape(z.shape)
 
         logits = tiny.run_with_hooks(seq_f[None], fwd_hooks=[(f"blocks.{layer}.attn.hook_z", put)])
@@ -173,6 +176,9 @@ def test_group_of_all_heads_restores_all_and_none_restores_nothing(tiny):
     for direction in ("clean->cf", "cf->clean"):
         res = patch_groups(tiny, run, {"all": every, "none": []}, direction)
         assert abs(res["all"].fraction - 1) < 1e-3 and abs(res["none"].fraction) < 1e-3
+    late = run_pair(tiny, pair, positions="answer")
+    assert late.start == 1 and abs(late.ld["cf"] - run.ld["cf"]) < 1e-4
+    assert abs(patch_groups(tiny, late, {"all": every})["all"].fraction - 1) < 1e-3
 
 
 def test_dla_of_all_heads_is_the_attention_outputs_direct_effect(tiny):
@@ -305,3 +311,15 @@ def test_patch_bad_input_is_one_line_before_the_model_loads(files, capsys, monke
     rc, _, err = _cli(capsys, *patch_args(files, out), *extra)
     assert rc == 2 and len(err) == 1 and message in err[0], err
     assert not out.exists() and not Path(f"{out}.samples.jsonl").exists()
+
+
+def test_head_dla_checker_accepts_the_reference_and_rejects_a_wrong_one():
+    from rhlens.exercises import ch05
+    from rhlens.exercises.check import ExerciseFailed
+
+    ch05.check_head_dla(head_dla)
+    wrong = lambda z, w_o, scale, d: head_dla(z, w_o, torch.ones_like(scale), d)  # noqa: E731
+    with pytest.raises(ExerciseFailed, match="hint:"):
+        ch05.check_head_dla(wrong)
+    with pytest.raises(ExerciseFailed, match="hint:"):
+        ch05.check_head_dla(lambda z, w_o, scale, d: head_dla(z, w_o, scale, d).sum(0))
