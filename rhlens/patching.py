@@ -7,17 +7,27 @@ on the clean model's answer. At each answer token we measure the logit differenc
     LD = logit(clean answer token) - logit(counterfactual answer token)
 
 which is high in the clean run and low in the counterfactual run (the model copies the
-needle it was given). Patching one head's output (``blocks.{l}.attn.hook_z``, per query
-head) from the clean run into the counterfactual run, at the decode positions only (the
-prompt's last token and the answer), restores
+needle it was given). Patching head outputs (``blocks.{l}.attn.hook_z``, per query head)
+from the clean run into the counterfactual run, at decode positions only (the prefill is
+untouched, as the paper masks), restores
 
     restored = (LD_patched - LD_cf) / (LD_clean - LD_cf)
 
-of the difference: about 1 when that head alone carries the needle's content to the output.
+of the difference: about 1 when those heads alone carry the needle's content to the output.
+The reverse (counterfactual outputs into the clean run) destroys
+``(LD_clean - LD_patched) / (LD_clean - LD_cf)``.
 
-Efficiency: the counterfactual prompt is prefilled once into a KV cache (patching at decode
-positions cannot change it); then each layer's heads are patched in one batch (one batch row
-per head), running only the few decode positions.
+* :func:`patch_heads`: each head alone (the per-head map);
+* :func:`patch_groups`: groups of heads together, e.g. the top-K retrieval heads against K
+  control heads (:func:`control_groups`), in either :data:`Direction`;
+* :func:`patch_sweep`: both over many pairs of a :class:`~rhlens.grid.Grid`, with direct logit
+  attribution (:mod:`rhlens.attribution`), into a resumable CSV (``rhlens patch``);
+* :func:`group_summary`, :func:`map_correlation`: bootstrap intervals over pairs and a
+  head-shuffle null.
+
+Efficiency: each prompt is prefilled once into a KV cache (:func:`run_pair`; patching at
+decode positions cannot change it); then patched runs go in batches (one batch row per head
+or group), running only the few decode positions.
 
 Example::
 
