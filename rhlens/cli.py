@@ -1,4 +1,4 @@
-"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens plot``, ``rhlens models``,
+"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens patch``, ``rhlens plot``, ``rhlens models``,
 ``rhlens published``.
 
 ::
@@ -256,7 +256,7 @@ def _models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import niah_cli
+    from . import niah_cli, patch_cli
 
     parser = _Parser(
         prog="rhlens", description="Find, mask and patch retrieval heads (Wu et al. 2024).",
@@ -291,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                 ".samples.jsonl log is written beside it)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_merge)
+
+    p = sub.add_parser("patch", help="group and per-head activation patching, direct logit "
+                       "attribution", description=patch_cli.__doc__, **raw)
+    patch_cli.add_arguments(p)
+    p.set_defaults(func=patch_cli.run)
 
     p = sub.add_parser("plot", help="heatmap and sorted-score curve of a score file", **raw)
     p.add_argument("scores", help="score file, URL, or a published map's name (see `rhlens "

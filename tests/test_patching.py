@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from rhlens.ablation import split_heads
 from rhlens.haystack import NEEDLES
 from rhlens.prompts import build_sample
+from rhlens.attribution import direct_logit_attribution, head_dla
+from rhlens.heads import top_heads
 from rhlens.patching import (
     PatchPair,
     _logit_diff,
     answer_ids,
+    bootstrap_ci,
     compare_maps,
+    control_groups,
     counterfactual_tokens,
+    group_summary,
+    make_pair,
+    map_correlation,
+    patch_groups,
     patch_heads,
     plot_patching,
+    run_pair,
     spearman,
     top_k_overlap,
 )
@@ -44,11 +57,14 @@ def test_counterfactual_same_length_and_different(tiny_llama):
         assert len(tok(tok.decode(cf), add_special_tokens=False)["input_ids"]) >= 1
 
 
-def test_batched_patching_matches_single_head_patching(tiny):
-    """Every architecture: the batched map equals patching one head at a time by hand."""
+@pytest.mark.parametrize("positions", ["decode", "answer"])
+def test_batched_patching_matches_single_head_patching(tiny, positions):
+    """Every architecture: the batched map equals patching one head at a time by hand, at
+    every decode position or from the first answer token's on."""
     pair = _pair(tiny)
-    res = patch_heads(tiny, pair)
+    res = patch_heads(tiny, run_pair(tiny, pair, positions=positions))
     n = pair.clean_ids.numel()
+    first = n - 1 + (int(pair.answer_steps[0]) if positions == "answer" else 0)
     seq_c = torch.cat([pair.clean_ids, pair.continuation[:-1]])
     seq_f = torch.cat([pair.cf_ids, pair.continuation[:-1]])
     _, cc = tiny.run_with_cache(seq_c[None], names_filter=lambda x: x.endswith("hook_z"))
@@ -56,7 +72,7 @@ def test_batched_patching_matches_single_head_patching(tiny):
     for layer, head in [(0, 1), (1, H - 1)]:
         def put(z, hook, layer=layer, head=head):
             zz = split_heads(z, H).clone()
-            zz[0, n - 1 :, head] = split_heads(cc[f"blocks.{layer}.attn.hook_z"], H)[0, n - 1 :, head]
+            zz[0, first:, head] = split_heads(cc[f"blocks.{layer}.attn.hook_z"], H)[0, first:, head]
             return zz.reshape(z.shape)
 
         logits = tiny.run_with_hooks(seq_f[None], fwd_hooks=[(f"blocks.{layer}.attn.hook_z", put)])
@@ -81,3 +97,229 @@ def test_rank_comparison():
     c = compare_maps(a, torch.tensor([[1.0, 2.0], [3.0, 4.0]]), ks=(1,))
     assert c["spearman"] == -1.0 and c["top1_overlap"] == 0.0
     assert len(plot_patching(a, a).axes) == 3
+
+
+# --------------------------------------------------------------------------- a planted head
+
+PLANTED = (1, 2)
+
+
+def _plant(model, pair, head=PLANTED, gain=100.0):
+    """Make ``head`` decisive: at each decode step it attends only to the needle's answer token
+    being written (a perfect retrieval head, a permanent pattern hook) and its output matrix is
+    scaled by ``gain``, so its output alone sets the logits' dependence on the needle."""
+    layer, h = head
+    d_head = model.cfg.d_head
+    o = model.original_model.model.layers[layer].self_attn.o_proj.weight
+    o[:, h * d_head : (h + 1) * d_head] *= gain
+    n = pair.clean_ids.numel()
+    start = next(i for i in range(*pair.sample.needle_span)
+                 if pair.clean_ids[i : i + len(pair.clean_tokens)].tolist()
+                 == pair.clean_tokens.tolist())
+    m = len(pair.clean_tokens)
+
+    def attend(pattern, hook):
+        q, k = pattern.shape[-2:]
+        for qi in range(q):
+            step = k - q + qi - (n - 1)  # decode step of this query (< 0: the prompt)
+            if step >= 0:
+                pattern[:, h, qi] = 0.0
+                pattern[:, h, qi, start + min(step, m - 1)] = 1.0
+        return pattern
+
+    model.add_hook(f"blocks.{layer}.attn.hook_pattern", attend, is_permanent=True)
+    return model
+
+
+@pytest.fixture
+def planted():
+    from rhlens.tiny import tiny_model
+
+    model = tiny_model("llama")
+    pair = _forced_pair(model)
+    return _plant(model, pair), pair
+
+
+def _forced_pair(model):
+    tok = model.tokenizer
+    s = build_sample(tok, NEEDLES[0], HAY, 160, 0.5)
+    return make_pair(model, s, seed=1, force_answer=True)
+
+
+def test_planted_head_comes_out_first(planted):
+    """Patching each head alone, the planted head restores nearly all of the difference and
+    every other head little; its direct logit attribution dominates too."""
+    model, pair = planted
+    run = run_pair(model, pair)
+    restored = patch_heads(model, run).restored
+    assert top_heads(restored, 1) == [PLANTED]
+    others = restored.clone()
+    others[PLANTED] = 0
+    assert restored[PLANTED] > 0.8 and others.abs().max() < 0.3
+    dla = direct_logit_attribution(model, run)
+    assert top_heads(dla.abs(), 1) == [PLANTED]
+    # top-1 group (the planted head) restores, a control head in its layer does not
+    scores = torch.zeros(2, 4, dtype=torch.float64)
+    scores[PLANTED] = 0.9
+    groups = control_groups(scores, [1], [0, 1])
+    res = patch_groups(model, run, {f"{k}{s}": hs for (k, _, s), hs in groups.items()})
+    assert res["top-1"].fraction > 0.8
+    assert all(abs(r.fraction) < 0.3 for name, r in res.items() if name.startswith("control"))
+    back = patch_groups(model, run, {"top": [PLANTED]}, "cf->clean")["top"]
+    assert back.fraction > 0.8
+
+
+def test_group_of_all_heads_restores_all_and_none_restores_nothing(tiny):
+    pair = _pair(tiny)
+    run = run_pair(tiny, pair)
+    every = [(l, h) for l in range(tiny.cfg.n_layers) for h in range(tiny.cfg.n_heads)]
+    for direction in ("clean->cf", "cf->clean"):
+        res = patch_groups(tiny, run, {"all": every, "none": []}, direction)
+        assert abs(res["all"].fraction - 1) < 1e-3 and abs(res["none"].fraction) < 1e-3
+    late = run_pair(tiny, pair, positions="answer")
+    assert late.start == 1 and abs(late.ld["cf"] - run.ld["cf"]) < 1e-4
+    assert abs(patch_groups(tiny, late, {"all": every})["all"].fraction - 1) < 1e-3
+
+
+def test_dla_of_all_heads_is_the_attention_outputs_direct_effect(tiny):
+    """The heads' shares add up to what the attention layers write, read through the frozen
+    final norm: the per-head split (hook_z @ W_O) loses nothing."""
+    pair = _pair(tiny)
+    run = run_pair(tiny, pair)
+    dla = direct_logit_attribution(tiny, run)
+    n = pair.clean_ids.numel()
+    seq = torch.cat([pair.clean_ids, pair.continuation[:-1]])
+    _, cache = tiny.run_with_cache(seq[None])
+    steps = pair.answer_steps
+    scale = cache["ln_final.hook_scale"][0, n - 1 :][steps].reshape(-1, 1)
+    w = dict(tiny.ln_final.named_parameters())
+    w = next(v for k, v in w.items() if k.endswith("weight"))
+    direction = (tiny.W_U[:, pair.clean_tokens] - tiny.W_U[:, pair.cf_tokens]).T * w
+    attn = sum(cache[f"blocks.{l}.hook_attn_out"][0, n - 1 :][steps]
+               for l in range(tiny.cfg.n_layers))
+    expected = float(((attn / scale) * direction).sum(-1).mean())
+    assert abs(float(dla.sum()) - expected) < 1e-4 * max(1.0, abs(expected))
+
+
+def test_bootstrap_and_map_correlation():
+    est, lo, hi = bootstrap_ci([1.0] * 10)
+    assert (est, lo, hi) == (1.0, 1.0, 1.0)
+    est, lo, hi = bootstrap_ci(list(range(20)), seed=3)
+    assert lo < est < hi and bootstrap_ci(list(range(20)), seed=3) == (est, lo, hi)
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(6, 5, generator=g, dtype=torch.float64)
+    maps = truth[None] + 0.05 * torch.randn(12, 6, 5, generator=g, dtype=torch.float64)
+    c = map_correlation(maps, truth, n_boot=200, n_null=200)
+    assert c["spearman"] > 0.9 and c["lo"] > c["null_hi"] and c["p"] < 0.01
+    noise = torch.randn(12, 6, 5, generator=g, dtype=torch.float64)
+    c = map_correlation(noise, truth, n_boot=200, n_null=200)
+    assert c["lo"] < c["spearman"] < c["hi"] and c["p"] > 0.01
+
+
+# --------------------------------------------------------------------------- rhlens patch
+
+from rhlens.cli import main  # noqa: E402
+from rhlens.results import scores_to_json  # noqa: E402
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "hay.txt").write_text(HAY)
+    scores = torch.zeros(2, 4)
+    scores[1, 1] = 0.9
+    (tmp_path / "scores.json").write_text(json.dumps(scores_to_json([scores], 2, 4)))
+    return tmp_path
+
+
+def patch_args(files, out, *extra):
+    return ["patch", "--model", "tiny-llama", "--scores", str(files / "scores.json"),
+            "--lengths", "160,200", "--depths", "0.3,0.7", "--needles", "2", "--skip-needles",
+            "0", "--ks", "1,2", "--seeds", "0,1", "--force-answer", "--haystack",
+            str(files / "hay.txt"), "--out", str(out), *extra]
+
+
+def _cli(capsys, *argv):
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, [l for l in err.splitlines() if l.strip() and "%|" not in l]
+
+
+def test_patch_command_resumes_and_shards_concatenate(files, capsys, monkeypatch):
+    import pandas as pd
+
+    import rhlens.patching
+
+    full = files / "full.csv"
+    rc, out, err = _cli(capsys, *patch_args(files, full, "--pairs", "5"))
+    assert rc == 0, err
+    df = pd.read_csv(full)
+    assert df.pair.nunique() == 5 and set(df.measure) == {"none", "group", "head", "dla"}
+    assert len(df[df.measure == "head"]) == 5 * 8
+    top = df[(df.measure == "group") & (df.kind == "top") & (df.k == 1)]
+    assert set(top.heads) == {"L1H1"}
+    ctrl = df[(df.measure == "group") & (df.kind == "control")]
+    assert not ctrl.heads.str.contains("L1H1").any()
+    assert all(h.startswith("L1") for hs in ctrl.heads for h in hs.split())  # same layers
+    before = full.read_bytes()
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished pair was computed again")
+
+    monkeypatch.setattr(rhlens.patching, "run_pair", refuse)
+    rc, _, err = _cli(capsys, *patch_args(files, full, "--pairs", "5"))
+    assert rc == 0, err
+    assert full.read_bytes() == before
+    monkeypatch.undo()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    parts = []
+    for i in range(2):
+        rc, out, err = _cli(capsys, *patch_args(files, files / "sh.csv", "--pairs", "5",
+                                                "--shard", f"{i}/2"))
+        assert rc == 0, err
+        parts.append(pd.read_csv(files / f"sh.shard{i}of2.csv"))
+    joined = pd.concat(parts).sort_values("pair", kind="stable").reset_index(drop=True)
+    assert sorted(parts[0].pair.unique()) == [0, 2, 4]
+    pd.testing.assert_frame_equal(joined, df, check_exact=False, rtol=1e-5, atol=1e-6)
+    summary = group_summary(df, n_boot=50)
+    assert set(summary.kind) == {"none", "top", "control"} and (summary.pairs == 5).all()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--pairs", "0"], "--pairs must be at least 1, got 0."),
+    (["--ks", "0"], "--ks has no group size above 0"),
+    (["--ks", "x"], "--ks must be 'auto' or a comma-separated list"),
+    (["--ks", "7"], "so K = 7 has no control"),
+    (["--seeds", ""], "--seeds is an empty list."),
+    (["--shard", "x"], "--shard 'x' is not i/n"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0."),
+    (["--scores", "nope.json"], "--scores nope.json: no such file"),
+])
+def test_patch_bad_input_is_one_line_before_the_model_loads(files, capsys, monkeypatch, extra,
+                                                            message):
+    import rhlens.models
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(rhlens.models, "load_model", refuse)
+    out = files / "bad.csv"
+    rc, _, err = _cli(capsys, *patch_args(files, out), *extra)
+    assert rc == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists() and not Path(f"{out}.samples.jsonl").exists()
+
+
+def test_head_dla_checker_accepts_the_reference_and_rejects_a_wrong_one():
+    from rhlens.exercises import ch05
+    from rhlens.exercises.check import ExerciseFailed
+
+    ch05.check_head_dla(head_dla)
+    wrong = lambda z, w_o, scale, d: head_dla(z, w_o, torch.ones_like(scale), d)  # noqa: E731
+    with pytest.raises(ExerciseFailed, match="hint:"):
+        ch05.check_head_dla(wrong)
+    with pytest.raises(ExerciseFailed, match="hint:"):
+        ch05.check_head_dla(lambda z, w_o, scale, d: head_dla(z, w_o, scale, d).sum(0))
