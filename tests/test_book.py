@@ -86,6 +86,8 @@ def _chapters():
 def test_every_solution_is_folded_in_the_book():
     """myst-nb folds a code cell tagged hide-input behind a toggle; every solution has the tag,
     and every exercise that has a solution states its difficulty, importance and time."""
+    sphinx = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]["config"]
+    assert sphinx["nb_code_prompt_show"] == "Show solution"
     for path, nb, found in _chapters():
         for i, cell in enumerate(nb["cells"]):
             tags = cell.get("metadata", {}).get("tags", [])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..heads import pearson, sparsity
+from ..heads import null_pearson, pearson, sparsity
 from .check import checker, expect, passed
 
 
