@@ -243,3 +243,15 @@ def test_every_chapter_from_2_on_has_a_harder_exercise():
         if int(path.name[:2]) < 2 or not found:
             continue
         assert any(ex["difficulty"] >= 3 and ex["check"] for ex in found), path.name
+
+
+def test_every_checker_turns_a_stub_into_one_line():
+    """Every check_* of every chapter module is wrapped by rhlens.exercises.check.checker."""
+    modules = [ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09]
+    bare = [f"{m.__name__}.{name}" for m in modules for name in dir(m)
+            if name.startswith("check_") and not hasattr(getattr(m, name), "__wrapped__")]
+    assert not bare, f"decorate these with @checker: {bare}"
+    tested = {c.__module__ + "." + c.__name__ for c, _, _ in CASES}
+    untested = [f"{m.__name__}.{name}" for m in modules for name in dir(m)
+                if name.startswith("check_") and f"{m.__name__}.{name}" not in tested]
+    assert not untested, f"checkers without a (reference, wrong answer) case in CASES: {untested}"
