@@ -261,9 +261,9 @@ def load_model(
 
         return tiny_model(name[5:])
     if is_standin(name):
-        from .tiny import tiny_paper_model
+        from .tiny import STANDIN_SHAPE, tiny_paper_model
 
-        return tiny_paper_model(name[5:])
+        return tiny_paper_model(name[5:], **STANDIN_SHAPE)
     if name == EMBEDDED:
         path = smollm2_gguf_path()
         tok = embedded_tokenizer()

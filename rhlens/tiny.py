@@ -67,6 +67,11 @@ TINY_QUIRKS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Size of the stand-ins that ``load_model("tiny-<paper key>")`` builds: big enough for the
+#: chapters' K grids and top-K tables (32 heads), small enough to run any chapter in seconds.
+STANDIN_SHAPE = {"n_layers": 4, "n_heads": 8, "d_model": 128}
+
+
 def tiny_paper_model(name: str, n_layers: int = 2, n_heads: int = 4, d_model: int = 64,
                      seed: int = 0):
     """A random-weight stand-in for ``PAPER_MODELS[name]``: same architecture, same head

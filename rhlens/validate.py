@@ -289,12 +289,11 @@ def model_facts(name: str) -> dict[str, int]:
     without loading the model (known names, a local checkpoint's ``config.json``); keys that
     are unknown are left out."""
     from .models import ARCHITECTURES, EMBEDDED, PAPER_MODELS, is_standin
-    from .tiny import tiny_model, tiny_paper_model
+    from .tiny import STANDIN_SHAPE, tiny_model
 
     if is_standin(name):
-        params = inspect.signature(tiny_paper_model).parameters
         spec = PAPER_MODELS[name[5:]]
-        return {"n_layers": params["n_layers"].default, "n_heads": params["n_heads"].default,
+        return {"n_layers": STANDIN_SHAPE["n_layers"], "n_heads": STANDIN_SHAPE["n_heads"],
                 "n_ctx": spec.context_length or TINY_CONTEXT}
     if name.startswith("tiny-") and name[5:] in ARCHITECTURES:
         params = inspect.signature(tiny_model).parameters

@@ -143,3 +143,38 @@ def test_build_executes_every_chapter_and_fails_on_errors():
     assert config["bibtex_bibfiles"] == ["book/references.bib"]
     script = (ROOT / "scripts/build_book.sh").read_text()
     assert "--warningiserror" in script and "RHLENS_STATIC=1" in script
+
+
+# --------------------------------------------------------------------------- install source
+
+
+def _set_repository():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("set_repository", ROOT / "scripts" / "set_repository.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_install_source_and_badges_agree_with_config():
+    """One source of truth for where rhlens installs from: _config.yml's repository. Every
+    set-up cell, Colab badge, README and intro install line must name it (fix with
+    `python scripts/set_repository.py`)."""
+    tool = _set_repository()
+    url, branch = tool.repository()
+    assert url.startswith("https://github.com/")
+    assert tool.disagreements() == []
+    install, badge = tool.expected(url, branch)
+    for path in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
+        text = path.read_text()
+        assert install in text, f"{path.name}: its set-up cell does not install from {install}"
+        assert badge in text, f"{path.name}: no Colab badge opening {badge}"
+
+
+def test_install_source_check_finds_a_stale_copy(monkeypatch):
+    tool = _set_repository()
+    monkeypatch.setattr(tool, "repository", lambda: ("https://github.com/someone/fork", "main"))
+    bad = tool.disagreements()
+    assert any("README.md" in b for b in bad) and any(".ipynb" in b for b in bad)
+    assert all("someone/fork" in b for b in bad)
