@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := . .venv/bin/activate
 
-.PHONY: setup demo test book bench clean
+.PHONY: setup demo test book bench exercises clean
 
 setup:
 	@./scripts/setup.sh
@@ -24,6 +24,10 @@ test: setup
 ## Only the book (executes every chapter): _build/html/index.html
 book: setup
 	$(VENV) && ./scripts/build_book.sh
+
+## The exercise notebooks (notebooks/exercises/): each chapter with its solutions replaced by stubs
+exercises: setup
+	$(VENV) && python scripts/make_exercises.py
 
 ## Speed and memory benchmarks (ratios against a baseline measured in the same run)
 bench: setup

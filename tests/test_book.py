@@ -6,6 +6,7 @@ executes every notebook once and fails on any cell error or warning.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -61,9 +62,59 @@ def test_every_toc_entry_exists(toc):
 
 
 def test_every_notebook_is_in_the_toc(toc):
+    """Every chapter notebook (notebooks/*.ipynb; the exercise notebooks below it are not
+    pages of the book) is listed."""
     listed = {resolve(f) for f in toc_files(toc)}
     orphans = [p.name for p in sorted((ROOT / "notebooks").glob("*.ipynb")) if p not in listed]
     assert not orphans, f"notebooks missing from _toc.yml (add them under 'Chapters'): {orphans}"
+
+
+def test_exercise_notebooks_stay_out_of_the_book(toc):
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert "notebooks/exercises" in config["exclude_patterns"]
+    assert not [f for f in toc_files(toc) if f.startswith("notebooks/exercises/")]
+
+
+def _chapters():
+    from rhlens.exercises.generate import exercises
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = json.loads(path.read_text())
+        yield path, nb, exercises(nb)
+
+
+def test_every_solution_is_folded_in_the_book():
+    """myst-nb folds a code cell tagged hide-input behind a toggle; every solution has the tag,
+    and every exercise that has a solution states its difficulty, importance and time."""
+    sphinx = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]["config"]
+    assert sphinx["nb_code_prompt_show"] == "Show solution"
+    for path, nb, found in _chapters():
+        for i, cell in enumerate(nb["cells"]):
+            tags = cell.get("metadata", {}).get("tags", [])
+            if "solution" in tags:
+                assert "hide-input" in tags and cell["cell_type"] == "code", (path.name, i)
+        for ex in found:
+            assert 1 <= ex["difficulty"] <= 5 and 1 <= ex["importance"] <= 5 and ex["minutes"] > 0
+            assert ex["chapter"] == int(path.name[:2]), (path.name, ex["label"])
+
+
+def test_exercise_numbers_run_in_order_and_no_title_repeats():
+    titles = []
+    for path, nb, found in _chapters():
+        assert [ex["number"] for ex in found] == list(range(1, len(found) + 1)), path.name
+        titles += [ex["title"].lower() for ex in found]
+    assert len(titles) == len(set(titles)), "two exercises have the same title"
+
+
+def test_the_colab_badge_opens_the_exercise_notebook():
+    """A chapter with exercises links its Colab badge to its exercise notebook (stubs to fill)."""
+    for path, nb, found in _chapters():
+        if not found:
+            continue
+        title = "".join(nb["cells"][0]["source"])
+        link = re.search(r"\(https://colab\.research\.google\.com/github/[^)]*\)", title)
+        assert link and link.group(0).endswith(f"/notebooks/exercises/{path.name})"), \
+            f"{path.name}: the Colab badge should open notebooks/exercises/{path.name}"
 
 
 def test_chapters_are_in_numeric_order(toc):

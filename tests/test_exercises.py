@@ -7,16 +7,23 @@ gets the one-line ``✗ exercise: ...`` plus a ``hint:`` instead of a traceback 
 
 from __future__ import annotations
 
+import ast
+import importlib
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from rhlens.ablation import Mask
 from rhlens.answers import classify_answer, classify_score, niah_score, token_f1
-from rhlens.downstream import eval_chain
+from rhlens.decode import greedy_decode, new_cache, prefill
+from rhlens.downstream import eval_chain, summarize_conditions
 from rhlens.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09
-from rhlens.exercises.check import ExerciseFailed
-from rhlens.heads import head_name, pearson, random_heads, sparsity
-from rhlens.kvcache import kv_cache_bytes, kv_heads_of
+from rhlens.exercises.check import NOT_ATTEMPTED_HINT, ExerciseFailed
+from rhlens.exercises.generate import chapters, exercises, source_of
+from rhlens.heads import head_name, null_pearson, pearson, random_heads, sparsity
+from rhlens.kvcache import kv_cache_bytes, kv_heads_of, top_kv_heads
 from rhlens.rope import ntk_theta
 from rhlens.scoring import copy_hits, retrieval_scores
 
@@ -46,6 +53,62 @@ def _cosine(a, b):
     return float(a @ b / (a.norm() * b.norm()))
 
 
+def _argmax_hook(pattern, hook, store):
+    store.setdefault(hook.layer(), []).append(pattern[0, :, -1].argmax(-1))
+
+
+def _argmax_over_heads(pattern, hook, store):
+    store.setdefault(hook.layer(), []).append(pattern[0, :, -1].argmax(0))
+
+
+def _p_value(a, b, n, seed):
+    return float((null_pearson(a, b, n=n, seed=seed) >= pearson(a, b) - 1e-9).double().mean())
+
+
+def _fair_controls(scores, k, seeds, threshold=0.1):
+    return [random_heads(scores, k, s, threshold, same_layers=True) for s in seeds]
+
+
+def _masked_class(model, ids, answer, mask, max_new_tokens=24):
+    return classify_answer(answer, greedy_decode(model, ids, max_new_tokens, mask=mask).text)
+
+
+def _unmasked_class(model, ids, answer, mask, max_new_tokens=24):
+    return classify_answer(answer, greedy_decode(model, ids, max_new_tokens).text)
+
+
+def _firing(counts, samples, nearly=0.95):
+    share = counts.double() / samples
+    return {"always": int((share >= 1).sum()), "nearly_always": int((share >= nearly).sum()),
+            "some": int(((share > 0) & (share < nearly)).sum()), "never": int((share == 0).sum())}
+
+
+def _copy_trace(argmax, tokens, prompt_ids, span, layer, head):
+    return [(t, int(argmax[t, layer, head])) for t in range(len(tokens))
+            if bool(copy_hits(argmax[t], int(tokens[t]), prompt_ids, span)[layer, head])]
+
+
+def _chunked(model, ids, chunk_size):
+    return prefill(model, ids, new_cache(model), chunk_size)
+
+
+def _chunked_fresh_cache(model, ids, chunk_size):
+    for start in range(0, ids.numel(), chunk_size):
+        logits = model(ids[start:start + chunk_size][None])[0, -1]
+    return logits
+
+
+def _budget(scores, n_kv, d_head, n_tokens, budget, sink, window):
+    L = scores.shape[0]
+    if kv_cache_bytes(L, n_kv, d_head, n_tokens, [], sink, window)["kept"] > budget:
+        raise ValueError("even compressing every KV head exceeds the budget")
+    k = 0
+    while k < L * n_kv and kv_cache_bytes(L, n_kv, d_head, n_tokens, top_kv_heads(
+            scores, n_kv, k + 1), sink, window)["kept"] <= budget:
+        k += 1
+    return top_kv_heads(scores, n_kv, k)
+
+
 #: (checker, reference answer, wrong answer)
 CASES = [
     (ch01.check_exact_value_accuracy,
@@ -62,8 +125,22 @@ CASES = [
                 "share_zero": float((m == 0).float().mean())}),
     (ch03.check_pearson, pearson, _cosine),
     (ch04.check_uniform_scores, _uniform, _zero_all),
-    (ch04.check_random_heads, random_heads,
-     lambda scores, k, seed, threshold: [(l, h) for l in range(4) for h in range(5)][:k]),
+    (ch04.check_fair_controls, _fair_controls,
+     lambda scores, k, seeds, threshold: [random_heads(scores, k, s, threshold) for s in seeds]),
+    (ch04.check_masked_class, _masked_class, _unmasked_class),
+    (ch02.check_argmax_hook, _argmax_hook, _argmax_over_heads),
+    (ch03.check_shuffle_p_value, _p_value, lambda a, b, n, seed: 0.5),
+    (ch06.check_firing_counts, _firing, lambda c, n, nearly=0.95: {
+        **_firing(c, n, nearly), "some": int((c > 0).sum())}),
+    (ch06.check_copy_trace, _copy_trace,
+     lambda a, t, p, s, layer, head: sorted(set(_copy_trace(a, t, p, s, layer, head)),
+                                            key=lambda e: e[1])[:1]),
+    (ch07.check_summarize, summarize_conditions,
+     lambda frame, metric: summarize_conditions(frame, metric).assign(
+         spread=frame[frame.condition.str.startswith("random")][metric].std())),
+    (ch08.check_chunked_prefill, _chunked, _chunked_fresh_cache),
+    (ch09.check_kv_budget, _budget, lambda scores, n_kv, d, n, budget, sink, window:
+     top_kv_heads(scores, n_kv, 1)),
     (ch05.check_restored_fraction, lambda p, clean, cf: (p - cf) / (clean - cf),
      lambda p, clean, cf: p / clean),
     (ch05.check_classify, classify_answer,
@@ -93,3 +170,88 @@ def test_checker_accepts_the_reference_and_rejects_a_wrong_answer(checker, refer
     first, *rest = str(err.value).splitlines()
     assert first.startswith("✗ ") and ":" in first
     assert rest and rest[0].strip().startswith("hint: ")
+
+
+def _not_attempted(*args, **kwargs):
+    raise NotImplementedError("Exercise 9.9: Not yet")
+
+
+@pytest.mark.parametrize("checker", [c for c, _, _ in CASES], ids=IDS)
+def test_an_unsolved_stub_fails_with_one_line_and_the_hint(checker):
+    with pytest.raises(ExerciseFailed) as err:
+        checker(_not_attempted)
+    first, hint = str(err.value).splitlines()
+    assert first.startswith("✗ ") and "not attempted yet (Exercise 9.9: Not yet)" in first
+    assert hint.strip() == f"hint: {NOT_ATTEMPTED_HINT}"
+    assert err.value.__cause__ is None and err.value.__context__ is None  # no chained traceback
+    assert err.value._render_traceback_() == str(err.value).splitlines()
+
+
+# --------------------------------------------------------------------------- the notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _exercise_params(folder: Path):
+    params = []
+    for path in chapters(ROOT / "notebooks"):
+        nb = json.loads((folder / path.name).read_text())
+        for ex in exercises(nb):
+            if ex["solution"] is not None:
+                params.append(pytest.param(nb, ex, id=ex["label"].split(":")[0]))
+    return params
+
+
+def _run_exercise(nb: dict, ex: dict) -> None:
+    """Run an exercise as a learner would: its code cell on its own (torch and the chapter's
+    checker module imported), then the check call of the next cell."""
+    ns = {"torch": torch,
+          f"ch{ex['chapter']:02d}": importlib.import_module(f"rhlens.exercises.ch{ex['chapter']:02d}")}
+    exec(compile(source_of(nb["cells"][ex["solution"]]), ex["label"], "exec"), ns)
+    assert ex["check"] is not None, f"{ex['label']}: no cell after the solution"
+    tree = ast.parse(source_of(nb["cells"][ex["check"]]))
+    calls = [node.value for node in tree.body if isinstance(node, ast.Expr)
+             and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Attribute)
+             and node.value.func.attr.startswith("check_")]
+    assert calls, f"{ex['label']}: the cell after the solution has no check_* call"
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and node.lineno < calls[0].lineno:
+            exec(compile(ast.Module([node], []), ex["label"], "exec"), ns)
+    eval(compile(ast.Expression(calls[0]), ex["label"], "eval"), ns)
+
+
+@pytest.mark.parametrize("nb,ex", _exercise_params(ROOT / "notebooks"))
+def test_every_solution_passes_its_check(nb, ex, capsys):
+    _run_exercise(nb, ex)
+    assert capsys.readouterr().out.splitlines()[-1].startswith("✓ ")
+
+
+@pytest.mark.parametrize("nb,ex", _exercise_params(ROOT / "notebooks" / "exercises"))
+def test_every_stub_fails_its_check_with_the_hint(nb, ex):
+    with pytest.raises(ExerciseFailed) as err:
+        _run_exercise(nb, ex)
+    first, hint = str(err.value).splitlines()
+    assert first.startswith("✗ ") and f"not attempted yet ({ex['label']})" in first
+    assert hint.strip() == f"hint: {NOT_ATTEMPTED_HINT}"
+
+
+def test_every_chapter_from_2_on_has_a_harder_exercise():
+    """At least one exercise of difficulty 3 or more, with a check, in chapters 2-9 (as far as
+    they use the exercise convention yet)."""
+    for path in chapters(ROOT / "notebooks"):
+        found = exercises(json.loads(path.read_text()))
+        if int(path.name[:2]) < 2 or not found:
+            continue
+        assert any(ex["difficulty"] >= 3 and ex["check"] for ex in found), path.name
+
+
+def test_every_checker_turns_a_stub_into_one_line():
+    """Every check_* of every chapter module is wrapped by rhlens.exercises.check.checker."""
+    modules = [ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09]
+    bare = [f"{m.__name__}.{name}" for m in modules for name in dir(m)
+            if name.startswith("check_") and not hasattr(getattr(m, name), "__wrapped__")]
+    assert not bare, f"decorate these with @checker: {bare}"
+    tested = {c.__module__ + "." + c.__name__ for c, _, _ in CASES}
+    untested = [f"{m.__name__}.{name}" for m in modules for name in dir(m)
+                if name.startswith("check_") and f"{m.__name__}.{name}" not in tested]
+    assert not untested, f"checkers without a (reference, wrong answer) case in CASES: {untested}"

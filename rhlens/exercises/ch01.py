@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .check import expect, passed
+from .check import checker, expect, passed
 
 
+@checker
 def check_exact_value_accuracy(fn) -> None:
     """``fn(logits [n, m, vocab], values [n, m]) -> float``: share of rows whose every value
     token is the argmax."""
@@ -23,6 +24,7 @@ def check_exact_value_accuracy(fn) -> None:
     passed("exact-value accuracy")
 
 
+@checker
 def check_uniform_row(fn) -> None:
     """``fn(n_keys: int) -> Tensor [n_keys]``: the uniform attention row a masked head gets."""
     for k in (1, 4, 9):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..scoring import copy_hits, retrieval_scores
-from .check import expect, fail, passed
+from .check import checker, expect, fail, passed, tiny
 
 _PROMPT = torch.tensor([50, 10, 11, 12, 13, 60, 11])
 _SPAN = (1, 5)
@@ -21,6 +21,7 @@ def _cases():
         yield argmax, token
 
 
+@checker
 def check_copy_hits(fn) -> None:
     """``fn(argmax [L, H], token, prompt_ids [n], needle_span) -> bool [L, H]``."""
     for argmax, token in _cases():
@@ -34,6 +35,7 @@ def check_copy_hits(fn) -> None:
     passed("copy_hits")
 
 
+@checker
 def check_retrieval_scores(fn) -> None:
     """``fn(argmax [T, L, H], tokens [T], prompt_ids, needle_span) -> [L, H]`` (paper mode)."""
     g = torch.Generator().manual_seed(1)
@@ -57,3 +59,47 @@ def check_retrieval_scores(fn) -> None:
                     else "a head scores the share of distinct needle positions it copied")
             fail("retrieval_scores", f"got {got.tolist()}, expected {want.tolist()}", hint)
     passed("retrieval_scores")
+
+
+@checker
+def check_argmax_hook(fn) -> None:
+    """``fn(pattern, hook, store) -> None``: a decode-step hook on ``blocks.{l}.attn.hook_pattern``
+    that appends to ``store[layer]`` the ``[n_heads]`` argmax key of each query head's last row.
+
+    Run inside :func:`rhlens.greedy_decode` on a tiny grouped-query model (4 query heads, 2 KV
+    heads) and compared with the argmaxes the decoder records itself.
+    """
+    from ..decode import greedy_decode
+
+    model = tiny("llama")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    ids = torch.randint(5, 2000, (24,), generator=torch.Generator().manual_seed(2))
+    store: dict = {}
+
+    def hook(pattern, hook):
+        fn(pattern, hook, store)
+        return pattern
+
+    trace = greedy_decode(model, ids, max_new_tokens=6, stop_at_newline=False,
+                          decode_hooks=[(lambda name: name.endswith("hook_pattern"), hook)])
+    steps = trace.argmax.shape[0]
+    layers = sorted(int(k) for k in store)
+    expect(layers == list(range(n_layers)), "argmax hook",
+           f"store has layers {layers}, expected {list(range(n_layers))}",
+           "key the store by hook.layer() (or the number in hook.name), one list per layer")
+    for layer in range(n_layers):
+        rows = store[layer]
+        expect(len(rows) >= steps, "argmax hook",
+               f"layer {layer}: {len(rows)} entries for {steps} decode steps",
+               "append one entry per call: the hook runs once per layer per decode step")
+        got = [torch.as_tensor(r).flatten() for r in rows[:steps]]
+        expect(all(g.shape == (n_heads,) for g in got), "argmax hook",
+               f"layer {layer}: entries of shape {tuple(got[0].shape)}, expected ({n_heads},)",
+               "pattern is [batch, head, query, key]: take batch 0, every head, the LAST query "
+               "row, and argmax over the key axis (one key per query head, also under GQA)")
+        want = trace.argmax[:, layer]
+        got = torch.stack(got).long()
+        expect(torch.equal(got, want), "argmax hook",
+               f"layer {layer}: got {got.tolist()}, the decoder recorded {want.tolist()}",
+               "argmax over the last axis (keys) of pattern[0, :, -1]")
+    passed("argmax hook", f"{steps} decode steps x {n_layers} layers x {n_heads} query heads")

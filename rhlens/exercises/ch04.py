@@ -6,9 +6,10 @@ import torch
 
 from ..ablation import Mask
 from ..heads import control_pool
-from .check import expect, passed
+from .check import checker, expect, passed, tiny
 
 
+@checker
 def check_uniform_scores(fn) -> None:
     """``fn(scores, heads) -> scores``: make the query heads ``heads`` attend uniformly.
 
@@ -35,23 +36,67 @@ def check_uniform_scores(fn) -> None:
     passed("uniform scores", "the causal mask survives")
 
 
-def check_random_heads(fn) -> None:
-    """``fn(scores, k, seed, threshold) -> [(layer, head), ...]``: seeded, distinct, and drawn
-    only from the control pool (heads scoring ``<= threshold``, :func:`rhlens.heads.control_pool`)."""
-    scores = torch.zeros(4, 5)
-    scores[0, 1], scores[2, 2], scores[3, 4], scores[1, 0] = 0.8, 0.3, 0.11, 0.1
-    pool = set(control_pool(scores, 0.1))
-    for seed in range(10):
-        heads = [tuple(map(int, h)) for h in fn(scores, 6, seed, 0.1)]
-        expect(len(heads) == 6 and len(set(heads)) == 6, "random heads",
+def _fair_scores() -> torch.Tensor:
+    scores = torch.zeros(5, 4)
+    scores[1, 2], scores[3, 0], scores[3, 3], scores[1, 0] = 0.8, 0.3, 0.11, 0.1
+    return scores
+
+
+@checker
+def check_fair_controls(fn) -> None:
+    """``fn(scores, k, seeds, threshold) -> [[(layer, head), ...] per seed]``: one draw of ``k``
+    distinct control heads per seed, only among heads scoring ``<= threshold`` in the layers
+    that hold a retrieval head (:func:`rhlens.heads.control_pool` with ``same_layers=True``)."""
+    scores = _fair_scores()
+    pool = set(control_pool(scores, 0.1, same_layers=True))      # 5 heads in layers 1 and 3
+    everywhere = set(control_pool(scores, 0.1))
+    seeds = list(range(8))
+    draws = [[tuple(map(int, h)) for h in d] for d in fn(scores.clone(), 4, seeds, 0.1)]
+    expect(len(draws) == len(seeds), "fair controls",
+           f"{len(seeds)} seeds gave {len(draws)} draws", "one draw per seed, in the seeds' order")
+    for seed, heads in zip(seeds, draws):
+        expect(len(heads) == 4 and len(set(heads)) == 4, "fair controls",
                f"seed {seed} gave {heads}", "draw k distinct heads")
-        expect(set(heads) <= pool, "random heads",
-               f"seed {seed} drew retrieval heads {set(heads) - pool}",
-               "draw only from heads scoring <= threshold (a head at exactly 0.1 is allowed)")
-        again = [tuple(map(int, h)) for h in fn(scores, 6, seed, 0.1)]
-        expect(heads == again, "random heads", f"seed {seed} gave two different draws",
-               "the same seed must give the same heads (use a torch.Generator)")
-    draws = {tuple(map(tuple, fn(scores, 6, s, 0.1))) for s in range(10)}
-    expect(len(draws) > 5, "random heads", f"10 seeds gave only {len(draws)} different draws",
-           "different seeds should give different draws")
-    passed("random heads", "seeded and never a retrieval head")
+        retrieval = set(heads) - everywhere
+        expect(not retrieval, "fair controls", f"seed {seed} drew retrieval heads {retrieval}",
+               "draw only heads scoring <= threshold (a head at exactly 0.1 is allowed)")
+        elsewhere = set(heads) - pool
+        expect(not elsewhere, "fair controls",
+               f"seed {seed} drew {sorted(elsewhere)}, outside the retrieval heads' layers",
+               "draw only in layers that hold a retrieval head (here layers 1 and 3): a head of "
+               "another layer is not a like-for-like control")
+    again = [[tuple(map(int, h)) for h in d] for d in fn(scores.clone(), 4, seeds, 0.1)]
+    expect(again == draws, "fair controls", "the same seeds gave different draws",
+           "seed each draw with torch.Generator().manual_seed(seed)")
+    expect(len({frozenset(d) for d in draws}) > 1, "fair controls",
+           "every seed drew the same heads", "different seeds should give different draws")
+    passed("fair controls", "same layers, never a retrieval head, one seeded draw per seed")
+
+
+@checker
+def check_masked_class(fn) -> None:
+    """``fn(model, input_ids, answer, mask, max_new_tokens) -> "complete" | "incomplete" |
+    "hallucinated"``: decode with ``mask`` (a :class:`rhlens.Mask`) and classify the answer
+    (:func:`rhlens.answers.classify_answer`).
+
+    On a tiny random model, whose own unmasked answer plays the needle's answer, zeroing 0, 2
+    and all 8 heads gives the three classes in turn (at random weights attention is close to
+    uniform already, so the uniform mask would change nothing there)."""
+    from ..answers import classify_answer
+    from ..decode import greedy_decode
+
+    model = tiny("llama")
+    ids = torch.randint(5, 2000, (32,), generator=torch.Generator().manual_seed(0))
+    unmasked = greedy_decode(model, ids, max_new_tokens=8).text
+    every = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    for heads in ([], every[:2], every):
+        mask = Mask(heads, "zero")
+        masked = greedy_decode(model, ids, max_new_tokens=8, mask=mask).text
+        want = classify_answer(unmasked, masked)
+        got = fn(model, ids.clone(), unmasked, mask, 8)
+        expect(got == want, "masked class",
+               f"with {len(heads)} heads zeroed the answer {masked!r} against {unmasked!r} is "
+               f"{want!r}, got {got!r}",
+               "decode with greedy_decode(model, input_ids, max_new_tokens=..., mask=mask) and "
+               "classify its text with classify_answer(answer, text)")
+    passed("masked class", "complete, incomplete and hallucinated all recognised")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ..answers import classify_answer
-from .check import expect, passed
+from .check import checker, expect, passed
 
 
+@checker
 def check_restored_fraction(fn) -> None:
     """``fn(ld_patched, ld_clean, ld_cf) -> float``: share of the logit difference restored."""
     cases = [((3.0, 3.0, -1.0), 1.0), ((-1.0, 3.0, -1.0), 0.0), ((1.0, 3.0, -1.0), 0.5),
@@ -17,6 +18,7 @@ def check_restored_fraction(fn) -> None:
     passed("restored fraction")
 
 
+@checker
 def check_classify(fn) -> None:
     """``fn(answer, output) -> 'complete' | 'incomplete' | 'hallucinated'``."""
     cases = [
