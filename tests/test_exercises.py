@@ -19,6 +19,7 @@ from rhlens.ablation import Mask
 from rhlens.answers import classify_answer, classify_score, niah_score, token_f1
 from rhlens.decode import greedy_decode, new_cache, prefill
 from rhlens.downstream import eval_chain, summarize_conditions
+from rhlens.attribution import head_dla
 from rhlens.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09
 from rhlens.exercises.check import NOT_ATTEMPTED_HINT, ExerciseFailed
 from rhlens.exercises.generate import chapters, exercises, source_of
@@ -143,6 +144,8 @@ CASES = [
      top_kv_heads(scores, n_kv, 1)),
     (ch05.check_restored_fraction, lambda p, clean, cf: (p - cf) / (clean - cf),
      lambda p, clean, cf: p / clean),
+    (ch05.check_head_dla, head_dla,
+     lambda z, w_o, scale, d: head_dla(z, w_o, torch.ones_like(scale), d)),
     (ch05.check_classify, classify_answer,
      lambda answer, output: classify_score(niah_score(answer, output))),
     (ch06.check_top_head_per_sample,

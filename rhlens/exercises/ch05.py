@@ -36,6 +36,7 @@ def check_classify(fn) -> None:
     passed("classify")
 
 
+@checker
 def check_head_dla(fn) -> None:
     """``fn(z, w_o, scale, direction) -> [n_heads]``: each head's direct logit attribution
     (:func:`rhlens.attribution.head_dla` is the reference)."""
