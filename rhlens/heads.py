@@ -196,18 +196,21 @@ def control_pool(
     heads in layers that hold a retrieval head: in a 2-layer toy model, layer 0 builds the
     features layer 1's retrieval heads read, so masking any layer-0 head can break retrieval
     without being a retrieval head; drawing from the retrieval heads' own layers compares like
-    with like.
+    with like. A map without any retrieval head (a random-weight model's) leaves no layer to
+    match, so there every layer counts.
 
     >>> s = torch.tensor([[0.0, 0.05], [0.9, 0.0]])
     >>> control_pool(s), control_pool(s, same_layers=True)
     ([(0, 0), (0, 1), (1, 1)], [(1, 1)])
+    >>> control_pool(torch.zeros(2, 2), same_layers=True)
+    [(0, 0), (0, 1), (1, 0), (1, 1)]
     """
     n_layers, n_heads = scores.shape
     if threshold is None:
         return [(l, h) for l in range(n_layers) for h in range(n_heads)]
     below = scores <= threshold  # compared in the scores' dtype: a float32 0.1 is at the threshold
     layers = range(n_layers)
-    if same_layers:
+    if same_layers and not bool(below.all()):
         layers = [l for l in layers if not bool(below[l].all())]
     return [(l, h) for l in layers for h in range(n_heads) if bool(below[l, h])]
 
