@@ -149,6 +149,39 @@ def universality_table(maps: dict[str, ScoreSource], threshold: float = 0.1,
     return pd.DataFrame(rows)
 
 
+def stability_table(runs: dict[str, ScoreSource], k: int = 10, n_null: int = 1000,
+                    seed: int = 0):
+    """Run-to-run *stability* of one model's retrieval heads: do two detection runs (e.g. on
+    disjoint needle sets) find the same heads?
+
+    Not the paper's "universality" (every model studied has retrieval heads:
+    :func:`universality_table`); this asks whether the heads are a property of the model or
+    of the prompts that found them. One row per pair of ``runs``: Pearson, Spearman, top-``k``
+    overlap, the 95th percentile of Pearson over ``n_null`` head-shuffled copies of the
+    second map (same scores, no shared heads), and ``stable``: r above that percentile.
+
+    >>> import torch
+    >>> a = torch.zeros(6, 6); a[1, 2], a[4, 0], a[5, 5] = 0.9, 0.5, 0.2
+    >>> bool(stability_table({"needles 1-2": a, "needles 3-4": a * 0.7}).stable[0])
+    True
+    """
+    import pandas as pd
+
+    loaded = {name: as_map(src) for name, src in runs.items()}
+    names = list(loaded)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = paired_maps(loaded[a], loaded[b])
+            kk = min(k, x.numel())
+            r = pearson(x, y)
+            p95 = float(null_pearson(x, y, n_null, seed).quantile(0.95))
+            rows.append({"a": a, "b": b, "pearson": r, "spearman": spearman(x, y),
+                         f"top{kk}_overlap": top_k_overlap(x, y, kk), "shuffled_p95": p95,
+                         "stable": bool(r > p95)})
+    return pd.DataFrame(rows)
+
+
 def family_report(table, threshold: float = 0.8) -> str:
     """The "same family, same heads" claim checked on a :func:`family_table`, in sentences:
     each within-family pair against ``threshold``, the cross-family pairs against their

@@ -14,7 +14,7 @@ do not. This module provides
 * **conditions**: named masks (``{"none": Mask(), "top-20": Mask.top(scores, 20), ...}``) or
   named lists of TransformerLens decode hooks; any mask plugs in. :func:`head_conditions`
   builds the paper's three (no mask, top-K retrieval heads masked, K random heads with score
-  below 0.1, several seeds);
+  ``<= 0.1``, several seeds);
 * **batched decoding** (:func:`rhlens.decode.decode_conditions`): the prompt is prefilled
   *once* (masks act only at decode steps, as in the paper), then every condition decodes as
   one row of a batch, each row with its own hooks.

@@ -179,3 +179,142 @@ def test_install_source_check_finds_a_stale_copy(monkeypatch):
     bad = tool.disagreements()
     assert any("README.md" in b for b in bad) and any(".ipynb" in b for b in bad)
     assert all("someone/fork" in b for b in bad)
+
+# --- roles: {term}, {cite}, {doc} ---------------------------------------------------------
+
+def _pages():
+    return [*sorted(ROOT.glob("book/**/*.md")), *sorted(ROOT.glob("notebooks/*.ipynb"))]
+
+
+def _markdown(page: Path) -> str:
+    """The text of a page that Sphinx parses as MyST: a .md file, or a notebook's markdown cells."""
+    if page.suffix == ".ipynb":
+        import json
+
+        cells = json.loads(page.read_text())["cells"]
+        return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return page.read_text()
+
+
+def glossary_terms() -> list[str]:
+    """The terms of book/glossary.md's ``{glossary}`` block, in file order."""
+    text = (ROOT / "book/glossary.md").read_text()
+    block = text.split("```{glossary}", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line and not line.startswith((" ", ":"))]
+
+
+def role_targets(role: str, text: str) -> list[str]:
+    """Targets of ``{role}`text``` or ``{role}`label <target>``` in MyST text."""
+    out = []
+    for body in re.findall(r"\{" + role + r"\}`([^`]+)`", text):
+        m = re.match(r"^(.*)<([^<>]+)>\s*$", body, re.S)
+        out.append((m.group(2) if m else body).strip())
+    return out
+
+
+def test_role_target_parsing():
+    text = "{term}`KV cache` and {term}`heads <Induction head>`, {doc}`../notebooks/01_toy_models`"
+    assert role_targets("term", text) == ["KV cache", "Induction head"]
+    assert role_targets("doc", text) == ["../notebooks/01_toy_models"]
+
+
+def test_glossary_is_sorted_and_has_no_duplicates():
+    terms = glossary_terms()
+    assert len(terms) >= 40
+    assert terms == sorted(terms, key=str.lower), "keep book/glossary.md in alphabetical order"
+    assert len({t.lower() for t in terms}) == len(terms)
+
+
+def test_glossary_defines_the_terms_the_chapters_rely_on():
+    defined = {t.lower() for t in glossary_terms()}
+    needed = ["induction head", "previous-token head", "phase change", "prefill", "chunked prefill",
+              "teacher forcing", "logit difference", "restored fraction", "counterfactual prompt",
+              "rouge-1 recall", "token f1", "extractqa", "moe", "sparse upcycling", "rope",
+              "dynamic ntk", "sliding window", "streaming heads", "control pool", "k grid",
+              "spearman correlation", "top-k overlap", "gguf", "attention sink", "stability",
+              "universality"]
+    missing = [t for t in needed if t not in defined]
+    assert not missing, f"book/glossary.md lacks: {missing}"
+
+
+def test_every_term_used_has_a_glossary_entry():
+    defined = {t.lower() for t in glossary_terms()}
+    unknown = {}
+    for page in _pages():
+        for target in role_targets("term", _markdown(page)):
+            if target.lower() not in defined:
+                unknown.setdefault(page.name, []).append(target)
+    assert not unknown, f"{{term}} roles without a glossary entry: {unknown}"
+    used = sum(len(role_targets("term", _markdown(p))) for p in _pages())
+    assert used >= 40, "chapters should link glossary terms with {term}"
+
+
+def test_every_cite_key_in_markdown_cells_is_in_the_bibliography():
+    keys = set(re.findall(r"@\w+\{([^,\s]+),", (ROOT / "book/references.bib").read_text()))
+    assert {"fu2024headkv", "xiao2024duoattention", "tang2024razorattention"} <= keys
+    unknown = {}
+    for page in _pages():
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", _markdown(page)):
+            for key in (k.strip() for k in group.split(",")):
+                if key not in keys:
+                    unknown.setdefault(page.name, []).append(key)
+    assert not unknown, f"citations with no entry in book/references.bib: {unknown}"
+
+
+def test_every_doc_link_points_at_a_page_of_the_toc(toc):
+    listed = {resolve(f) for f in toc_files(toc)}
+    broken = {}
+    for page in _pages():
+        for target in role_targets("doc", _markdown(page)):
+            base = (ROOT / target.lstrip("/")) if target.startswith("/") else (page.parent / target)
+            found = next((p for s in ("", *SUFFIXES) if (p := Path(f"{base}{s}")).is_file()), None)
+            if found is None or found.resolve() not in {p.resolve() for p in listed if p}:
+                broken.setdefault(page.name, []).append(target)
+    assert not broken, f"{{doc}} links to pages that are not in _toc.yml: {broken}"
+
+
+# --- reading aids ---------------------------------------------------------------------------
+
+READING_AID_CHAPTERS = ["01", "02", "03", "04", "06", "07", "08", "09"]
+
+
+@pytest.mark.parametrize("number", READING_AID_CHAPTERS)
+def test_chapter_opens_with_reading_aids_and_closes_with_a_check(number):
+    import json
+
+    (path,) = ROOT.glob(f"notebooks/{number}_*.ipynb")
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"]
+    first, last = "".join(cells[0]["source"]), "".join(cells[-1]["source"])
+    assert first.startswith(f"# {int(number)}. "), f"{path.name}: title must read '# {int(number)}. ...'"
+    for aid in ("**Prerequisites:**", "**Runtime:** CPU about", "**Headline result:**"):
+        assert aid in first, f"{path.name}: the first cell lacks {aid}"
+    assert "RUNTIME_CPU" not in first, f"{path.name}: the CPU runtime is a placeholder"
+    assert "## Summary" in last and "## Check your understanding" in last
+    answers = last.count("```{admonition} Answer")
+    assert 2 <= answers <= 4 and last.count(":class: dropdown") == answers
+
+
+def test_chapter_titles_are_numbered_one_way():
+    import json
+
+    for path in sorted(ROOT.glob("notebooks/*.ipynb")):
+        title = "".join(json.loads(path.read_text())["cells"][0]["source"]).splitlines()[0]
+        number = int(path.name.split("_")[0])
+        assert title.startswith(f"# {number}. "), f"{path.name}: {title!r}"
+
+
+# --- API reference --------------------------------------------------------------------------
+
+def test_api_reference_has_a_page_per_module_and_builds_with_autodoc(toc):
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    extensions = config["sphinx"]["extra_extensions"]
+    assert {"sphinx.ext.autodoc", "sphinx.ext.autosummary", "sphinx.ext.napoleon"} <= set(extensions)
+    files = set(toc_files(toc))
+    assert "book/api/index" in files
+    skip = {"__init__", "__main__"}
+    modules = sorted(p.stem for p in (ROOT / "rhlens").glob("*.py") if p.stem not in skip)
+    modules += ["toy", "explore"]
+    for module in modules:
+        page = ROOT / "book/api" / f"{module}.md"
+        assert page.is_file() and f"book/api/{module}" in files, f"no API page for rhlens.{module}"
+        assert f".. automodule:: rhlens.{module}" in page.read_text()

@@ -185,3 +185,68 @@ def test_emergence_replays_checkpoints_on_a_bridge_and_restores_the_weights():
     assert sorted(em.step.unique()) == [0, 10, 20] and len(em) == 3 * 2 * 2
     assert accuracy(bridge, task, 32)["loss"] == pytest.approx(final_loss)
     assert final_loss == pytest.approx(history.loss.iloc[-1], rel=1e-5)
+
+
+# --- the alias variant: retrieval that plain induction cannot do ------------------------
+
+def test_alias_variant_asks_with_a_token_that_never_occurred_before():
+    from rhlens.toy import ALIAS_VOCAB
+
+    task = ToyTask(alias=True, vocab=ALIAS_VOCAB)
+    batch = task.sample(16, seed=4)
+    for i in range(16):
+        row = batch.input_ids[i].tolist()
+        start, end = batch.needle_span(i)
+        key, question = row[start - 1], row[-1]
+        assert key in ALIAS_VOCAB.keys and question in ALIAS_VOCAB.aliases
+        assert question == ALIAS_VOCAB.alias_of(key)          # a fixed pairing, learnable
+        assert question not in row[:-1]                       # induction has nothing to match
+        assert row[start:end] == batch.values[i].tolist()
+    # the plain task is unchanged by the larger vocabulary's existence
+    plain = ToyTask().sample(4, seed=1)
+    assert torch.equal(plain.input_ids[:, -1], plain.input_ids[torch.arange(4), plain.needle_start])
+    tok = toy_tokenizer(ALIAS_VOCAB)
+    assert tok.decode([ALIAS_VOCAB.alias_of(ALIAS_VOCAB.keys[2])]) == "a2"
+
+
+def test_alias_variant_needs_alias_tokens():
+    with pytest.raises(ValueError, match="ALIAS_VOCAB"):
+        ToyTask(alias=True)
+
+
+def test_plain_induction_answers_the_plain_task_and_never_the_alias_variant():
+    from rhlens.toy import ALIAS_VOCAB, induction_accuracy
+
+    assert induction_accuracy(ToyTask(), n=64) == 1.0
+    assert induction_accuracy(ToyTask(chat=True), n=64) == 1.0
+    assert induction_accuracy(ToyTask(alias=True, vocab=ALIAS_VOCAB), n=64) == 0.0
+
+
+def test_retrieval_vs_induction_reports_both_scores_for_each_head_and_variant():
+    from rhlens.toy import ALIAS_VOCAB, retrieval_vs_induction
+
+    plain = ToyTask(length=16, value_len=2)
+    alias = plain.with_(alias=True, vocab=ALIAS_VOCAB)
+    models = {"plain": (to_bridge(build_model(TINY, plain.vocab, seed=0)), plain),
+              "alias": (to_bridge(build_model(TINY, alias.vocab, seed=0)), alias)}
+    table = retrieval_vs_induction(models, n=2)
+    assert len(table) == 2 * 2 * 2
+    assert {"retrieval", "first_step", "induction", "prev_token"} <= set(table.columns)
+    assert table.groupby("variant").induction_accuracy.first().to_dict() == {"alias": 0.0, "plain": 1.0}
+    assert table[["retrieval", "first_step", "induction"]].apply(lambda c: c.between(0, 1).all()).all()
+
+
+def test_best_permutation_and_matching_a_model_with_itself():
+    from rhlens.toy import best_permutation, match_heads
+
+    sim = torch.tensor([[0.1, 0.2, 0.9], [0.8, 0.1, 0.0], [0.0, 0.7, 0.2]])
+    assert best_permutation(sim) == (2, 0, 1)
+    with pytest.raises(ValueError, match="too many"):
+        best_permutation(torch.zeros(9, 9))
+    task = ToyTask(length=16, value_len=2)
+    bridge = to_bridge(build_model(TINY, task.vocab, seed=0))
+    scores = torch.tensor([[0.0, 0.1], [0.9, 0.3]])
+    same = match_heads(bridge, bridge, task, scores, scores, layer=1, n=4)
+    assert same.head_b.tolist() == ["L1H0", "L1H1"]
+    assert same.similarity.tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert same.attrs["pearson_matched"] == pytest.approx(1.0)

@@ -1,7 +1,8 @@
 """Toy retrieval models: a synthetic needle task, small transformers that learn it on CPU,
 and the analyses of the book's toy chapters (emergence, masking, intrinsic property)."""
 
-from .task import ASST, BOS, EOS, SEP, SPECIALS, USER, ToyBatch, ToyTask, Vocab, toy_tokenizer, toy_vocab
+from .task import (ALIAS_VOCAB, ASST, BOS, EOS, SEP, SPECIALS, USER, ToyBatch, ToyTask, Vocab,
+                   toy_tokenizer, toy_vocab)
 from .train import (
     ATTN_ONLY_2L,
     WIDE_4L,
@@ -14,10 +15,16 @@ from .train import (
 )
 from .analysis import (
     ToyScoreRun,
+    best_permutation,
+    decode_patterns,
     emergence,
+    first_step_copies,
+    induction_accuracy,
+    match_heads,
     masked_accuracy,
     masking_effect,
     prev_token_induction_scores,
+    retrieval_vs_induction,
     toy_retrieval_scores,
 )
 from .recipes import ATTN_ONLY_3L, RECIPES, Recipe, cache_dir, trained_model

@@ -221,3 +221,159 @@ def emergence(model, task: ToyTask, history, n: int = 16, seed: int = 1000):
         _load_plain_state(hf, final)
     frame = pd.DataFrame(rows)
     return frame.merge(history[["step", "loss", "accuracy"]], on="step", how="left")
+
+
+# --------------------------------------------------------------------------- retrieval vs induction
+
+
+def induction_accuracy(task: ToyTask, n: int = 256, seed: int = 12345) -> float:
+    """Exact-value accuracy of *plain induction* on ``task``, with no model at all.
+
+    Plain induction looks for the last earlier occurrence of the question token and copies
+    the ``value_len`` tokens that followed it. On the plain task the question is the key, so
+    it answers every prompt; on the alias variant the question token never occurred before,
+    so it answers none. That is what makes the alias variant a test that separates retrieval
+    from induction.
+
+    >>> from rhlens.toy.task import ALIAS_VOCAB
+    >>> induction_accuracy(ToyTask(), n=32), induction_accuracy(ToyTask(alias=True, vocab=ALIAS_VOCAB), n=32)
+    (1.0, 0.0)
+    """
+    batch = task.sample(n, seed=seed)
+    m = task.value_len
+    right = 0
+    for row, value in zip(batch.input_ids.tolist(), batch.values.tolist()):
+        q_pos = len(row) + task.question_index
+        earlier = [j for j in range(q_pos) if row[j] == row[q_pos]]
+        if earlier:
+            j = earlier[-1]
+            right += row[j + 1: j + 1 + m] == value
+    return right / n
+
+
+@torch.no_grad()
+def first_step_copies(model, task: ToyTask, n: int = 32, seed: int = 1000) -> torch.Tensor:
+    """``[n_layers, n_heads]`` share of prompts on which the head, at the *first* decode step
+    (the query is the question token), puts its attention argmax on the first value token
+    while the model emits it. On the alias variant this is the step induction cannot do."""
+    bridge = to_bridge(model)
+    batch = task.sample(n, seed=seed)
+    hits = []
+    for i in range(n):
+        prompt = batch.input_ids[i]
+        trace = greedy_decode(bridge, prompt, max_new_tokens=1, stop_at_newline=False)
+        start, _ = batch.needle_span(i)
+        ok = int(trace.tokens[0]) == int(batch.values[i, 0])
+        hits.append((trace.argmax[0] == start) & ok)
+    return torch.stack(hits).float().mean(0)
+
+
+def retrieval_vs_induction(variants: dict, *, n: int = 32) -> "pandas.DataFrame":
+    """Each head's retrieval score beside its induction score, for several task variants.
+
+    Args:
+        variants: ``{name: (model, task)}``, e.g. the plain task and the alias variant, each
+            with the model trained on it.
+        n: prompts per variant for the retrieval score (the induction and previous-token
+            scores use :func:`prev_token_induction_scores`'s default of 8 full sequences).
+
+    Returns:
+        one row per (variant, head): ``variant``, ``head`` (``L1H2``), ``retrieval`` (the
+        paper's score), ``first_step`` (:func:`first_step_copies`), ``induction`` and
+        ``prev_token`` (TransformerLens ``detect_head``), and per variant the model's greedy
+        ``accuracy`` and plain induction's (:func:`induction_accuracy`).
+    """
+    import pandas as pd
+
+    rows = []
+    for name, (model, task) in variants.items():
+        run = toy_retrieval_scores(model, task, n=n)
+        first = first_step_copies(model, task, n=n)
+        prev, ind = prev_token_induction_scores(model, task)
+        plain_induction = induction_accuracy(task)
+        n_layers, n_heads = run.scores.shape
+        for l in range(n_layers):
+            for h in range(n_heads):
+                rows.append({"variant": name, "head": head_name(l, h),
+                             "retrieval": float(run.scores[l, h]),
+                             "first_step": float(first[l, h]),
+                             "induction": float(ind[l, h]), "prev_token": float(prev[l, h]),
+                             "accuracy": run.accuracy, "induction_accuracy": plain_induction})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- matching heads
+
+
+@torch.no_grad()
+def decode_patterns(model, task: ToyTask, layer: int, n: int = 32, seed: int = 3000) -> torch.Tensor:
+    """``[n_heads, n * value_len * n_keys]``: each head of ``layer``'s attention rows at the
+    answer positions (teacher forcing on ``n`` prompts), flattened: what the head does when
+    the model answers, comparable across models that share the task."""
+    bridge = to_bridge(model)
+    batch = task.sample(n, seed=seed)
+    full = batch.full()[:, :-1]
+    n_prompt = batch.input_ids.shape[1]
+    name = f"blocks.{layer}.attn.hook_pattern"
+    _, cache = bridge.run_with_cache(full, names_filter=name)
+    pattern = cache[name][:, :, n_prompt - 1: n_prompt - 1 + task.value_len]  # [b, head, m, key]
+    return pattern.transpose(0, 1).flatten(1).float()
+
+
+def best_permutation(similarity: torch.Tensor) -> tuple[int, ...]:
+    """The permutation ``p`` maximising ``sum_i similarity[i, p[i]]`` (brute force, so for
+    the few heads of one toy layer: at most 8).
+
+    >>> best_permutation(torch.tensor([[0.1, 0.9], [0.8, 0.2]]))
+    (1, 0)
+    """
+    import itertools
+
+    n = similarity.shape[0]
+    if n > 8:
+        raise ValueError(f"best_permutation tries every permutation; {n} heads are too many.")
+    return max(itertools.permutations(range(n)),
+               key=lambda p: float(sum(similarity[i, j] for i, j in enumerate(p))))
+
+
+def match_heads(model_a, model_b, task: ToyTask, scores_a: torch.Tensor,
+                scores_b: torch.Tensor, layer: int, *, n: int = 32):
+    """Match the heads of ``layer`` in two models up to permutation, by what they do.
+
+    Heads of one layer are interchangeable (permuting them gives the same function), so a
+    head-by-head comparison of two independently trained models must first decide which head
+    of ``model_b`` plays the part of each head of ``model_a``. The match maximises the
+    summed cosine similarity of their attention rows at the answer positions
+    (:func:`decode_patterns`, :func:`best_permutation`).
+
+    Returns:
+        a pandas DataFrame, one row per head of ``model_a``: ``head_a``, ``head_b`` (its
+        match), ``similarity`` (cosine of their patterns), ``score_a``, ``score_b``; with
+        ``attrs``: ``pearson_matched`` (the layer's scores after matching),
+        ``pearson_unmatched`` (same head index), ``similarity_unmatched`` (mean cosine of
+        same-index heads).
+    """
+    import pandas as pd
+
+    from ..heads import pearson
+
+    pa = torch.nn.functional.normalize(decode_patterns(model_a, task, layer, n), dim=1)
+    pb = torch.nn.functional.normalize(decode_patterns(model_b, task, layer, n), dim=1)
+    sim = pa @ pb.T
+    perm = best_permutation(sim)
+    a, b = scores_a[layer], scores_b[layer]
+    frame = pd.DataFrame([{
+        "head_a": head_name(layer, i), "head_b": head_name(layer, j),
+        "similarity": float(sim[i, j]), "score_a": float(a[i]), "score_b": float(b[j]),
+    } for i, j in enumerate(perm)])
+
+    def safe_pearson(x, y):
+        return pearson(x[None], y[None]) if float(x.std()) > 0 and float(y.std()) > 0 else float("nan")
+
+    frame.attrs.update(
+        pearson_matched=safe_pearson(a, b[list(perm)]),
+        pearson_unmatched=safe_pearson(a, b),
+        similarity_matched=float(frame.similarity.mean()),
+        similarity_unmatched=float(sim.diagonal().mean()),
+    )
+    return frame

@@ -27,7 +27,7 @@ import torch
 from ..results import atomic_write_bytes
 from . import task as task_module
 from . import train as train_module
-from .task import ToyTask
+from .task import ALIAS_VOCAB, ToyTask
 from .train import ATTN_ONLY_2L, WIDE_4L, ToyModelConfig, build_model, to_bridge, train
 
 
@@ -53,6 +53,9 @@ RECIPES: dict[str, Recipe] = {
     # 8 heads per layer stay at 0 % accuracy at lr 3e-3 (loss stuck near 2.5); at 1e-3 the
     # phase change comes after ~800 steps (1.0 accuracy at step 1000, ~2 min on one core).
     "wide-4l": Recipe(WIDE_4L, seed=0, steps=1500, lr=1e-3),
+    # The alias variant: the question names the key by its alias, so induction cannot answer.
+    "attn-only-2l-alias": Recipe(ATTN_ONLY_2L, task=ToyTask(alias=True, vocab=ALIAS_VOCAB),
+                                 seed=0, steps=2000),
 }
 
 

@@ -12,7 +12,17 @@ prompt), so a model cannot spot the value by its kind of token: it must find the
 what follows, token by token -- the copy-paste behaviour retrieval heads are defined by.
 
 Optional *distractors* are other key/value pairs in the haystack, so the model must match
-the key, not just find "the" needle. The ``chat`` format wraps the same content in template
+the key, not just find "the" needle.
+
+The *alias* variant (``alias=True``) asks with a different token: key ``k3`` is named by its
+alias ``a3``, a token that never occurs in the prompt before the question. The pairing
+``k_i <-> a_i`` is fixed, so a model learns it in training; plain induction (find an earlier
+occurrence of the current token, copy what followed it) finds no earlier ``a3`` and cannot
+produce the first value token::
+
+    <bos> f12 f3 k3 f93 f28 f9 f8 ... f2 a3   ->   f93 f28 f9 <eos>
+
+The ``chat`` format wraps the same content in template
 tokens (``<user> ... <sep> K7 <asst>``), the toy version of a chat fine-tune.
 
 All formats share one vocabulary (:func:`toy_vocab`), so a model trained on one format can be
@@ -40,10 +50,17 @@ PAD, BOS, EOS, USER, SEP, ASST = range(len(SPECIALS))
 
 @dataclass(frozen=True)
 class Vocab:
-    """Token id layout: specials, then keys ``k*``, then filler/value tokens ``f*``."""
+    """Token id layout: specials, then keys ``k*``, then filler/value tokens ``f*``, then
+    (``n_aliases > 0``) the aliases ``a*`` of the keys: ``a_i`` names ``k_i``.
+
+    >>> v = Vocab(n_aliases=8)
+    >>> v.tokens()[v.alias_of(v.keys[3])]
+    'a3'
+    """
 
     n_keys: int = 8
     n_filler: int = 32
+    n_aliases: int = 0
 
     @property
     def keys(self) -> range:
@@ -54,21 +71,39 @@ class Vocab:
         return range(self.keys.stop, self.keys.stop + self.n_filler)
 
     @property
+    def aliases(self) -> range:
+        return range(self.filler.stop, self.filler.stop + self.n_aliases)
+
+    @property
     def size(self) -> int:
-        return self.filler.stop
+        return self.aliases.stop
+
+    def alias_of(self, key: int) -> int:
+        """The id of the alias that names key ``key`` (an id in :attr:`keys`)."""
+        i = key - self.keys.start
+        if not 0 <= i < self.n_aliases:
+            raise ValueError(f"Key id {key} has no alias in a vocabulary with "
+                             f"n_aliases={self.n_aliases}.")
+        return self.aliases.start + i
 
     def tokens(self) -> list[str]:
-        """Token strings in id order (``<bos>``, ``k0``, ..., ``f0`` ...)."""
+        """Token strings in id order (``<bos>``, ``k0``, ..., ``f0`` ..., ``a0`` ...)."""
         return [
             *SPECIALS,
             *(f"k{i}" for i in range(self.n_keys)),
             *(f"f{i}" for i in range(self.n_filler)),
+            *(f"a{i}" for i in range(self.n_aliases)),
         ]
 
 
-def toy_vocab(n_keys: int = 8, n_filler: int = 32) -> Vocab:
-    """The vocabulary shared by every format of the task."""
-    return Vocab(n_keys, n_filler)
+def toy_vocab(n_keys: int = 8, n_filler: int = 32, n_aliases: int = 0) -> Vocab:
+    """The vocabulary shared by every format of the task (``n_aliases``: for the alias
+    variant, one alias per key)."""
+    return Vocab(n_keys, n_filler, n_aliases)
+
+
+#: The vocabulary of the alias variant: one alias per key.
+ALIAS_VOCAB = Vocab(n_keys=8, n_filler=32, n_aliases=8)
 
 
 @functools.lru_cache(maxsize=8)
@@ -143,6 +178,9 @@ class ToyTask:
         value_len: tokens in the value.
         n_distractors: extra key/value pairs in the haystack.
         chat: wrap the prompt in chat template tokens (``<bos> <user> ... <sep> K <asst>``).
+        alias: ask with the key's alias (``a_i`` for ``k_i``) instead of the key itself, so
+            that plain induction cannot answer; needs a vocabulary with aliases
+            (:data:`ALIAS_VOCAB`).
         vocab: the shared :class:`Vocab`.
         min_depth, max_depth: range of needle depths (fractions of the haystack).
     """
@@ -154,8 +192,12 @@ class ToyTask:
     vocab: Vocab = Vocab()
     min_depth: float = 0.0
     max_depth: float = 1.0
+    alias: bool = False
 
     def __post_init__(self):
+        if self.alias and self.vocab.n_aliases < self.vocab.n_keys:
+            raise ValueError("alias=True asks with an alias of each key; use a vocabulary with "
+                             "one alias per key, e.g. vocab=ALIAS_VOCAB.")
         pairs = 1 + self.n_distractors
         if self.value_len * pairs >= self.vocab.n_filler // 2:
             raise ValueError(
@@ -174,12 +216,22 @@ class ToyTask:
     def prefix(self) -> list[int]:
         return [BOS, USER] if self.chat else [BOS]
 
+    def question(self, key: int) -> int:
+        """The token that asks for ``key``'s value: the key itself, or its alias."""
+        return self.vocab.alias_of(key) if self.alias else key
+
+    @property
+    def question_index(self) -> int:
+        """Position of the question token, counted from the end of the prompt (-1 or -2)."""
+        return -2 if self.chat else -1
+
     def suffix(self, key: int) -> list[int]:
-        return [SEP, key, ASST] if self.chat else [key]
+        q = self.question(key)
+        return [SEP, q, ASST] if self.chat else [q]
 
     @property
     def haystack_len(self) -> int:
-        return self.length - len(self.prefix) - len(self.suffix(0))
+        return self.length - len(self.prefix) - (3 if self.chat else 1)
 
     def with_(self, **changes) -> "ToyTask":
         """A copy with some fields changed, e.g. ``task.with_(length=4 * task.length)``."""
