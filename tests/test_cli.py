@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from rhlens.cli import main
-from rhlens.results import load_scores
+from rhlens.cli.main import main
+from rhlens.run.results import load_scores
 
 
 def test_unknown_model_lists_what_is_accepted(capsys):
@@ -44,7 +44,7 @@ def test_score_then_plot_on_a_tiny_model(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    res = subprocess.run([sys.executable, "-m", "rhlens.cli", "models"], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "rhlens", "models"], capture_output=True,
                          text=True, check=True)
     assert "yaofu/llama-2-7b-80k" in res.stdout
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from rhlens.compare import (
+from rhlens.analyze.compare import (
     compare_scores,
     correlation_matrix,
     family_table,
@@ -18,8 +18,8 @@ from rhlens.compare import (
     side_by_side,
     sparsity_table,
 )
-from rhlens.heads import pearson, sparsity, spearman, top_heads, top_k_overlap
-from rhlens.results import scores_to_json
+from rhlens.score.heads import pearson, sparsity, spearman, top_heads, top_k_overlap
+from rhlens.run.results import scores_to_json
 
 
 def sparse_map(seed: int, n_layers=32, n_heads=32, share=0.05) -> torch.Tensor:

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from rhlens.decode import greedy_decode
-from rhlens.detect import NoPassingSampleError, detect_retrieval_heads
-from rhlens.grid import Grid
-from rhlens.haystack import NEEDLES, default_haystack
-from rhlens.prompts import build_sample
-from rhlens.results import load_scores
+from rhlens.run.decode import greedy_decode
+from rhlens.score.detect import NoPassingSampleError, detect_retrieval_heads
+from rhlens.niah.grid import Grid
+from rhlens.niah.haystack import NEEDLES, default_haystack
+from rhlens.niah.prompts import build_sample
+from rhlens.run.results import load_scores
 
 
 def test_score_path_runs_on_every_architecture(tiny, tmp_path):
@@ -69,7 +69,7 @@ def test_rerun_resumes_from_the_log(tiny_llama, tmp_path, monkeypatch):
     out = tmp_path / "scores.json"
     grid = Grid([160], [0.2, 0.8], needles=1, max_new_tokens=3)
     first = detect_retrieval_heads(tiny_llama, grid, rouge_gate=-1, out=out, progress=False)
-    import rhlens.detect as detect
+    import rhlens.score.detect as detect
 
     def boom(*a, **k):
         raise AssertionError("a finished sample was decoded again")

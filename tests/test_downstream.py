@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.ablation import Mask
-from rhlens.answers import extract_number, normalize_answer, token_f1
-from rhlens.decode import batched_hooks, decode_conditions, greedy_decode
-from rhlens.downstream import (
+from rhlens.intervene.mask import Mask
+from rhlens.niah.answers import extract_number, normalize_answer, token_f1
+from rhlens.run.decode import batched_hooks, decode_conditions, greedy_decode
+from rhlens.apps.downstream import (
     cot_prompt,
     eval_chain,
     evaluate_cot,
@@ -19,9 +19,9 @@ from rhlens.downstream import (
     qa_prompt,
     summarize_conditions,
 )
-from rhlens.heads import random_heads, top_heads
-from rhlens.kvcache import compressed_cache_hooks
-from rhlens.models import embedded_tokenizer
+from rhlens.score.heads import random_heads, top_heads
+from rhlens.apps.kvcache import compressed_cache_hooks
+from rhlens.models.loading import embedded_tokenizer
 
 
 def test_token_f1_matches_squad_definition():

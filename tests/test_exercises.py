@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from rhlens.ablation import Mask
-from rhlens.answers import classify_answer, classify_score, niah_score, token_f1
-from rhlens.decode import greedy_decode, new_cache, prefill
-from rhlens.downstream import eval_chain, summarize_conditions
-from rhlens.attribution import head_dla
-from rhlens.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09
-from rhlens.exercises.check import NOT_ATTEMPTED_HINT, ExerciseFailed
-from rhlens.exercises.generate import chapters, exercises, source_of
-from rhlens.heads import head_name, null_pearson, pearson, random_heads, sparsity
-from rhlens.kvcache import kv_cache_bytes, kv_heads_of, top_kv_heads
-from rhlens.rope import ntk_theta
-from rhlens.scoring import copy_hits, retrieval_scores
+from rhlens.intervene.mask import Mask
+from rhlens.niah.answers import classify_answer, classify_score, niah_score, token_f1
+from rhlens.run.decode import greedy_decode, new_cache, prefill
+from rhlens.apps.downstream import eval_chain, summarize_conditions
+from rhlens.intervene.attribution import head_dla
+from rhlens.book.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09
+from rhlens.book.exercises.check import NOT_ATTEMPTED_HINT, ExerciseFailed
+from rhlens.book.exercises.generate import chapters, exercises, source_of
+from rhlens.score.heads import head_name, null_pearson, pearson, random_heads, sparsity
+from rhlens.apps.kvcache import kv_cache_bytes, kv_heads_of, top_kv_heads
+from rhlens.models.rope import ntk_theta
+from rhlens.score.scoring import copy_hits, retrieval_scores
 
 
 def _uniform(scores, heads):
@@ -209,7 +209,7 @@ def _run_exercise(nb: dict, ex: dict) -> None:
     """Run an exercise as a learner would: its code cell on its own (torch and the chapter's
     checker module imported), then the check call of the next cell."""
     ns = {"torch": torch,
-          f"ch{ex['chapter']:02d}": importlib.import_module(f"rhlens.exercises.ch{ex['chapter']:02d}")}
+          f"ch{ex['chapter']:02d}": importlib.import_module(f"rhlens.book.exercises.ch{ex['chapter']:02d}")}
     exec(compile(source_of(nb["cells"][ex["solution"]]), ex["label"], "exec"), ns)
     assert ex["check"] is not None, f"{ex['label']}: no cell after the solution"
     tree = ast.parse(source_of(nb["cells"][ex["check"]]))
@@ -249,7 +249,7 @@ def test_every_chapter_from_2_on_has_a_harder_exercise():
 
 
 def test_every_checker_turns_a_stub_into_one_line():
-    """Every check_* of every chapter module is wrapped by rhlens.exercises.check.checker."""
+    """Every check_* of every chapter module is wrapped by rhlens.book.exercises.check.checker."""
     modules = [ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09]
     bare = [f"{m.__name__}.{name}" for m in modules for name in dir(m)
             if name.startswith("check_") and not hasattr(getattr(m, name), "__wrapped__")]

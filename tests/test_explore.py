@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from rhlens import NEEDLES, build_sample, default_haystack
-from rhlens.decode import DecodeTrace
-from rhlens.answers import classify_answer, classify_score
-from rhlens.heads import share_above
-from rhlens.explore import (
+from rhlens.run.decode import DecodeTrace
+from rhlens.niah.answers import classify_answer, classify_score
+from rhlens.score.heads import share_above
+from rhlens.viz.explore import (
     head_data, head_explorer, masking_explorer, masking_row, score_map_explorer, step_view,
     use_static,
 )

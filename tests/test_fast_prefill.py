@@ -1,4 +1,4 @@
-"""SDPA prefill (rhlens.sdpa): same decode steps as the bridge's eager prefill, bridge restored.
+"""SDPA prefill (rhlens.run.sdpa): same decode steps as the bridge's eager prefill, bridge restored.
 
 The eager prefill (``prefill_attention="eager"``) is the reference. Random-weight models attend
 almost uniformly, so their attention argmaxes are fragile; on them the decode-step rows are
@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.decode import greedy_decode, new_cache, pattern_hook_name, prefill
-from rhlens.detect import score_sample
-from rhlens.haystack import NEEDLES, default_haystack
-from rhlens.prompts import build_sample
-from rhlens.tiny import tiny_model
-from rhlens.scoring import retrieval_scores
-from rhlens.sdpa import attention_hooks_in_use, sdpa_attention
+from rhlens.run.decode import greedy_decode, new_cache, pattern_hook_name, prefill
+from rhlens.score.detect import score_sample
+from rhlens.niah.haystack import NEEDLES, default_haystack
+from rhlens.niah.prompts import build_sample
+from rhlens.models.tiny import tiny_model
+from rhlens.score.scoring import retrieval_scores
+from rhlens.run.sdpa import attention_hooks_in_use, sdpa_attention
 
 ATOL = 1e-5
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rhlens.haystack import (
+from rhlens.niah.haystack import (
     NEEDLES,
     Needle,
     default_haystack,
@@ -12,8 +12,8 @@ from rhlens.haystack import (
     load_needles,
     needles_to_json,
 )
-from rhlens.prompts import build_sample, insertion_point, sentence_end_ids
-from rhlens.models import embedded_tokenizer
+from rhlens.niah.prompts import build_sample, insertion_point, sentence_end_ids
+from rhlens.models.loading import embedded_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.decode import greedy_decode
-from rhlens.grid import Grid
-from rhlens.haystack import NEEDLES, default_haystack
-from rhlens.prompts import build_sample
-from rhlens.kvcache import (
+from rhlens.run.decode import greedy_decode
+from rhlens.niah.grid import Grid
+from rhlens.niah.haystack import NEEDLES, default_haystack
+from rhlens.niah.prompts import build_sample
+from rhlens.apps.kvcache import (
     compressed_cache_hooks,
     curve,
     kv_cache_bytes,
@@ -101,8 +101,8 @@ def test_policy_grid_and_sweep(tiny_llama):
 
 
 def test_n_kv_heads_counts_one_per_query_head_without_grouping():
-    from rhlens.kvcache import n_kv_heads
-    from rhlens.models import load_model
+    from rhlens.apps.kvcache import n_kv_heads
+    from rhlens.models.loading import load_model
 
     mha = load_model("tiny-llama-2-7b-80k")            # Llama-2-7B: multi-head attention
     gqa = load_model("tiny-mistral-7b-v0.2")           # Mistral: 4 query heads per KV head

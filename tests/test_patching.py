@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rhlens.ablation import split_heads
-from rhlens.haystack import NEEDLES
-from rhlens.prompts import build_sample
-from rhlens.attribution import direct_logit_attribution, head_dla
-from rhlens.heads import top_heads
-from rhlens.patching import (
+from rhlens.intervene.mask import split_heads
+from rhlens.niah.haystack import NEEDLES
+from rhlens.niah.prompts import build_sample
+from rhlens.intervene.attribution import direct_logit_attribution, head_dla
+from rhlens.score.heads import top_heads
+from rhlens.intervene.patch import (
     PatchPair,
     _logit_diff,
     answer_ids,
@@ -133,7 +133,7 @@ def _plant(model, pair, head=PLANTED, gain=100.0):
 
 @pytest.fixture
 def planted():
-    from rhlens.tiny import tiny_model
+    from rhlens.models.tiny import tiny_model
 
     model = tiny_model("llama")
     pair = _forced_pair(model)
@@ -218,8 +218,8 @@ def test_bootstrap_and_map_correlation():
 
 # --------------------------------------------------------------------------- rhlens patch
 
-from rhlens.cli import main  # noqa: E402
-from rhlens.results import scores_to_json  # noqa: E402
+from rhlens.cli.main import main  # noqa: E402
+from rhlens.run.results import scores_to_json  # noqa: E402
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ def _cli(capsys, *argv):
 def test_patch_command_resumes_and_shards_concatenate(files, capsys, monkeypatch):
     import pandas as pd
 
-    import rhlens.patching
+    import rhlens.intervene.patch
 
     full = files / "full.csv"
     rc, out, err = _cli(capsys, *patch_args(files, full, "--pairs", "5"))
@@ -269,7 +269,7 @@ def test_patch_command_resumes_and_shards_concatenate(files, capsys, monkeypatch
     def refuse(*a, **k):
         raise AssertionError("a finished pair was computed again")
 
-    monkeypatch.setattr(rhlens.patching, "run_pair", refuse)
+    monkeypatch.setattr(rhlens.intervene.patch, "run_pair", refuse)
     rc, _, err = _cli(capsys, *patch_args(files, full, "--pairs", "5"))
     assert rc == 0, err
     assert full.read_bytes() == before
@@ -301,12 +301,12 @@ def test_patch_command_resumes_and_shards_concatenate(files, capsys, monkeypatch
 ])
 def test_patch_bad_input_is_one_line_before_the_model_loads(files, capsys, monkeypatch, extra,
                                                             message):
-    import rhlens.models
+    import rhlens.models.loading
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the bad input was reported")
 
-    monkeypatch.setattr(rhlens.models, "load_model", refuse)
+    monkeypatch.setattr(rhlens.models.loading, "load_model", refuse)
     out = files / "bad.csv"
     rc, _, err = _cli(capsys, *patch_args(files, out), *extra)
     assert rc == 2 and len(err) == 1 and message in err[0], err
@@ -314,8 +314,8 @@ def test_patch_bad_input_is_one_line_before_the_model_loads(files, capsys, monke
 
 
 def test_head_dla_checker_accepts_the_reference_and_rejects_a_wrong_one():
-    from rhlens.exercises import ch05
-    from rhlens.exercises.check import ExerciseFailed
+    from rhlens.book.exercises import ch05
+    from rhlens.book.exercises.check import ExerciseFailed
 
     ch05.check_head_dla(head_dla)
     wrong = lambda z, w_o, scale, d: head_dla(z, w_o, torch.ones_like(scale), d)  # noqa: E731

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rhlens.cli import main
-from rhlens.compare import correlation_matrix, family_table
-from rhlens.heads import as_map, sparsity
-from rhlens.models import PAPER_MODELS
-from rhlens.published import (NAMES, activation_table, always_on, counterpart, families,
+from rhlens.cli.main import main
+from rhlens.analyze.compare import correlation_matrix, family_table
+from rhlens.score.heads import as_map, sparsity
+from rhlens.models.loading import PAPER_MODELS
+from rhlens.analyze.published import (NAMES, activation_table, always_on, counterpart, families,
                               load_published, published, published_maps, published_rows,
                               share_range, source)
 

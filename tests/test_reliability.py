@@ -1,7 +1,7 @@
 """Bad input through the command line: one-line errors, exit codes, nothing written or damaged,
 resume only what is the same run, and no code run from a cache (issue 13).
 
-Every case drives ``rhlens.cli.main`` in-process on the tiny random-weight models (or fails
+Every case drives ``rhlens.cli.main.main`` in-process on the tiny random-weight models (or fails
 before any model loads); start-up behaviour that only a real process shows runs as one.
 """
 
@@ -23,12 +23,12 @@ import pandas as pd
 import pytest
 import torch
 
-import rhlens.models
-from rhlens.cli import main
+import rhlens.models.loading
+from rhlens.cli.main import main
 from rhlens.errors import FetchError, UsageError
-from rhlens.haystack import NEEDLES, needles_to_json
-from rhlens.results import fetch_text, load_scores, scores_to_json
-from rhlens.samplelog import SampleLog
+from rhlens.niah.haystack import NEEDLES, needles_to_json
+from rhlens.run.results import fetch_text, load_scores, scores_to_json
+from rhlens.run.samplelog import SampleLog
 
 HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 HAY2 = "A cat sat on the mat. The dog barked at night. " * 40
@@ -48,7 +48,7 @@ def no_model(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the bad input was reported")
 
-    monkeypatch.setattr(rhlens.models, "load_model", refuse)
+    monkeypatch.setattr(rhlens.models.loading, "load_model", refuse)
 
 
 @pytest.fixture
@@ -148,9 +148,9 @@ def test_resume_extends_a_grid_and_refuses_other_settings(files, capsys, monkeyp
 
 
 def test_resume_refuses_changed_weights_and_dtype(tmp_path):
-    from rhlens.grid import Grid
-    from rhlens.niah_grid import run_niah
-    from rhlens.tiny import tiny_model
+    from rhlens.niah.grid import Grid
+    from rhlens.intervene.niah import run_niah
+    from rhlens.models.tiny import tiny_model
 
     grid = Grid([160], [0.5], NEEDLES[:1], HAY, max_new_tokens=2)
     kw = dict(progress=False, out=tmp_path / "w.csv")
@@ -242,8 +242,8 @@ def test_score_bad_counts_fail_before_the_model_loads(files, capsys, no_model, e
 
 
 def test_library_refuses_negative_counts(tiny_llama):
-    from rhlens.grid import Grid
-    from rhlens.heads import random_heads
+    from rhlens.niah.grid import Grid
+    from rhlens.score.heads import random_heads
 
     with pytest.raises(ValueError, match="k must be at least 0"):
         random_heads(torch.zeros(2, 4), -3, seed=0)
@@ -433,7 +433,7 @@ def test_fetch_has_a_size_cap_a_deadline_and_no_downgrade(files, server):
 
     import urllib.request
 
-    from rhlens.results import _NoDowngrade
+    from rhlens.run.results import _NoDowngrade
 
     req = urllib.request.Request("https://example.org/s.json")
     with pytest.raises(FetchError, match="may only redirect to https"):
@@ -477,12 +477,12 @@ def test_torn_header_keeps_the_finished_samples(files, capsys, monkeypatch):
     log.write_text(lines[0][:20] + "\n" + "".join(lines[1:]))  # the header torn
     before = out.read_bytes()
 
-    import rhlens.detect
+    import rhlens.score.detect
 
     def boom(*a, **k):
         raise AssertionError("a finished sample was decoded again")
 
-    monkeypatch.setattr(rhlens.detect, "score_sample", boom)
+    monkeypatch.setattr(rhlens.score.detect, "score_sample", boom)
     rc, _, err = cli(capsys, *score_args(files, out, "--depths", "0.2,0.8"))
     assert rc == 0 and any("kept 2 finished sample(s)" in line for line in err), err
     assert out.read_bytes() == before
@@ -521,12 +521,12 @@ def test_runtime_failures_exit_1(files, capsys, monkeypatch):
     assert "passed the ROUGE-1 recall gate" in line
     assert not (files / "gate.json").exists()
 
-    import rhlens.plotting
+    import rhlens.viz.plots
 
     def bug(*a, **k):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(rhlens.plotting, "plot_scores", bug)
+    monkeypatch.setattr(rhlens.viz.plots, "plot_scores", bug)
     line = one_error(capsys, "plot", files / "scores.json", "--out", files / "p.png", code=1)
     assert "internal error: TypeError: a bug" in line and "RHLENS_TRACEBACK=1" in line
 
@@ -535,7 +535,7 @@ def test_ctrl_c_during_start_up_is_one_line(files):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rhlens.cli", *map(str, score_args(files, files / "c.json"))],
+        [sys.executable, "-m", "rhlens", *map(str, score_args(files, files / "c.json"))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     maps = Path(f"/proc/{proc.pid}/maps")
     deadline = time.monotonic() + 60

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from rhlens.results import atomic_write_text, load_scores, scores_to_json
-from rhlens.samplelog import SampleLog
+from rhlens.run.results import atomic_write_text, load_scores, scores_to_json
+from rhlens.run.samplelog import SampleLog
 
 
 def test_score_file_roundtrip(tmp_path):

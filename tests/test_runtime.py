@@ -1,13 +1,13 @@
-"""The book's model switch (rhlens.runtime): which branch a chapter takes, on which model."""
+"""The book's model switch (rhlens.book.runtime): which branch a chapter takes, on which model."""
 
 from __future__ import annotations
 
 import pytest
 
 from rhlens.errors import UsageError
-from rhlens.grid import Grid
-from rhlens.models import PAPER_MODELS
-from rhlens.runtime import (MEMORY_GB, STANDIN_LENGTHS, chapter_runtime, estimate_minutes,
+from rhlens.niah.grid import Grid
+from rhlens.models.loading import PAPER_MODELS
+from rhlens.book.runtime import (MEMORY_GB, STANDIN_LENGTHS, chapter_runtime, estimate_minutes,
                             model_menu, shrink)
 
 PAPER_GRID = Grid([1000, 8000, 32000], [0.0, 0.5, 1.0], needles=3, max_new_tokens=24)
@@ -85,8 +85,8 @@ def test_every_paper_model_has_a_memory_need_and_an_estimate():
 
 @pytest.mark.parametrize("key", ["llama-2-7b-80k", "mistral-7b-v0.2", "qwen1.5-14b", "mixtral-8x7b"])
 def test_stand_ins_load_by_name_with_their_architecture(key):
-    from rhlens.models import load_model
-    from rhlens.tiny import STANDIN_SHAPE
+    from rhlens.models.loading import load_model
+    from rhlens.models.tiny import STANDIN_SHAPE
 
     model = load_model(f"tiny-{key}")
     spec = PAPER_MODELS[key]

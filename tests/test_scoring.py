@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rhlens.heads import head_table, summarize
-from rhlens.scoring import copy_hits, retrieval_scores
+from rhlens.score.heads import head_table, summarize
+from rhlens.score.scoring import copy_hits, retrieval_scores
 
 PROMPT = torch.tensor([50, 10, 11, 12, 13, 60, 61])  # needle = positions 1..4 -> ids 10..13
 SPAN = (1, 5)

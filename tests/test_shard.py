@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rhlens.cli import main
+from rhlens.cli.main import main
 from rhlens.errors import UsageError
-from rhlens.results import load_scores, scores_to_json
-from rhlens.samplelog import SampleLog, read_log
-from rhlens.shard import Shard, launcher_device, merge_shards
+from rhlens.run.results import load_scores, scores_to_json
+from rhlens.run.samplelog import SampleLog, read_log
+from rhlens.run.shard import Shard, launcher_device, merge_shards
 
 HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 GRID = ["--model", "tiny-llama", "--lengths", "160,200", "--depths", "0.2,0.8", "--needles", "2",
@@ -254,9 +254,9 @@ def test_merge_does_not_replace_out_without_force(files, capsys, shards):
 
 
 def test_shard_flag_errors_come_before_the_model(files, capsys, monkeypatch):
-    import rhlens.models
+    import rhlens.models.loading
 
-    monkeypatch.setattr(rhlens.models, "load_model", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(rhlens.models.loading, "load_model", lambda *a, **k: pytest.fail("loaded"))
     err = one_error(capsys, *score(files, files / "s.json", "--shard", "2/2"))
     assert err.startswith("rhlens score: error: --shard 2/2 does not exist")
     err = one_error(capsys, *niah(files, files / "n.csv", "--shard", "x"))

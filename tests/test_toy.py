@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.ablation import Mask
-from rhlens.heads import control_pool, pearson, random_heads, top_heads
+from rhlens.intervene.mask import Mask
+from rhlens.score.heads import control_pool, pearson, random_heads, top_heads
 from rhlens.toy import (
     ATTN_ONLY_2L,
     ASST,

@@ -25,10 +25,10 @@ from typing import Sequence
 
 import torch
 
-from ..ablation import Mask, MaskMode
-from ..decode import greedy_decode
-from ..heads import control_pool, head_name, head_names, random_heads, top_heads
-from ..scoring import ScoreMode, retrieval_scores
+from ..intervene.mask import Mask, MaskMode
+from ..run.decode import greedy_decode
+from ..score.heads import control_pool, head_name, head_names, random_heads, top_heads
+from ..score.scoring import ScoreMode, retrieval_scores
 from .task import ToyTask
 from .train import accuracy, hf_module, to_bridge
 
@@ -355,7 +355,7 @@ def match_heads(model_a, model_b, task: ToyTask, scores_a: torch.Tensor,
     """
     import pandas as pd
 
-    from ..heads import pearson
+    from ..score.heads import pearson
 
     pa = torch.nn.functional.normalize(decode_patterns(model_a, task, layer, n), dim=1)
     pb = torch.nn.functional.normalize(decode_patterns(model_b, task, layer, n), dim=1)

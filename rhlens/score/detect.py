@@ -1,0 +1,168 @@
+"""Find retrieval heads: decode every NIAH sample of a grid and average the head scores.
+
+This is the paper's detection run: needles x context lengths x depths, greedy decoding, a
+retrieval score per query head per sample, and only samples whose answer has ROUGE-1 recall
+above 50% kept (as the public code does).
+
+Example::
+
+    >>> from rhlens import Grid, load_model, detect_retrieval_heads
+    >>> model = load_model("smollm2-135m")                                 # doctest: +SKIP
+    >>> grid = Grid(lengths=[500, 1000], depths=[0.1, 0.5, 0.9], needles=2)
+    >>> run = detect_retrieval_heads(model, grid, out="scores.json")       # doctest: +SKIP
+    >>> run.scores.shape                                                    # doctest: +SKIP
+    torch.Size([30, 9])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..niah.answers import rouge1_recall
+from ..run.decode import greedy_decode
+from ..niah.grid import Grid
+from ..niah.prompts import Sample
+from .heads import summarize
+from ..run.results import atomic_write_text, scores_to_json
+from ..run.samplelog import SampleLog, model_identity
+from .scoring import ScoreMode, retrieval_scores
+from ..run.shard import Shard
+
+#: Fields every logged sample of a score run has (a record lacking one is recomputed).
+RECORD_FIELDS = ("key", "needle", "length", "depth", "answer", "rouge", "scores", "passed")
+
+
+class NoPassingSampleError(RuntimeError):
+    """No sample's answer passed the ROUGE gate, so there is nothing to average."""
+
+
+@dataclass
+class ScoreRun:
+    """The outcome of :func:`detect_retrieval_heads`.
+
+    Attributes:
+        scores: ``[n_layers, n_heads]`` mean score over the samples that passed the gate.
+        per_sample: ``[n_passed, n_layers, n_heads]``.
+        records: one dict per sample (``needle``, ``length``, ``depth``, ``answer``,
+            ``rouge``, ``passed``...), also as ``records_frame()``.
+    """
+
+    scores: torch.Tensor
+    per_sample: torch.Tensor
+    records: list[dict]
+
+    def records_frame(self):
+        """The sample records as a pandas DataFrame (without the score maps)."""
+        import pandas as pd
+
+        return pd.DataFrame([{k: v for k, v in r.items() if k != "scores"} for r in self.records])
+
+    def summary(self, top: int = 10) -> dict:
+        """Top heads and the shares of heads above 0.1, above 0.5 and at 0."""
+        return summarize(self.scores, top)
+
+
+def score_sample(
+    model, sample: Sample, *, score_mode: ScoreMode = "paper", max_new_tokens: int = 32,
+    mask=None,
+) -> dict:
+    """Decode one sample (with ``mask``, a :class:`rhlens.ablation.Mask`, if given) and score
+    every head; returns a JSON-ready record."""
+    trace = greedy_decode(model, sample.input_ids, max_new_tokens, mask=mask)
+    scores = retrieval_scores(trace.argmax, trace.tokens, sample.input_ids, sample.needle_span,
+                              score_mode)
+    return {
+        "key": sample.key,
+        "needle": sample.needle.text,
+        "length": sample.length,
+        "depth": sample.depth,
+        "answer": trace.text,
+        "rouge": rouge1_recall(sample.needle.answer, trace.text),
+        "scores": scores.tolist(),
+    }
+
+
+def detect_retrieval_heads(
+    model,
+    grid: Grid,
+    *,
+    score_mode: ScoreMode = "paper",
+    rouge_gate: float = 0.5,
+    out: str | Path | None = None,
+    progress: bool = True,
+    shard: Shard | None = None,
+) -> ScoreRun:
+    """Run the detection grid and return mean retrieval scores per head.
+
+    Args:
+        model: a ``TransformerBridge`` (see :func:`rhlens.models.load_model`).
+        grid: the needles, lengths, depths, haystack and token budget (:class:`Grid`).
+        score_mode: ``"paper"`` or ``"sum"`` (see :mod:`rhlens.scoring`).
+        rouge_gate: keep samples whose answer's ROUGE-1 recall is *above* this (0.5 in the
+            paper's code); pass a negative value to keep every sample.
+        out: score file to write (and ``<out>.samples.jsonl`` to resume from).
+        shard: run only this shard's samples (:meth:`rhlens.shard.Shard.select`); ``out`` is
+            then the shard's own file (:meth:`~rhlens.shard.Shard.output`), and its log names
+            the shard, for :func:`rhlens.shard.merge_shards`.
+
+    Raises:
+        NoPassingSampleError: when no sample passes the gate (no empty score file is written).
+            A shard without a passing sample raises nothing (its ``scores`` are NaN): the
+            merge of all shards decides.
+    """
+    samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
+    part = None
+    if shard is not None:
+        part = shard.part([s.key for s in samples], "score")
+        samples = shard.select(samples)
+    settings = {
+        **model_identity(model),
+        "mode": score_mode,
+        "rouge_gate": rouge_gate,
+        "max_new_tokens": grid.max_new_tokens,
+    }
+    log = (SampleLog(f"{out}.samples.jsonl", settings, required=RECORD_FIELDS, part=part)
+           if out else None)
+    if log is not None:
+        log.check_keys(s.key for s in samples)
+    records: list[dict] = []
+    bar = tqdm(samples, desc="retrieval score", unit="sample", disable=not progress)
+    for sample in bar:
+        if log is not None and sample.key in log:
+            record = log.records[sample.key]
+        else:
+            record = score_sample(model, sample, score_mode=score_mode,
+                                  max_new_tokens=grid.max_new_tokens)
+            record["passed"] = record["rouge"] > rouge_gate
+            if log is not None:
+                log.add(record)
+        records.append(record)
+        passed = [r for r in records if r["passed"]]
+        bar.set_postfix(passed=f"{len(passed)}/{len(records)}", last=f"{record['rouge']:.2f}")
+        if out and passed:
+            _write_scores(out, passed, model.cfg.n_layers, model.cfg.n_heads)
+    passed = [r for r in records if r["passed"]]
+    if not passed and shard is not None:
+        shape = (model.cfg.n_layers, model.cfg.n_heads)
+        return ScoreRun(scores=torch.full(shape, float("nan")), per_sample=torch.zeros(0, *shape),
+                        records=records)
+    if not passed:
+        answers = "\n".join(f"  {r['length']}/{r['depth']}: {r['answer']!r}" for r in records[:8])
+        raise NoPassingSampleError(
+            f"None of the {len(records)} samples passed the ROUGE-1 recall gate "
+            f"(> {rouge_gate}), so no head can be scored. The model's answers:\n{answers}\n"
+            "Try shorter `lengths`, a model that passes needle-in-a-haystack at these "
+            "lengths, or a negative `rouge_gate` (e.g. -1) to score every sample anyway."
+        )
+    per_sample = torch.tensor([r["scores"] for r in passed])
+    return ScoreRun(scores=per_sample.mean(0), per_sample=per_sample, records=records)
+
+
+def _write_scores(out, passed: list[dict], n_layers: int, n_heads: int) -> None:
+    maps = [torch.tensor(r["scores"]) for r in passed]
+    atomic_write_text(out, json.dumps(scores_to_json(maps, n_layers, n_heads)))
