@@ -68,3 +68,47 @@ def test_smollm2_has_sparse_retrieval_heads(tmp_path, capsys):
     assert main(args) == 0
     assert out.read_text() == before
     assert len(open(f"{out}.samples.jsonl").readlines()) == len(log) + 1
+
+
+def _score(tmp_path, name, *extra):
+    out = tmp_path / name
+    args = ["score", "--model", "tiny-llama", "--lengths", "160", "--depths", "0.5", "--needles",
+            "1", "--rouge-gate", "-1", "--max-new-tokens", "3", "--out", str(out), *extra]
+    return main(args), out
+
+
+def test_score_records_span_stemming_and_refuses_to_resume_with_another_span(tmp_path, capsys):
+    code, out = _score(tmp_path, "s.json")
+    assert code == 0
+    header = json.loads(open(f"{out}.samples.jsonl").readline())["settings"]
+    assert header["span"] == "answer" and header["rouge_stemmer"] is True
+    assert header["mode"] == "paper" and header["max_new_tokens"] == 3
+    capsys.readouterr()
+    before = out.read_bytes(), open(f"{out}.samples.jsonl").read()
+    code, _ = _score(tmp_path, "s.json", "--span", "needle")
+    err = capsys.readouterr().err
+    assert code == 2 and "span 'answer' there, 'needle' here" in err, err
+    code, _ = _score(tmp_path, "s.json", "--no-stem")
+    err = capsys.readouterr().err
+    assert code == 2 and "rouge_stemmer True there, False here" in err, err
+    assert (out.read_bytes(), open(f"{out}.samples.jsonl").read()) == before
+
+
+def test_compat_public_code_sets_its_flags_and_refuses_contrary_ones(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    args = ["score", "--model", "tiny-llama", "--lengths", "200", "--depths", "0.5", "--needles",
+            "1", "--rouge-gate", "-1", "--compat", "public-code", "--out", str(out)]
+    assert main(args) == 0
+    lines = [json.loads(l) for l in open(f"{out}.samples.jsonl")]
+    s = lines[0]["settings"]
+    assert (s["mode"], s["span"], s["rouge_stemmer"], s["max_new_tokens"]) == (
+        "sum", "answer", True, 50)
+    assert s["prompt"] == "public-code"
+    capsys.readouterr()
+    for contrary in (["--mode", "paper"], ["--span", "needle"], ["--no-stem"],
+                     ["--prompt", "rhlens"], ["--max-new-tokens", "20"]):
+        assert main(args + contrary) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--compat public-code sets" in err[0], err
+    # a flag given with the preset's own value is fine
+    assert main(args + ["--mode", "sum", "--stem"]) == 0

@@ -124,11 +124,25 @@ def test_resume_refuses_an_edited_needle_file(files, capsys, field):
     assert cli(capsys, *args)[0] == 0
     before = snapshot(out, f"{out}.samples.jsonl")
     raw = json.loads(needle_file.read_text())
-    raw[0][field] = raw[0][field] + " (edited)"
+    # an answer stays a part of the needle's text (else the file is refused when read)
+    raw[0][field] = (raw[0][field].split()[-1] if field == "answer"
+                     else raw[0][field] + " (edited)")
     needle_file.write_text(json.dumps(raw))
     line = one_error(capsys, *args)
     assert "needle file" in line and "another prompt or answer" in line
     assert snapshot(out, f"{out}.samples.jsonl") == before
+
+
+def test_needle_file_whose_answer_is_not_in_its_text_is_a_usage_error(files, capsys):
+    needle_file = files / "needles.json"
+    raw = json.loads(needles_to_json(list(NEEDLES[:2])))
+    raw[1]["answer"] = "smoked walrus"  # words of the text, but not contiguous
+    needle_file.write_text(json.dumps(raw))
+    out = files / "bad.csv"
+    line = one_error(capsys, "niah", *TINY, "--lengths", "160", "--haystack", files / "hay.txt",
+                     "--needle-file", needle_file, "--out", out)
+    assert str(needle_file) in line and "not a contiguous part" in line
+    assert not out.exists()
 
 
 def test_resume_extends_a_grid_and_refuses_other_settings(files, capsys, monkeypatch):

@@ -133,6 +133,45 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--needle-file", default=None, help="JSON list of {text, question, answer}")
     p.add_argument("--haystack", default=None,
                    help="text file, folder of .txt files or hf:DATASET (default: built-in prose)")
+    p.add_argument("--prompt", choices=["rhlens", "public-code"], default=None,
+                   help="prompt layout: rhlens's (default) or the paper's public code's "
+                        "(<book>context</book>, 'Based on the content of the book, Question: "
+                        "...', 'Answer:')")
+
+
+def add_rouge_args(p: argparse.ArgumentParser) -> None:
+    """``--stem/--no-stem``: how answers are scored with ROUGE-1."""
+    p.add_argument("--stem", action=argparse.BooleanOptionalAction, default=None,
+                   help="ROUGE-1 with Porter stemming, as the paper's public code (default); "
+                        "--no-stem for the unstemmed variant")
+
+
+#: ``--compat`` presets: the flags each one sets. ``public-code``: numbers that can be put
+#: beside the published score files (the public code's summing score over the answer span, its
+#: stemmed ROUGE gate, its prompt layout and its 50 decoded tokens).
+COMPAT = {"public-code": {"mode": "sum", "span": "answer", "stem": True,
+                          "prompt": "public-code", "max_new_tokens": 50}}
+#: ``rhlens score``'s defaults for the flags a preset can set.
+SCORE_DEFAULTS = {"mode": "paper", "span": "answer", "stem": True, "prompt": "rhlens",
+                  "max_new_tokens": 48}
+
+
+def resolve_preset(args, defaults: dict) -> None:
+    """Fill the flags a ``--compat`` preset sets, else their defaults; a flag given with a value
+    other than the preset's is a usage error (rather than silently one or the other)."""
+    preset = COMPAT.get(getattr(args, "compat", None) or "", {})
+    for dest, default in defaults.items():
+        given = getattr(args, dest, None)
+        if dest in preset:
+            if given is not None and given != preset[dest]:
+                flag = "--" + dest.replace("_", "-")
+                shown = {True: "--stem", False: "--no-stem"}.get(given) if dest == "stem" else \
+                    f"{flag} {given}"
+                raise UsageError(f"compat {args.compat} sets {flag} to {preset[dest]!r}; drop "
+                                 f"{shown} or --compat.", arg="compat")
+            setattr(args, dest, preset[dest])
+        elif given is None:
+            setattr(args, dest, default)
 
 
 def grid_from_args(args, needles=None):
@@ -145,7 +184,7 @@ def grid_from_args(args, needles=None):
     if needles is None:
         needles = load_needles(args.needle_file, args.needles)
     return Grid(args.lengths, args.depths, tuple(needles), load_haystack(args.haystack),
-                args.max_new_tokens)
+                args.max_new_tokens, prompt_style=getattr(args, "prompt", None) or "rhlens")
 
 
 def _save_figure(fig, path, **kwargs) -> None:
@@ -156,6 +195,7 @@ def _save_figure(fig, path, **kwargs) -> None:
 def _score(args) -> int:
     from ..validate import check_score_args
 
+    resolve_preset(args, SCORE_DEFAULTS)
     shard = shard_from_args(args)
     check_score_args(args)
     import torch
@@ -167,7 +207,8 @@ def _score(args) -> int:
     torch.set_grad_enabled(False)
     model = load_model_from_args(args)
     run = detect_retrieval_heads(model, grid, score_mode=args.mode, rouge_gate=args.rouge_gate,
-                                 out=args.out, shard=shard)
+                                 out=args.out, shard=shard, score_span=args.span,
+                                 rouge_stemmer=args.stem)
     n_pass = int(sum(r["passed"] for r in run.records))
     if shard is not None and not n_pass:
         print(f"\n{args.model}: 0/{len(run.records)} samples of shard {shard} passed the ROUGE "
@@ -269,11 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_grid_args(p)
     p.add_argument("--out", default="scores.json", help="score file ({'layer-head': [...]})")
-    p.add_argument("--mode", choices=["paper", "sum"], default="paper",
-                   help="paper: |g_h ∩ k|/|k| (≤ 1); sum: the public code's summing")
+    p.add_argument("--mode", choices=["paper", "sum"], default=None,
+                   help="paper: |g_h ∩ k|/|k| (≤ 1, default); sum: the public code's summing")
+    p.add_argument("--span", choices=["answer", "needle"], default=None,
+                   help="k, the span the score reads: the needle's answer (default, as the "
+                        "public code's real_needle) or the whole needle sentence")
     p.add_argument("--rouge-gate", type=float, default=0.5,
                    help="keep samples whose ROUGE-1 recall is above this (default 0.5)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    add_rouge_args(p)
+    p.add_argument("--compat", choices=sorted(COMPAT), default=None,
+                   help="public-code: --mode sum --span answer --stem --prompt public-code "
+                        "--max-new-tokens 50, for maps to put beside the published files")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 48")
     p.add_argument("--plot", default=None, help="also save the heatmap here (PNG)")
     add_shard_args(p)
     p.set_defaults(func=_score)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .main import (add_grid_args, add_model_args, add_shard_args, grid_from_args,
-                  load_model_from_args, merge_hint, shard_from_args)
+from .main import (add_grid_args, add_model_args, add_rouge_args, add_shard_args,
+                   grid_from_args, load_model_from_args, merge_hint, shard_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2",
                    help="random-head seeds of --sweep-k (each seed its own file)")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    add_rouge_args(p)
     p.add_argument("--out", default="niah.csv", help="CSV, a row per (needle, length, depth)")
     p.add_argument("--plot", default=None, help="save the heatmap (or the K curve) here")
     add_shard_args(p)
@@ -111,7 +112,8 @@ def run(args) -> int:
         n_total = model.cfg.n_layers * model.cfg.n_heads
         ks = k_grid(n_total) if args.sweep_k == "auto" else checked["ks"]
         df = k_sweep(model, grid, scores, ks, seeds=checked["seeds"],
-                     threshold=args.threshold, mask=mask, out=args.out)
+                     threshold=args.threshold, mask=mask, out=args.out,
+                     rouge_stemmer=args.stem is not False)
         curve = k_curve(df)
         print(curve.round(1).to_string(index=False))
         if args.plot:
@@ -121,7 +123,8 @@ def run(args) -> int:
     else:
         if mask.heads:
             print(f"masking {head_names(mask.heads)} ({args.mask_mode})")
-        df = run_niah(model, grid, mask, out=args.out, shard=shard)
+        df = run_niah(model, grid, mask, out=args.out, shard=shard,
+                      rouge_stemmer=args.stem is not False)
         print(f"\nNIAH score {df['score'].mean():.1f} over {len(df)} samples"
               + (f" of shard {shard}" if shard is not None else ""))
         if args.plot and len(df):

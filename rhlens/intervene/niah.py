@@ -54,6 +54,7 @@ def run_niah(
     progress: bool = True,
     extra: dict | None = None,
     shard: Shard | None = None,
+    rouge_stemmer: bool = True,
 ) -> pd.DataFrame:
     """NIAH over ``grid`` with ``mask`` applied.
 
@@ -64,6 +65,7 @@ def run_niah(
         extra: constant columns added to every row (e.g. ``{"k": 5, "kind": "top"}``).
         shard: run only this shard's prompts (:meth:`rhlens.shard.Shard.select`); ``out`` is
             the shard's own CSV, whose log names the shard for :func:`rhlens.shard.merge_shards`.
+        rouge_stemmer: score answers with stemmed ROUGE-1, as the public code (default).
 
     Returns:
         a DataFrame with a row per (needle, length, depth): ``needle``, ``length``,
@@ -77,7 +79,7 @@ def run_niah(
         samples = shard.select(samples)
     settings = {**model_identity(model), "heads": [list(h) for h in mask.heads],
                 "mode": mask.mask_mode, "prefill": mask.prefill,
-                "max_new_tokens": grid.max_new_tokens,
+                "max_new_tokens": grid.max_new_tokens, "rouge_stemmer": bool(rouge_stemmer),
                 "means": tensor_digest(mask.means) if mask.mask_mode == "mean" else None}
     log = (SampleLog(f"{out}.samples.jsonl", settings, required=ROW_FIELDS, part=part)
            if out else None)
@@ -91,8 +93,9 @@ def run_niah(
             row = log.records[sample.key]
         else:
             trace = greedy_decode(model, sample.input_ids, grid.max_new_tokens, mask=mask)
+            score = niah_score(sample.needle.answer, trace.text, rouge_stemmer)
             row = {"key": sample.key, "needle": sample.needle.text, "length": sample.length,
-                   "depth": sample.depth, "score": niah_score(sample.needle.answer, trace.text),
+                   "depth": sample.depth, "score": score,
                    "answer": trace.text, "expected": sample.needle.answer}
             if log is not None:
                 log.add(row)
@@ -140,6 +143,7 @@ def k_sweep(
     mask: Mask = Mask(),
     out: str | Path | None = None,
     progress: bool = True,
+    rouge_stemmer: bool = True,
 ) -> pd.DataFrame:
     """NIAH with the top-K heads masked and with K random non-retrieval heads (each seed),
     for each K, on the same prompts.
@@ -168,7 +172,7 @@ def k_sweep(
         part = None if out is None else f"{out}.k{k}.{kind}{seed if kind == 'random' else ''}.csv"
         frames.append(run_niah(model, grid, mask.with_heads(heads), out=part, progress=False,
                                extra={"k": k, "kind": kind, "seed": seed,
-                                      "heads": head_names(heads)}))
+                                      "heads": head_names(heads)}, rouge_stemmer=rouge_stemmer))
     df = pd.concat(frames, ignore_index=True)
     if out:
         atomic_write_text(out, df.to_csv(index=False))

@@ -1,7 +1,9 @@
 """Answers: how rhlens scores what a model wrote against what it should have written.
 
 * **NIAH score** (the paper's): ROUGE-1 recall x 100 of the needle's answer span in the
-  output (:func:`rouge1_recall`, :func:`niah_score`);
+  output (:func:`rouge1_recall`, :func:`niah_score`), with Porter stemming as the paper's
+  public code scores it (``RougeScorer(..., use_stemmer=True)``); ``stemmer=False`` is the
+  unstemmed variant;
 * **token F1** (SQuAD's), for extractive QA (:func:`normalize_answer`, :func:`token_f1`);
 * **exact numbers**, for chain-of-thought answers (:func:`extract_number`);
 * **answer classes**, the paper's two failure modes beside success (:data:`CLASSES`):
@@ -41,25 +43,34 @@ FUNCTION_WORDS = frozenset("a an the in on at of to with and or is was by for".s
 # --------------------------------------------------------------------------- ROUGE (NIAH)
 
 
-@functools.lru_cache(maxsize=1)
-def _scorer():
+@functools.lru_cache(maxsize=2)
+def _scorer(stemmer: bool):
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=stemmer)
 
 
-def rouge1_recall(answer: str, output: str) -> float:
+def rouge1_recall(answer: str, output: str, stemmer: bool = True) -> float:
     """Share of the answer's unigrams found in ``output`` (rouge-score's ROUGE-1 recall).
+
+    ``stemmer=True`` (default) reduces words to their Porter stems first, as the paper's public
+    code does, so an answer that writes "sandwiches" for "sandwich" still counts; samples near
+    the 0.5 gate can pass with one setting and fail with the other.
 
     >>> rouge1_recall("purple walrus seventeen", "purple walrus")
     0.6666666666666666
+    >>> rouge1_recall("ride the copper tram", "riding the copper trams")
+    1.0
+    >>> rouge1_recall("ride the copper tram", "riding the copper trams", stemmer=False)
+    0.5
     """
-    return float(_scorer().score(answer, output)["rouge1"].recall)
+    return float(_scorer(bool(stemmer)).score(answer, output)["rouge1"].recall)
 
 
-def niah_score(answer: str, output: str) -> float:
-    """The NIAH score of the paper: ROUGE-1 recall x 100, in ``[0, 100]``."""
-    return 100.0 * rouge1_recall(answer, output)
+def niah_score(answer: str, output: str, stemmer: bool = True) -> float:
+    """The NIAH score of the paper: ROUGE-1 recall x 100, in ``[0, 100]`` (stemmed, as the
+    public code scores it, unless ``stemmer=False``)."""
+    return 100.0 * rouge1_recall(answer, output, stemmer)
 
 
 # --------------------------------------------------------------------------- answer classes

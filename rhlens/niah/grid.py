@@ -29,7 +29,7 @@ import torch
 
 from .haystack import Needle, load_haystack, load_needles
 
-from .prompts import Sample, build_sample
+from .prompts import PROMPT_STYLES, PromptStyle, Sample, build_sample
 from ..errors import UsageError
 from ..validate import check_grid
 
@@ -45,6 +45,8 @@ class Grid:
             reads a needle file, ``None`` takes all built-in needles.
         haystack: haystack text; ``None`` is the built-in haystack.
         max_new_tokens: tokens decoded per prompt at most.
+        prompt_style: the layout around the context, ``"rhlens"`` or the paper's public
+            code's ``"public-code"`` (:data:`rhlens.prompts.PROMPT_STYLES`).
     """
 
     lengths: tuple[int, ...]
@@ -52,6 +54,7 @@ class Grid:
     needles: tuple[Needle, ...] | int | str | Path | None = None
     haystack: str | None = dataclasses.field(default=None, repr=False)
     max_new_tokens: int = 32
+    prompt_style: PromptStyle = "rhlens"
 
     def __post_init__(self):
         needles = self.needles
@@ -64,6 +67,9 @@ class Grid:
         object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
         if not self.needles:
             raise UsageError("needles is empty: a grid needs at least one needle.", arg="needles")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise UsageError(f"prompt_style must be one of {PROMPT_STYLES}, got "
+                             f"{self.prompt_style!r}.", arg="prompt_style")
         check_grid(self.lengths, self.depths, self.max_new_tokens)
 
     def __len__(self) -> int:
@@ -87,7 +93,8 @@ class Grid:
         for needle in dict.fromkeys(self.needles):
             for length in dict.fromkeys(self.lengths):
                 for depth in dict.fromkeys(self.depths):
-                    sample = build_sample(tokenizer, needle, haystack, length, depth, n_ctx=n_ctx)
+                    sample = build_sample(tokenizer, needle, haystack, length, depth,
+                                          n_ctx=n_ctx, prompt_style=self.prompt_style)
                     samples.setdefault(sample.key, sample)
         return list(samples.values())
 

@@ -48,6 +48,27 @@ class Needle:
         for name in ("text", "question", "answer"):
             if not getattr(self, name).strip():
                 raise ValueError(f"Needle.{name} must not be empty: {self!r}")
+        self.answer_chars()  # the answer must lie inside the text: the score reads it there
+
+    def answer_chars(self) -> tuple[int, int]:
+        """``(start, end)`` of the answer in ``text.strip()``, in characters (end exclusive).
+
+        The retrieval score reads the tokens of this span (the public code's ``real_needle``),
+        so the answer must be a contiguous part of the needle's text; letter case may differ.
+
+        >>> NEEDLES[0].answer_chars()
+        (67, 82)
+        """
+        text, answer = self.text.strip(), self.answer.strip()
+        start = text.find(answer)
+        if start < 0:
+            start = text.lower().find(answer.lower())
+        if start < 0:
+            raise ValueError(
+                f"Needle.answer {self.answer!r} is not a contiguous part of Needle.text "
+                f"{self.text!r}; the answer must be copied from the needle's own words."
+            )
+        return start, start + len(answer)
 
 
 #: Built-in needles: invented facts that no pre-training corpus contains.
@@ -141,6 +162,8 @@ def load_needles(path: str | Path | None = None, n: int | None = None) -> list[N
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
             if isinstance(err, UsageError):
                 raise
+            if isinstance(err, ValueError) and str(err).startswith("Needle."):
+                raise UsageError(f"{path}: {err}") from err  # a needle that can't be scored
             raise UsageError(
                 f"{path} is not a needle file: expected a JSON list of objects with keys "
                 f"'text', 'question' and 'answer' ({err})."

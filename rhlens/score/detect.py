@@ -4,6 +4,13 @@ This is the paper's detection run: needles x context lengths x depths, greedy de
 retrieval score per query head per sample, and only samples whose answer has ROUGE-1 recall
 above 50% kept (as the public code does).
 
+By default it measures what the public code that made the seven published maps measures: the
+score reads the needle's *answer span* (``score_span="answer"``, the code's ``real_needle``) and
+the gate uses stemmed ROUGE-1 (``rouge_stemmer=True``). ``score_span="needle"`` reads the whole
+needle sentence, as the paper's prose describes it; a model that restates the question then
+earns score for copying the question's words out of the needle. ``score_mode="sum"`` adds the
+code's summing arithmetic, for files that compare with the published ones.
+
 Example::
 
     >>> from rhlens import Grid, load_model, detect_retrieval_heads
@@ -26,7 +33,7 @@ from tqdm.auto import tqdm
 from ..niah.answers import rouge1_recall
 from ..run.decode import greedy_decode
 from ..niah.grid import Grid
-from ..niah.prompts import Sample
+from ..niah.prompts import SCORE_SPANS, Sample, ScoreSpan
 from .heads import summarize
 from ..run.results import atomic_write_text, scores_to_json
 from ..run.samplelog import SampleLog, model_identity
@@ -69,20 +76,21 @@ class ScoreRun:
 
 def score_sample(
     model, sample: Sample, *, score_mode: ScoreMode = "paper", max_new_tokens: int = 32,
-    mask=None,
+    mask=None, score_span: ScoreSpan = "answer", rouge_stemmer: bool = True,
 ) -> dict:
     """Decode one sample (with ``mask``, a :class:`rhlens.ablation.Mask`, if given) and score
-    every head; returns a JSON-ready record."""
+    every head over ``sample.span(score_span)``; returns a JSON-ready record whose ``rouge`` is
+    the answer's ROUGE-1 recall (stemmed unless ``rouge_stemmer=False``)."""
+    span = sample.span(score_span)
     trace = greedy_decode(model, sample.input_ids, max_new_tokens, mask=mask)
-    scores = retrieval_scores(trace.argmax, trace.tokens, sample.input_ids, sample.needle_span,
-                              score_mode)
+    scores = retrieval_scores(trace.argmax, trace.tokens, sample.input_ids, span, score_mode)
     return {
         "key": sample.key,
         "needle": sample.needle.text,
         "length": sample.length,
         "depth": sample.depth,
         "answer": trace.text,
-        "rouge": rouge1_recall(sample.needle.answer, trace.text),
+        "rouge": rouge1_recall(sample.needle.answer, trace.text, rouge_stemmer),
         "scores": scores.tolist(),
     }
 
@@ -96,6 +104,8 @@ def detect_retrieval_heads(
     out: str | Path | None = None,
     progress: bool = True,
     shard: Shard | None = None,
+    score_span: ScoreSpan = "answer",
+    rouge_stemmer: bool = True,
 ) -> ScoreRun:
     """Run the detection grid and return mean retrieval scores per head.
 
@@ -103,8 +113,12 @@ def detect_retrieval_heads(
         model: a ``TransformerBridge`` (see :func:`rhlens.models.load_model`).
         grid: the needles, lengths, depths, haystack and token budget (:class:`Grid`).
         score_mode: ``"paper"`` or ``"sum"`` (see :mod:`rhlens.scoring`).
+        score_span: ``"answer"`` (default: the needle's answer span, as the public code) or
+            ``"needle"`` (the whole needle sentence).
         rouge_gate: keep samples whose answer's ROUGE-1 recall is *above* this (0.5 in the
             paper's code); pass a negative value to keep every sample.
+        rouge_stemmer: stem words before ROUGE-1, as the public code (default); ``False`` for
+            the unstemmed variant.
         out: score file to write (and ``<out>.samples.jsonl`` to resume from).
         shard: run only this shard's samples (:meth:`rhlens.shard.Shard.select`); ``out`` is
             then the shard's own file (:meth:`~rhlens.shard.Shard.output`), and its log names
@@ -115,6 +129,8 @@ def detect_retrieval_heads(
             A shard without a passing sample raises nothing (its ``scores`` are NaN): the
             merge of all shards decides.
     """
+    if score_span not in SCORE_SPANS:
+        raise ValueError(f"score_span must be one of {SCORE_SPANS}, got {score_span!r}.")
     samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
     part = None
     if shard is not None:
@@ -123,8 +139,11 @@ def detect_retrieval_heads(
     settings = {
         **model_identity(model),
         "mode": score_mode,
+        "span": score_span,
         "rouge_gate": rouge_gate,
+        "rouge_stemmer": bool(rouge_stemmer),
         "max_new_tokens": grid.max_new_tokens,
+        "prompt": grid.prompt_style,
     }
     log = (SampleLog(f"{out}.samples.jsonl", settings, required=RECORD_FIELDS, part=part)
            if out else None)
@@ -137,7 +156,8 @@ def detect_retrieval_heads(
             record = log.records[sample.key]
         else:
             record = score_sample(model, sample, score_mode=score_mode,
-                                  max_new_tokens=grid.max_new_tokens)
+                                  max_new_tokens=grid.max_new_tokens, score_span=score_span,
+                                  rouge_stemmer=rouge_stemmer)
             record["passed"] = record["rouge"] > rouge_gate
             if log is not None:
                 log.add(record)

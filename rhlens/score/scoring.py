@@ -1,9 +1,10 @@
 """The retrieval score of every query head (Wu et al. 2024, section 2).
 
 At each decode step the model emits token ``w``. Query head ``h`` *copy-pastes* when the key
-it attends to most, ``i = argmax(attention row)``, lies inside the needle span and
-``prompt[i] == w``. With ``g_h`` the needle tokens head ``h`` copied over the whole answer
-and ``k`` the needle,
+it attends to most, ``i = argmax(attention row)``, lies inside the span ``k`` and
+``prompt[i] == w``. ``k`` is the needle's answer span by default (the public code's
+``real_needle``; :meth:`rhlens.prompts.Sample.span`), or the whole needle sentence. With ``g_h``
+the span tokens head ``h`` copied over the whole answer,
 
 * ``score_mode="paper"`` (default): ``score_h = |g_h ∩ k| / |k|``. Each needle position counts once,
   so the score lies in ``[0, 1]``;
@@ -20,9 +21,9 @@ Example::
     >>> argmax = torch.tensor([[[1, 0]], [[2, 2]], [[2, 4]]])   # [steps=3, layers=1, heads=2]
     >>> tokens = torch.tensor([8, 9, 9])
     >>> retrieval_scores(argmax, tokens, prompt, (1, 4))
-    tensor([[0.6667, 0.3333]])
+    tensor([[0.6667, 0.3333]], dtype=torch.float64)
     >>> retrieval_scores(argmax, tokens, prompt, (1, 4), score_mode="sum")
-    tensor([[1.0000, 0.3333]])
+    tensor([[1.0000, 0.3333]], dtype=torch.float64)
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def retrieval_scores(
         score_mode: ``"paper"`` (de-duplicated, at most 1) or ``"sum"`` (the public code).
 
     Returns:
-        ``[n_layers, n_heads]`` float scores.
+        ``[n_layers, n_heads]`` float64 scores.
     """
     if score_mode not in SCORE_MODES:
         raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {score_mode!r}.")
@@ -92,10 +93,12 @@ def retrieval_scores(
     hits = torch.stack(
         [copy_hits(argmax[t], int(tokens[t]), prompt_ids, needle_span) for t in range(len(tokens))]
     ) if len(tokens) else torch.zeros((0, *argmax.shape[1:]), dtype=torch.bool)
+    # float64: a head's sum of 1/|k| terms is then exact to ~1e-16, as the public code's
+    # Python floats are (float32 would differ from them in the 8th digit)
     if score_mode == "sum":
-        return hits.sum(0).float() / size
+        return hits.sum(0).double() / size
     # paper: the set of distinct needle positions each head copied, over all steps
     offsets = (argmax - start).clamp(0, size - 1)  # [T, L, H]
     onehot = torch.nn.functional.one_hot(offsets, size).bool()  # [T, L, H, |k|]
     copied = (onehot & hits.unsqueeze(-1)).any(0)  # [L, H, |k|]
-    return copied.sum(-1).float() / size
+    return copied.sum(-1).double() / size

@@ -49,7 +49,7 @@ def check_retrieval_scores(fn) -> None:
         cases.append((argmax, _PROMPT[torch.randint(0, 7, (T,), generator=g)]))
     for argmax, tokens in cases:
         want = retrieval_scores(argmax, tokens, _PROMPT, _SPAN)
-        got = torch.as_tensor(fn(argmax, tokens, _PROMPT, _SPAN)).float()
+        got = torch.as_tensor(fn(argmax, tokens, _PROMPT, _SPAN)).to(want.dtype)
         expect(got.shape == want.shape, "retrieval_scores",
                f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
         if not torch.allclose(got, want, atol=1e-6):
