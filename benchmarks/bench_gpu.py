@@ -36,7 +36,7 @@ TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
 def build(shape: dict, max_len: int, device: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from rhlens.models.loading import embedded_tokenizer
+    from rhlens.models.bridge import embedded_tokenizer
 
     tok = embedded_tokenizer()  # ids below 32000 are ordinary tokens of it
     config = LlamaConfig(**shape, max_position_embeddings=max_len, bos_token_id=tok.bos_token_id,
@@ -104,8 +104,8 @@ def main(argv=None) -> None:
             generate(prompts[n], args.new_tokens)
         rows[n].update(hf_s=m.seconds, hf_peak_gb=m.peak_gb)
 
+    from rhlens.models.bridge import bridge_from_hf
     from rhlens.run.decode import greedy_decode
-    from rhlens.models.loading import bridge_from_hf
 
     model = bridge_from_hf(hf, tok, "random-llama-2-7b-shape", device, dtype)
     greedy_decode(model, prompts[lengths[0]][:64], max_new_tokens=2, stop_at_newline=False)

@@ -25,10 +25,11 @@ import time
 import torch
 
 import rhlens.score.detect as detect
-from rhlens.score.detect import score_sample
+from rhlens.models.bridge import smollm2_gguf_path
+from rhlens.models.loading import load_model
 from rhlens.niah.haystack import NEEDLES, default_haystack
 from rhlens.niah.prompts import build_sample
-from rhlens.models.loading import load_model, smollm2_gguf_path
+from rhlens.score.detect import score_sample
 
 TARGET = 1.10
 MAX_NEW = 48

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.models.loading import ARCHITECTURES, load_model
+from rhlens.models.loading import load_model
+from rhlens.models.registry import ARCHITECTURES
 from rhlens.models.tiny import tiny_model
 
 torch.set_grad_enabled(False)

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 import yaml  # a dependency of transformers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +99,7 @@ def test_every_solution_is_folded_in_the_book():
 
 def test_exercise_numbers_run_in_order_and_no_title_repeats():
     titles = []
-    for path, nb, found in _chapters():
+    for path, _nb, found in _chapters():
         assert [ex["number"] for ex in found] == list(range(1, len(found) + 1)), path.name
         titles += [ex["title"].lower() for ex in found]
     assert len(titles) == len(set(titles)), "two exercises have the same title"

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from rhlens.cli.main import main
 from rhlens.run.results import load_scores

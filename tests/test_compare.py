@@ -15,11 +15,12 @@ from rhlens.analyze.compare import (
     correlation_matrix,
     family_table,
     same_family_test,
-    side_by_side,
     sparsity_table,
 )
-from rhlens.score.heads import pearson, sparsity, spearman, top_heads, top_k_overlap
+from rhlens.analyze.statistics import pearson, spearman, top_k_overlap
 from rhlens.run.results import scores_to_json
+from rhlens.score.heads import sparsity, top_heads
+from rhlens.viz.plots import side_by_side
 
 
 def sparse_map(seed: int, n_layers=32, n_heads=32, share=0.05) -> torch.Tensor:

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-from rhlens.run.decode import greedy_decode
-from rhlens.score.detect import NoPassingSampleError, detect_retrieval_heads
+from rhlens.errors import NoPassingSampleError
 from rhlens.niah.grid import Grid
 from rhlens.niah.haystack import NEEDLES, default_haystack
 from rhlens.niah.prompts import build_sample
+from rhlens.run.decode import greedy_decode
 from rhlens.run.results import load_scores
+from rhlens.score.detect import detect_retrieval_heads
 
 
 def test_score_path_runs_on_every_architecture(tiny, tmp_path):

@@ -5,23 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rhlens.apps.downstream import evaluate_cot, evaluate_qa, head_conditions, summarize_conditions
+from rhlens.apps.kvcache import compressed_cache_hooks
+from rhlens.apps.tasks import cot_prompt, eval_chain, make_cot_tasks, make_qa_items, qa_prompt
 from rhlens.intervene.mask import Mask
+from rhlens.models.bridge import embedded_tokenizer
 from rhlens.niah.answers import extract_number, normalize_answer, token_f1
 from rhlens.run.decode import batched_hooks, decode_conditions, greedy_decode
-from rhlens.apps.downstream import (
-    cot_prompt,
-    eval_chain,
-    evaluate_cot,
-    evaluate_qa,
-    head_conditions,
-    make_cot_tasks,
-    make_qa_items,
-    qa_prompt,
-    summarize_conditions,
-)
 from rhlens.score.heads import random_heads, top_heads
-from rhlens.apps.kvcache import compressed_cache_hooks
-from rhlens.models.loading import embedded_tokenizer
 
 
 def test_token_f1_matches_squad_definition():

@@ -15,17 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from rhlens.intervene.mask import Mask
-from rhlens.niah.answers import classify_answer, classify_score, niah_score, token_f1
-from rhlens.run.decode import greedy_decode, new_cache, prefill
-from rhlens.apps.downstream import eval_chain, summarize_conditions
-from rhlens.intervene.attribution import head_dla
+from rhlens.analyze.statistics import null_pearson, pearson
+from rhlens.apps.downstream import summarize_conditions
+from rhlens.apps.kvcache import kv_cache_bytes, kv_heads_of, top_kv_heads
+from rhlens.apps.tasks import eval_chain
 from rhlens.book.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09
 from rhlens.book.exercises.check import NOT_ATTEMPTED_HINT, ExerciseFailed
 from rhlens.book.exercises.generate import chapters, exercises, source_of
-from rhlens.score.heads import head_name, null_pearson, pearson, random_heads, sparsity
-from rhlens.apps.kvcache import kv_cache_bytes, kv_heads_of, top_kv_heads
+from rhlens.intervene.attribution import head_dla
+from rhlens.intervene.mask import Mask
 from rhlens.models.rope import ntk_theta
+from rhlens.niah.answers import classify_answer, classify_score, niah_score, token_f1
+from rhlens.run.decode import greedy_decode, new_cache, prefill
+from rhlens.score.heads import head_name, random_heads, sparsity
 from rhlens.score.scoring import copy_hits, retrieval_scores
 
 

@@ -8,11 +8,16 @@ import pytest
 import torch
 
 from rhlens import NEEDLES, build_sample, default_haystack
-from rhlens.run.decode import DecodeTrace
 from rhlens.niah.answers import classify_answer, classify_score
+from rhlens.run.decode import DecodeTrace
 from rhlens.score.heads import share_above
 from rhlens.viz.explore import (
-    head_data, head_explorer, masking_explorer, masking_row, score_map_explorer, step_view,
+    head_data,
+    head_explorer,
+    masking_explorer,
+    masking_row,
+    score_map_explorer,
+    step_view,
     use_static,
 )
 
@@ -93,7 +98,8 @@ def test_head_explorer_follows_steps_and_heads(tiny_llama, sample, copying_trace
     marked = tok.decode([int(copying_trace.tokens[2])])
     assert f"<b>{marked}</b></mark>" in v["answer"].value.replace("&#x27;", "'")
     line = ui.state["figure"].axes[0].lines[0]
-    assert line.get_ydata().tolist() == pytest.approx(copying_trace.rows[(1, 2)][2, : sample.input_ids.numel() + 2].tolist())
+    want = copying_trace.rows[(1, 2)][2, : sample.input_ids.numel() + 2]
+    assert line.get_ydata().tolist() == pytest.approx(want.tolist())
     c["menu"].value = (0, 0)  # switch to the sink head
     assert (c["layer"].value, c["head"].value) == (0, 0)
     assert ui.state["view"].top == 0

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.niah.answers import classify_answer, content_recall
 from rhlens.intervene.failure import (
     attention_by_category,
     attention_mass,
     failure_sweep,
     failure_table,
-    plot_failure_modes,
 )
+from rhlens.niah.answers import classify_answer, content_recall
 from rhlens.niah.grid import Grid
 from rhlens.niah.haystack import NEEDLES
+from rhlens.viz.runs import plot_failure_modes
 
 HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 

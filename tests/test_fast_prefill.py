@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.run.decode import greedy_decode, new_cache, pattern_hook_name, prefill
-from rhlens.score.detect import score_sample
+from rhlens.models.tiny import tiny_model
 from rhlens.niah.haystack import NEEDLES, default_haystack
 from rhlens.niah.prompts import build_sample
-from rhlens.models.tiny import tiny_model
-from rhlens.score.scoring import retrieval_scores
+from rhlens.run.decode import greedy_decode, new_cache, pattern_hook_name, prefill
 from rhlens.run.sdpa import attention_hooks_in_use, sdpa_attention
+from rhlens.score.detect import score_sample
+from rhlens.score.scoring import retrieval_scores
 
 ATOL = 1e-5
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from rhlens.models.bridge import embedded_tokenizer
 from rhlens.niah.haystack import (
     NEEDLES,
     Needle,
@@ -13,7 +14,6 @@ from rhlens.niah.haystack import (
     needles_to_json,
 )
 from rhlens.niah.prompts import build_sample, insertion_point, sentence_end_ids
-from rhlens.models.loading import embedded_tokenizer
 
 
 @pytest.fixture(scope="module")

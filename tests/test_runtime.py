@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from rhlens.book.runtime import (
+    MEMORY_GB,
+    STANDIN_LENGTHS,
+    chapter_runtime,
+    estimate_minutes,
+    model_menu,
+    shrink,
+)
 from rhlens.errors import UsageError
+from rhlens.models.registry import PAPER_MODELS
 from rhlens.niah.grid import Grid
-from rhlens.models.loading import PAPER_MODELS
-from rhlens.book.runtime import (MEMORY_GB, STANDIN_LENGTHS, chapter_runtime, estimate_minutes,
-                            model_menu, shrink)
 
 PAPER_GRID = Grid([1000, 8000, 32000], [0.0, 0.5, 1.0], needles=3, max_new_tokens=24)
 CPU_GRID = Grid([500], [0.5], needles=2)
@@ -86,7 +92,7 @@ def test_every_paper_model_has_a_memory_need_and_an_estimate():
 @pytest.mark.parametrize("key", ["llama-2-7b-80k", "mistral-7b-v0.2", "qwen1.5-14b", "mixtral-8x7b"])
 def test_stand_ins_load_by_name_with_their_architecture(key):
     from rhlens.models.loading import load_model
-    from rhlens.models.tiny import STANDIN_SHAPE
+    from rhlens.models.registry import STANDIN_SHAPE
 
     model = load_model(f"tiny-{key}")
     spec = PAPER_MODELS[key]

@@ -15,9 +15,10 @@ import torch
 
 from rhlens.cli.main import main
 from rhlens.errors import UsageError
+from rhlens.run.merge import merge_shards
 from rhlens.run.results import load_scores, scores_to_json
 from rhlens.run.samplelog import SampleLog, read_log
-from rhlens.run.shard import Shard, launcher_device, merge_shards
+from rhlens.run.shard import Shard, launcher_device
 
 HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 GRID = ["--model", "tiny-llama", "--lengths", "160,200", "--depths", "0.2,0.8", "--needles", "2",

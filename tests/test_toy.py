@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rhlens.analyze.statistics import pearson
 from rhlens.intervene.mask import Mask
-from rhlens.score.heads import control_pool, pearson, random_heads, top_heads
+from rhlens.score.heads import control_pool, random_heads, top_heads
 from rhlens.toy import (
-    ATTN_ONLY_2L,
     ASST,
+    ATTN_ONLY_2L,
     BOS,
     SEP,
     USER,

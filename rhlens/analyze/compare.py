@@ -1,10 +1,11 @@
 """Compare retrieval-score maps: ours, the paper's published files, two models of a family.
 
 Score files are ``{"layer-head": [per-sample scores]}`` (the public code's format); any source
-:func:`rhlens.heads.as_map` reads works here: a map, a path, a URL, a dict, or the short name of
-one of the paper's published maps (:mod:`rhlens.published`, shipped offline). Maps are
-``[n_layers, n_heads]`` mean scores. The correlations themselves live in :mod:`rhlens.heads`;
-this module builds the tables, verdicts and figures of a comparison.
+:func:`rhlens.analyze.maps.as_map` reads works here: a map, a path, a URL, a dict, or the short
+name of one of the paper's published maps (:mod:`rhlens.analyze.published`, shipped offline).
+Maps are ``[n_layers, n_heads]`` mean scores. The correlations themselves live in
+:mod:`rhlens.analyze.statistics`; this module builds the tables and verdicts of a comparison
+(its figures are :mod:`rhlens.viz.plots`).
 
 The paper's claim (Sec. 3): retrieval heads are *universal and sparse*, and models of one
 family (base, chat, long-context, MoE upcycled) share them: their score maps correlate with
@@ -23,9 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..score.heads import head_table, sparsity
+from .maps import ScoreSource, as_map, paired_maps
+from .statistics import null_pearson, pearson, spearman, top_k_overlap
 
-from ..score.heads import (ScoreSource, as_map, head_table, null_pearson, paired_maps, pearson,
-                    sparsity, spearman, top_k_overlap)
 
 def compare_scores(maps: dict[str, ScoreSource], k: int = 20):
     """Pairwise table (pandas) of every pair in ``maps``: Pearson, Spearman, top-``k`` overlap.
@@ -51,7 +53,7 @@ def compare_scores(maps: dict[str, ScoreSource], k: int = 20):
 
 
 def sparsity_table(maps: dict[str, ScoreSource]):
-    """One row per map: layers x heads, the shares of :func:`~rhlens.heads.sparsity` (> 0.1,
+    """One row per map: layers x heads, the shares of :func:`~rhlens.score.heads.sparsity` (> 0.1,
     > 0.5, exactly 0; fractions of all heads), how many heads score > 0.1, and the best head."""
     import pandas as pd
 
@@ -268,26 +270,3 @@ def same_family_test(a: ScoreSource, b: ScoreSource, threshold: float = 0.8,
         f"their 95th percentile (p = {p_value:.3g}). Verdict: {verdict}."
     )
     return FamilyVerdict(r, rho, overlap, kk, p95, p_value, verdict, explanation)
-
-
-def side_by_side(maps: dict[str, ScoreSource], vmax: float = 1.0, annotate_top: int = 3,
-                 ncols: int | None = None):
-    """One heatmap per map (matplotlib figure): in one row, or ``ncols`` per row."""
-    import matplotlib.pyplot as plt
-
-    from ..viz.plots import score_heatmap
-
-    loaded = {name: as_map(src).float() for name, src in maps.items()}
-    if not loaded:
-        raise ValueError("Give at least one score map.")
-    ncols = len(loaded) if ncols is None else max(1, min(ncols, len(loaded)))
-    nrows = -(-len(loaded) // ncols)
-    width = max(max(3.0, 0.12 * m.shape[1] + 2) for m in loaded.values())
-    height = max(3.5, 0.1 * max(m.shape[0] for m in loaded.values()) + 2)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
-    for ax, (name, m) in zip(axes.flat, loaded.items()):
-        score_heatmap(m, ax=ax, title=name, vmax=vmax, annotate_top=annotate_top)
-    for ax in list(axes.flat)[len(loaded):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    return fig

@@ -32,7 +32,8 @@ from importlib import resources
 
 import torch
 
-from ..score.heads import head_table, sparsity
+from ..models.registry import PAPER_MODELS
+from ..score.heads import head_table, share_above, sparsity
 
 #: Where the shipped figures come from (also in the data file's header).
 SOURCE_REPOSITORY = "https://github.com/nightdessert/Retrieval_Head"
@@ -42,7 +43,7 @@ DATA_FILE = "published_heads.json"
 
 @functools.lru_cache(maxsize=1)
 def _data() -> dict:
-    text = resources.files("rhlens").joinpath("data", DATA_FILE).read_text()
+    text = resources.files("rhlens").joinpath("data").joinpath(DATA_FILE).read_text()
     return json.loads(text)
 
 
@@ -61,7 +62,7 @@ class PublishedModel:
     """One published score file, reduced.
 
     Attributes:
-        name: rhlens short name (a key of :data:`rhlens.models.PAPER_MODELS`).
+        name: rhlens short name (a key of :data:`rhlens.models.registry.PAPER_MODELS`).
         file: name of the source file in the paper's ``head_score/`` folder.
         samples: samples the file holds (those that passed the public code's ROUGE gate).
         silent_samples: samples on which no head scored above 0.
@@ -82,13 +83,12 @@ class PublishedModel:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.scores.shape)
+        n_layers, n_heads = self.scores.shape
+        return n_layers, n_heads
 
     @property
     def family(self) -> str:
         """The model family (``llama``, ``mistral``, ``qwen``, ``yi``), as the paper groups them."""
-        from ..models.loading import PAPER_MODELS
-
         return PAPER_MODELS[self.name].family
 
     def activation(self, above: float = 0.0) -> torch.Tensor:
@@ -112,7 +112,7 @@ def is_published(name) -> bool:
     return isinstance(name, str) and name in NAMES
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def published(name: str) -> PublishedModel:
     """The reduced published file of ``name`` (see :class:`PublishedModel`)."""
     rec = _data()["models"][check_name(name)]
@@ -128,7 +128,7 @@ def published(name: str) -> PublishedModel:
 
 def load_published(name: str) -> torch.Tensor:
     """The published score map of ``name``: a ``[n_layers, n_heads]`` float tensor, the type
-    :func:`rhlens.results.load_scores` and ``detect_retrieval_heads(...).scores`` return."""
+    :func:`rhlens.run.results.load_scores` and ``detect_retrieval_heads(...).scores`` return."""
     return published(name).scores.clone()
 
 
@@ -197,8 +197,6 @@ def published_table(top: int = 5):
 
 def share_range(threshold: float = 0.1) -> tuple[float, float]:
     """Smallest and largest share of heads above ``threshold`` over the seven maps."""
-    from ..score.heads import share_above
-
     shares = [share_above(published(n).scores, threshold) for n in NAMES]
     return min(shares), max(shares)
 

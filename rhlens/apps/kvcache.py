@@ -6,8 +6,9 @@ Policy: a few *full* heads keep the whole KV cache; every other head keeps only 
 are the natural choice of full heads, since they are the ones that look far back.
 
 **Simulation.** The cache is built by a normal prefill, then compressed; at every decode
-step a ``blocks.{l}.attn.hook_attn_scores`` hook sets the pre-softmax scores of the keys a
-compressed head no longer holds (positions ``sink <= i < n_keys - window``) to ``-inf``.
+step a ``"window"`` head edit (:func:`rhlens.intervene.edit.head_edit`, on ``hook_attn_scores``)
+sets the pre-softmax scores of the keys a compressed head no longer holds (positions
+``sink <= i < n_keys - window``) to ``-inf``.
 The model then computes exactly what it would compute from the compressed cache.
 
 **Grouped-query attention.** The cache is stored per *KV head*, and a KV head is shared by
@@ -33,14 +34,17 @@ Example::
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from ..intervene.edit import head_edit
 from ..niah.answers import niah_score
-from ..run.decode import Hook, decode_conditions
 from ..niah.grid import Grid
+from ..run.decode import Hook, decode_conditions
 from ..score.heads import Head
 
 #: A KV head: ``(layer, kv head)``; query head ``h`` reads KV head ``h // group_size``.
@@ -124,21 +128,10 @@ def compressed_cache_hooks(
         raise ValueError("sink and window must be >= 0 and keep at least one token.")
     full = set(full_kv_heads)
     g = group_size(n_heads, n_kv_heads)
-    hooks = []
-    for layer in range(n_layers):
-        heads = [h for h in range(n_heads) if (layer, h // g) not in full]
-        if not heads:
-            continue
-
-        def fn(scores, hook, heads=tuple(heads)):
-            n_keys = scores.shape[-1]
-            stop = n_keys - window
-            if stop > sink:
-                scores[:, list(heads), :, sink:stop] = float("-inf")
-            return scores
-
-        hooks.append((f"blocks.{layer}.attn.hook_attn_scores", fn))
-    return hooks
+    compressed = {layer: [h for h in range(n_heads) if (layer, h // g) not in full]
+                  for layer in range(n_layers)}
+    return [head_edit("window", layer, heads, sink=sink, window=window)
+            for layer, heads in compressed.items() if heads]
 
 
 def kv_cache_bytes(
@@ -229,14 +222,11 @@ def policy_grid(
 def kv_compression_sweep(model, grid: Grid, policies: Sequence[Policy], *,
                          progress: bool = True):
     """NIAH score of every prompt of ``grid`` under every policy (one batched decode per
-    prompt, :func:`rhlens.decode.decode_conditions`).
+    prompt, :func:`rhlens.run.decode.decode_conditions`).
 
     Returns a DataFrame with ``policy``, ``family``, ``n_full``, ``share``, ``sample``,
     ``answer``, ``score``.
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
     conditions = {p.name: p.hooks for p in policies}
     rows = []
     samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
@@ -257,29 +247,3 @@ def curve(frame):
     out = per.groupby(["family", "budget"], sort=False).agg(
         share=("share", "mean"), score=("score", "mean"), spread=("score", "std"))
     return out.reset_index().fillna({"spread": 0.0})
-
-
-def plot_curve(table, ax=None, title: str | None = None):
-    """NIAH score against the share of the KV cache kept, one line per policy family."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5.5, 3.8))
-    styles = {"retrieval": ("o-", "retrieval heads full"), "random": ("s--", "random heads full"),
-              "window": ("^:", "window for every head")}
-    full = table[table["family"] == "full"]
-    for fam, (style, label) in styles.items():
-        t = table[table["family"] == fam].sort_values("share")
-        if len(t):
-            ax.errorbar(100 * t["share"], t["score"], yerr=t["spread"], fmt=style, label=label,
-                        capsize=3)
-    if len(full):
-        ax.axhline(float(full["score"].iloc[0]), color="gray", lw=0.8, ls="--",
-                   label="full cache")
-    ax.set_xlabel("share of the KV cache kept (%)")
-    ax.set_ylabel("NIAH score")
-    ax.set_ylim(-5, 105)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax

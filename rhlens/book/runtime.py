@@ -40,11 +40,12 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from ..errors import UsageError
-from ..models.loading import EMBEDDED, PAPER_MODELS, is_standin, paper_key, standin_name
+from ..models.registry import EMBEDDED, PAPER_MODELS, is_standin, paper_key, standin_name
 
 ENV_VAR = "RHLENS_MODEL"
 Kind = Literal["embedded", "paper", "standin", "other"]

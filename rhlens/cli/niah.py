@@ -13,15 +13,29 @@ needles found in ``<scores>.samples.jsonl`` (written by ``rhlens score``) are le
 
 ``--shard i/n`` (or a launcher's ``RANK``/``WORLD_SIZE``) runs one shard of the prompts into
 ``OUT``'s shard file (``niah.shard0of2.csv``); ``rhlens merge`` joins the shards.
+
+The flags become a :class:`~rhlens.intervene.niah.NiahConfig` (a grid and a mask), run by
+:func:`~rhlens.intervene.niah.run_niah` (or :func:`~rhlens.intervene.niah.k_sweep`). Like every
+command, it imports torch and the pipeline only once its flags are checked.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .main import (add_grid_args, add_model_args, add_rouge_args, add_shard_args,
-                   grid_from_args, load_model_from_args, merge_hint, shard_from_args)
+from ..errors import UsageError
+from .args import (
+    add_grid_args,
+    add_model_args,
+    add_rouge_args,
+    add_shard_args,
+    grid_from_args,
+    load_model_from_args,
+    merge_hint,
+    save_figure,
+    shard_from_args,
+)
+from .checks import check_head_counts, check_niah_args, check_shape
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,8 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_shard_args(p)
 
 
-def _needles(args):
-    from ..niah.grid import masking_needles
+def held_out_needles(args):
+    """The needles of a masking run: those the score run did not use (``--skip-needles``, or
+    read from the score file's sample log), then the first ``--needles``."""
+    from ..niah.grid import masking_needles  # with torch: not before the flags are checked
     from ..niah.haystack import load_needles
 
     kept, left_out = masking_needles(load_needles(args.needle_file, None),
@@ -70,14 +86,14 @@ def _needles(args):
 
 def run(args) -> int:
     """needle-in-a-haystack grid with top-K or random heads masked; CSV and heatmap"""
+    import matplotlib.pyplot as plt
     import torch
 
     from ..intervene.mask import Mask, k_grid
-    from ..errors import UsageError
-    from ..score.heads import head_names
-    from ..intervene.niah import k_curve, k_sweep, niah_heatmap, plot_k_curve, run_niah
+    from ..intervene.niah import NiahConfig, k_curve, k_sweep, run_niah
     from ..run.results import load_scores, score_file_mode
-    from ..validate import check_head_counts, check_niah_args, check_shape
+    from ..score.heads import head_names
+    from ..viz.runs import niah_heatmap, plot_k_curve
 
     shard = shard_from_args(args)
     if shard is not None and args.sweep_k is not None:
@@ -91,7 +107,7 @@ def run(args) -> int:
         check_shape(tuple(scores.shape), checked["facts"], args.scores)
         ks = checked["ks"] if checked["ks"] != "auto" else k_grid(scores.numel())
         check_head_counts(scores, args.mask_top, args.mask_random, ks, args.threshold)
-    grid = grid_from_args(args, _needles(args))
+    grid = grid_from_args(args, held_out_needles(args))
     torch.set_grad_enabled(False)
     model = load_model_from_args(args)
     if scores is not None:
@@ -99,38 +115,36 @@ def run(args) -> int:
                                           "n_heads": model.cfg.n_heads}, args.scores)
     options = {"mask_mode": args.mask_mode, "prefill": args.mask_prefill}
     if args.mask_top:
+        assert scores is not None  # masking needs --scores (check_niah_args)
         mask = Mask.top(scores, args.mask_top, **options)
     elif args.mask_random:
+        assert scores is not None
         mask = Mask.random(scores, args.mask_random, args.seed, threshold=args.threshold, **options)
     else:
         mask = Mask(**options)
     if args.mask_mode == "mean":
         mask = mask.with_means(model, grid.reference_prompts(model.tokenizer))
-    import matplotlib.pyplot as plt
-
+    config = NiahConfig(grid, mask, rouge_stemmer=args.stem is not False)
     if args.sweep_k:
+        assert scores is not None
         n_total = model.cfg.n_layers * model.cfg.n_heads
         ks = k_grid(n_total) if args.sweep_k == "auto" else checked["ks"]
-        df = k_sweep(model, grid, scores, ks, seeds=checked["seeds"],
-                     threshold=args.threshold, mask=mask, out=args.out,
-                     rouge_stemmer=args.stem is not False)
+        df = k_sweep(model, config, scores, ks, seeds=checked["seeds"],
+                     threshold=args.threshold, out=args.out)
         curve = k_curve(df)
         print(curve.round(1).to_string(index=False))
         if args.plot:
-            Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-            plot_k_curve(curve, n_heads_total=n_total, title=args.model).figure.savefig(
-                args.plot, dpi=130, bbox_inches="tight")
+            save_figure(plot_k_curve(curve, n_heads_total=n_total, title=args.model).figure,
+                        args.plot, dpi=130, bbox_inches="tight")
     else:
         if mask.heads:
             print(f"masking {head_names(mask.heads)} ({args.mask_mode})")
-        df = run_niah(model, grid, mask, out=args.out, shard=shard,
-                      rouge_stemmer=args.stem is not False)
+        df = run_niah(model, config, out=args.out, shard=shard)
         print(f"\nNIAH score {df['score'].mean():.1f} over {len(df)} samples"
               + (f" of shard {shard}" if shard is not None else ""))
         if args.plot and len(df):
-            Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-            niah_heatmap(df, title=f"{args.model}: {len(mask.heads)} heads masked").figure.savefig(
-                args.plot, dpi=130, bbox_inches="tight")
+            save_figure(niah_heatmap(df, title=f"{args.model}: {len(mask.heads)} heads masked")
+                        .figure, args.plot, dpi=130, bbox_inches="tight")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     if shard is not None:
         print(merge_hint(shard, args.out))

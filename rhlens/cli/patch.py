@@ -15,14 +15,28 @@ clean -> counterfactual; and writes each head's direct logit attribution. One CS
 (pair, measure, group or head); rows of shards concatenate. Needles: as ``rhlens niah``,
 those the score run used are left out (read from ``<scores>.samples.jsonl``), or the first
 ``--skip-needles N``.
+
+The flags become a :class:`~rhlens.intervene.patch_sweep.PatchConfig` (validated there: group
+sizes, seeds, enough control heads), run by :func:`~rhlens.intervene.patch_sweep.patch_sweep`.
+``--shard`` and the launcher's ranks split the pairs as for ``rhlens score``; ``rhlens merge``
+joins the shards' CSVs.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .main import add_grid_args, add_model_args, grid_from_args, load_model_from_args
+from .args import (
+    add_grid_args,
+    add_model_args,
+    add_shard_args,
+    grid_from_args,
+    load_model_from_args,
+    merge_hint,
+    shard_from_args,
+)
+from .checks import check_patch_args, check_shape
+from .niah import held_out_needles
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,121 +66,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "question, runs unpatched: a few positions, much faster)")
     p.add_argument("--batch-size", type=int, default=8, help="patched runs per forward (8)")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--shard", default=None, metavar="i/n",
-                   help="run shard i of n (default: RANK/WORLD_SIZE under a launcher); writes "
-                        "OUT with .shardIofN before its suffix")
     p.add_argument("--out", default="patch.csv", help="CSV, a row per (pair, measure, heads)")
-
-
-def shard_path(out: str | Path, shard) -> Path:
-    """Where a shard writes: ``patch.csv`` -> ``patch.shard0of2.csv`` (``out`` itself without
-    a shard).
-
-    >>> from rhlens.run.shard import Shard
-    >>> str(shard_path("runs/patch.csv", Shard(1, 2)))
-    'runs/patch.shard1of2.csv'
-    """
-    p = Path(out)
-    return p if shard is None else p.with_name(p.stem + shard.suffix + p.suffix)
-
-
-def check_patch_args(args) -> dict:
-    """Everything of ``rhlens patch`` that can be checked before the scores are read and the
-    model loads."""
-    from ..errors import UsageError
-    from ..run.shard import Shard
-    from ..validate import (check_grid, check_model_args, count, finite, int_list, k_list,
-                           output_file, same_file)
-
-    count(args.max_new_tokens, "max_new_tokens", minimum=1)
-    count(args.batch_size, "batch_size", minimum=1)
-    if args.pairs is not None:
-        count(args.pairs, "pairs", minimum=1)
-    if args.needles is not None:
-        count(args.needles, "needles", minimum=1)
-    if args.skip_needles is not None:
-        count(args.skip_needles, "skip_needles")
-    finite(args.threshold, "threshold")
-    seeds = int_list(args.seeds, "seeds")
-    ks = k_list(args.ks, "ks")
-    if ks != "auto" and not any(k > 0 for k in ks):
-        raise UsageError("ks has no group size above 0: nothing to patch.", arg="ks")
-    shard = Shard.resolve(args.shard)
-    check_grid(args.lengths, args.depths, args.max_new_tokens)
-    out = shard_path(args.out, shard)
-    output_file(out, "out", sidecars=(".samples.jsonl",))
-    if same_file(out, args.scores):
-        raise UsageError("out must name another file than --scores.", arg="out")
-    if not Path(args.scores).exists():
-        from ..analyze.published import is_published
-
-        if not is_published(args.scores):
-            raise UsageError(f"scores {args.scores}: no such file (make one with `rhlens "
-                             "score`, or name a published map: see `rhlens published`).",
-                             arg="scores")
-    facts = check_model_args(args)
-    check_grid(args.lengths, args.depths, args.max_new_tokens, facts.get("n_ctx"))
-    return {"facts": facts, "ks": ks, "seeds": seeds, "shard": shard, "out": out}
+    add_shard_args(p)
 
 
 def run(args) -> int:
     """group patching, per-head patching and direct logit attribution; CSV"""
     import torch
 
-    from ..intervene.mask import k_grid
-    from ..niah.grid import masking_needles
-    from ..niah.haystack import load_needles
-    from ..score.heads import as_map
-    from ..intervene.patch import group_summary, patch_samples, patch_sweep
-    from ..validate import check_head_counts, check_shape
+    from ..analyze.maps import as_map
+    from ..analyze.patching import group_summary
+    from ..intervene.patch_sweep import PatchConfig, patch_sweep
 
+    shard = shard_from_args(args)
     checked = check_patch_args(args)
     scores = as_map(args.scores).float()
     check_shape(tuple(scores.shape), checked["facts"], args.scores)
-    ks = k_grid(scores.numel()) if checked["ks"] == "auto" else checked["ks"]
-    ks = [k for k in ks if k > 0]
-    check_head_counts(scores, max(ks), 0, None, args.threshold)
-    _check_controls(scores, ks, args.threshold)
-    needles, left_out = masking_needles(load_needles(args.needle_file, None),
-                                        scores_path=args.scores, skip=args.skip_needles,
-                                        n=args.needles)
-    if left_out:
-        print(f"leaving out {left_out} needle(s) used to compute the scores")
-    grid = grid_from_args(args, needles)
+    config = PatchConfig(grid_from_args(args, held_out_needles(args)), scores, checked["ks"],
+                         checked["seeds"], threshold=args.threshold, heads=not args.no_heads,
+                         dla=not args.no_dla, force_answer=args.force_answer,
+                         positions=args.positions, pairs=args.pairs, pair_seed=args.pair_seed)
     torch.set_grad_enabled(False)
     model = load_model_from_args(args)
     check_shape(tuple(scores.shape), {"n_layers": model.cfg.n_layers,
                                       "n_heads": model.cfg.n_heads}, args.scores)
-    samples = patch_samples(grid, model.tokenizer, args.pairs, seed=args.pair_seed,
-                            n_ctx=model.cfg.n_ctx)
-    index = list(range(len(samples)))
-    shard, out = checked["shard"], checked["out"]
-    if shard is not None:
-        print(f"shard {shard}: {len(shard.select(index))} of {len(index)} pairs")
-        samples, index = shard.select(samples), shard.select(index)
-    df = patch_sweep(model, samples, scores, ks, checked["seeds"], threshold=args.threshold,
-                     index=index, out=out, heads=not args.no_heads, dla=not args.no_dla,
-                     force_answer=args.force_answer, max_new_tokens=args.max_new_tokens,
-                     positions=args.positions, batch_size=args.batch_size)
+    df = patch_sweep(model, config, out=args.out, shard=shard, batch_size=args.batch_size)
     n_pairs = df.pair.nunique()
-    print(f"\n{n_pairs} pair(s) patched, {len(df.attrs['skipped'])} skipped (not answered)")
+    print(f"\n{n_pairs} pair(s) patched, {len(df.attrs['skipped'])} skipped (not answered)"
+          + (f" in shard {shard}" if shard is not None else ""))
     if n_pairs:
         s = group_summary(df, n_boot=200)
         print(s[["direction", "kind", "k", "pairs", "fraction", "fraction_lo", "fraction_hi",
                  "greedy_clean"]].round(2).to_string(index=False))
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
+    if shard is not None:
+        print(merge_hint(shard, args.out))
     return 0
-
-
-def _check_controls(scores, ks, threshold: float) -> None:
-    """Enough control heads (in the retrieval heads' layers, below the threshold, not among
-    the top max(K)) for the largest K."""
-    from ..errors import UsageError
-    from ..score.heads import control_pool, top_heads
-
-    top = set(top_heads(scores, max(ks)))
-    pool = [h for h in control_pool(scores, threshold, same_layers=True) if h not in top]
-    if max(ks) > len(pool):
-        raise UsageError(f"ks: only {len(pool)} control heads (in the retrieval heads' layers, "
-                         f"scoring <= {threshold}, not in the top {max(ks)}) can be drawn, so "
-                         f"K = {max(ks)} has no control; ask for smaller K.", arg="ks")

@@ -7,7 +7,8 @@ model retrieved part of the needle) to ``hallucinated`` (none of it): the classe
 The paper reports that when retrieval fails, retrieval heads no longer look at the needle but
 at the first tokens of the prompt (the *attention sink*). :func:`attention_mass` measures both
 from the attention rows recorded by :func:`rhlens.decode.greedy_decode` (``record_rows``), and
-:func:`failure_sweep` does so for the strongest heads left unmasked, over a K grid.
+:func:`failure_sweep` does so for the strongest heads left unmasked, over a K grid;
+:func:`rhlens.viz.runs.plot_failure_modes` draws both.
 
 Example::
 
@@ -17,18 +18,17 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .mask import Mask
-from ..niah.answers import CLASS_COLORS, CLASSES, classify_answer
-from ..run.decode import greedy_decode
+from ..niah.answers import CLASSES, classify_answer
 from ..niah.grid import Grid
+from ..run.decode import greedy_decode
 from ..score.heads import head_names, top_heads
+from .mask import Mask
 
 
 def attention_mass(rows: torch.Tensor, needle_span: tuple[int, int], sink: int = 4) -> dict:
@@ -130,34 +130,3 @@ def attention_by_category(df: pd.DataFrame) -> pd.DataFrame:
     out = df.groupby("category")[["needle_mass", "sink_mass"]].mean()
     out["n"] = df.groupby("category").size()
     return out.reindex([c for c in CLASSES if c in out.index])
-
-
-def plot_failure_modes(df: pd.DataFrame, title: str | None = None):
-    """Left: answer categories against K (stacked). Right: where the watched heads attend,
-    per category (needle vs attention sink)."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    table = failure_table(df)
-    colors = CLASS_COLORS
-    bottom = pd.Series(0.0, index=table.index)
-    xs = range(len(table.index))
-    for cat in CLASSES:
-        a.bar(xs, table[cat], bottom=bottom, color=colors[cat], label=cat)
-        bottom = bottom + table[cat]
-    a.set_xticks(list(xs), [str(k) for k in table.index])
-    a.set_xlabel("K top retrieval heads masked")
-    a.set_ylabel("share of answers")
-    a.legend(fontsize=8)
-    a.set_title("answers as retrieval heads are masked")
-    att = attention_by_category(df)
-    pos = range(len(att.index))
-    b.bar([p - 0.2 for p in pos], att["needle_mass"], width=0.4, label="on the needle", color="C0")
-    b.bar([p + 0.2 for p in pos], att["sink_mass"], width=0.4, label="on the first tokens (sink)",
-          color="C7")
-    b.set_xticks(list(pos), [f"{c}\n(n={n})" for c, n in zip(att.index, att["n"])])
-    b.set_ylabel("attention mass per step")
-    b.legend(fontsize=8)
-    b.set_title("where the strongest unmasked retrieval heads look")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig

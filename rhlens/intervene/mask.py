@@ -2,7 +2,8 @@
 
 A :class:`Mask` says which *query* heads to take out of the model and how; it is the one
 object that every masking experiment (NIAH grids, K sweeps, failure modes, downstream tasks,
-toy models) takes, and :meth:`Mask.hooks` is the one place where its hooks are built.
+toy models) takes, and :meth:`Mask.hooks` builds its hooks: one
+:func:`~rhlens.intervene.edit.head_edit` per layer.
 
 Three ways to take one query head out (under grouped-query attention each query head is
 masked on its own; its key/value group is untouched):
@@ -17,7 +18,7 @@ masked on its own; its key/value group is untouched):
   (:meth:`Mask.with_means`, :func:`head_means`).
 
 The paper masks during decoding only (``prefill=False``): while the prompt is read, every head
-works as usual. :func:`rhlens.decode.greedy_decode` takes a mask as ``mask=``.
+works as usual. :func:`rhlens.run.decode.greedy_decode` takes a mask as ``mask=``.
 
 Example::
 
@@ -31,14 +32,16 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
-import einops
 import torch
 
 from ..run.decode import Hook, model_device
+from ..run.hooks import act_name, every_layer
 from ..score.heads import Head, as_heads, check_heads, heads_by_layer, random_heads, top_heads
+from .edit import head_edit, split_heads
 
 #: How a masked head is taken out.
 MaskMode = Literal["uniform", "zero", "mean"]
@@ -62,7 +65,7 @@ class Mask:
     """
 
     heads: tuple[Head, ...] = ()
-    mask_mode: MaskMode = "uniform"
+    mask_mode: MaskMode = field(default="uniform", metadata={"identity": "mode"})
     prefill: bool = False
     means: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
@@ -74,23 +77,23 @@ class Mask:
     # ----------------------------------------------------------------- choosing the heads
 
     @classmethod
-    def top(cls, scores: torch.Tensor, k: int, **options) -> "Mask":
-        """The ``k`` best-scoring heads (:func:`rhlens.heads.top_heads`)."""
+    def top(cls, scores: torch.Tensor, k: int, **options) -> Mask:
+        """The ``k`` best-scoring heads (:func:`rhlens.score.heads.top_heads`)."""
         return cls(tuple(top_heads(scores, k)), **options)
 
     @classmethod
     def random(cls, scores: torch.Tensor, k: int, seed: int, *, threshold: float | None = 0.1,
-               same_layers: bool = False, exclude: Iterable[Head] = (), **options) -> "Mask":
+               same_layers: bool = False, exclude: Iterable[Head] = (), **options) -> Mask:
         """``k`` random heads scoring ``<= threshold``, never a retrieval head
-        (:func:`rhlens.heads.random_heads`)."""
+        (:func:`rhlens.score.heads.random_heads`)."""
         heads = random_heads(scores, k, seed, threshold, same_layers=same_layers, exclude=exclude)
         return cls(tuple(heads), **options)
 
-    def with_heads(self, heads: Iterable[Head]) -> "Mask":
+    def with_heads(self, heads: Iterable[Head]) -> Mask:
         """The same mode, prefill and means on other heads (a K sweep's runs)."""
         return dataclasses.replace(self, heads=as_heads(heads))
 
-    def with_means(self, model, reference_prompts: Iterable[torch.Tensor]) -> "Mask":
+    def with_means(self, model, reference_prompts: Iterable[torch.Tensor]) -> Mask:
         """This mask with the mean head outputs over ``reference_prompts`` (for ``"mean"``)."""
         return dataclasses.replace(self, means=head_means(model, reference_prompts))
 
@@ -115,61 +118,15 @@ class Mask:
         if self.mask_mode == "mean" and self.heads and self.means is None:
             raise ValueError("mask_mode 'mean' needs the heads' mean outputs; build the mask "
                              "with mask.with_means(model, reference_prompts).")
-        hooks: list[Hook] = []
-        for layer, idx in heads_by_layer(self.heads).items():
-            if self.mask_mode == "uniform":
-                hooks.append((f"blocks.{layer}.attn.hook_attn_scores", _uniform_fn(idx, from_pos)))
-                continue
-            fill = None if self.mask_mode == "zero" else self.means[layer, idx]  # [k, d_head]
-            hooks.append((f"blocks.{layer}.attn.hook_z", _replace_fn(idx, n_heads, fill, from_pos)))
-        return hooks
+        # a mask mode is a head edit of the same name (rhlens.intervene.edit)
+        means = self.means if self.mask_mode == "mean" else None
+        return [head_edit(self.mask_mode, layer, idx, n_heads=n_heads, from_pos=from_pos,
+                          value=None if means is None else means[layer])
+                for layer, idx in heads_by_layer(self.heads).items()]
 
     def prefill_hooks(self, model=None, **kwargs) -> list[Hook]:
         """:meth:`hooks` if the mask also covers the prefill, else none."""
         return self.hooks(model, **kwargs) if self.prefill else []
-
-
-def split_heads(z: torch.Tensor, n_heads: int | None) -> torch.Tensor:
-    """``hook_z`` as ``[batch, pos, head, d_head]`` (some bridges give it flat)."""
-    if z.ndim == 3:
-        return einops.rearrange(z, "b p (h d) -> b p h d", h=n_heads)
-    return z
-
-
-def _query_rows(n_query: int, offset: int, from_pos: int, device) -> torch.Tensor:
-    """``[n_query, 1]`` bool: which query rows sit at absolute position ``>= from_pos``."""
-    return (torch.arange(n_query, device=device) + offset >= from_pos)[:, None]
-
-
-def _uniform_fn(head_idx: list[int], from_pos: int = 0):
-    def hook(scores: torch.Tensor, hook) -> torch.Tensor:
-        # scores: [batch, head, query, key], hidden keys already at the dtype's minimum
-        sub = scores[:, head_idx]
-        visible = torch.isfinite(sub) & (sub > torch.finfo(sub.dtype).min / 2)
-        if from_pos > 0:  # the queries are the last n_query of the n_key positions
-            q, k = sub.shape[-2:]
-            visible = visible & _query_rows(q, k - q, from_pos, sub.device)
-        scores = scores.clone()
-        scores[:, head_idx] = torch.where(visible, torch.zeros_like(sub), sub)
-        return scores
-
-    return hook
-
-
-def _replace_fn(head_idx: list[int], n_heads: int | None, fill: torch.Tensor | None = None,
-                from_pos: int = 0):
-    def hook(z: torch.Tensor, hook) -> torch.Tensor:
-        # z: [batch, pos, head, d_head] (or flat [batch, pos, head * d_head])
-        zz = split_heads(z, n_heads).clone()
-        new = zz[:, :, head_idx]
-        new = torch.zeros_like(new) if fill is None else fill.to(zz).expand_as(new)
-        if from_pos > 0:
-            rows = _query_rows(zz.shape[1], 0, from_pos, zz.device)[None, :, :, None]
-            new = torch.where(rows, new, zz[:, :, head_idx])
-        zz[:, :, head_idx] = new
-        return zz.reshape(z.shape)
-
-    return hook
 
 
 @torch.no_grad()
@@ -186,10 +143,9 @@ def head_means(model, prompts: Iterable[torch.Tensor]) -> torch.Tensor:
     total, count = None, 0
     device = model_device(model)
     for ids in prompts:
-        _, cache = model.run_with_cache(ids[None].to(device),
-                                        names_filter=lambda n: n.endswith("attn.hook_z"))
+        _, cache = model.run_with_cache(ids[None].to(device), names_filter=every_layer("z"))
         # .to(device): under a device_map each layer's cache sits on its own GPU
-        z = torch.stack([split_heads(cache[f"blocks.{l}.attn.hook_z"], n_heads)[0].float().sum(0)
+        z = torch.stack([split_heads(cache[act_name("z", l)], n_heads)[0].float().sum(0)
                          .to(device) for l in range(n_layers)])  # [L, H, d]
         total = z if total is None else total + z
         count += ids.numel()

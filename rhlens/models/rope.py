@@ -4,15 +4,14 @@
   transformers 5 reads them (``rope_parameters``);
 * :func:`ntk_theta` and :func:`public_rope_reset`: the public detection code's RoPE reset
   (dynamic NTK, as Llama-2-7B-80K is run);
-* :func:`prepare_config`: all of it for one :class:`~rhlens.models.ModelSpec`.
+* :func:`prepare_config`: all of it for one :class:`~rhlens.models.registry.ModelSpec`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .loading import ModelSpec
+from .registry import ModelSpec
 
 
 def apply_config_overrides(config, overrides: dict[str, Any]):

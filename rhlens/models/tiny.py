@@ -2,7 +2,7 @@
 
 :func:`tiny_model` builds a 2-layer Llama, Mistral, Qwen2 or Mixtral; :func:`tiny_paper_model`
 a stand-in of one of the paper's checkpoints (same architecture, head grouping and config
-quirks, prepared by :func:`rhlens.rope.prepare_config` exactly as the real one). They borrow
+quirks, prepared by :func:`rhlens.models.rope.prepare_config` exactly as the real one). They borrow
 the embedded tokenizer, so prompts, needles and scores go through the same code as a real
 model.
 """
@@ -13,16 +13,17 @@ from typing import Any
 
 import torch
 
-from .loading import PAPER_MODELS, bridge_from_hf, embedded_tokenizer, quiet_transformers
+from .bridge import bridge_from_hf, embedded_tokenizer, quiet_transformers
+from .registry import PAPER_MODELS, TINY_CONTEXT, TINY_SHAPE
 from .rope import apply_config_overrides, prepare_config
 
 
 def tiny_model(
     arch: str = "llama",
-    n_layers: int = 2,
-    n_heads: int = 4,
-    n_kv_heads: int = 2,
-    d_model: int = 64,
+    n_layers: int = TINY_SHAPE["n_layers"],
+    n_heads: int = TINY_SHAPE["n_heads"],
+    n_kv_heads: int = TINY_SHAPE["n_kv_heads"],
+    d_model: int = TINY_SHAPE["d_model"],
     seed: int = 0,
     **config_overrides: Any,
 ):
@@ -67,11 +68,6 @@ TINY_QUIRKS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Size of the stand-ins that ``load_model("tiny-<paper key>")`` builds: big enough for the
-#: chapters' K grids and top-K tables (32 heads), small enough to run any chapter in seconds.
-STANDIN_SHAPE = {"n_layers": 4, "n_heads": 8, "d_model": 128}
-
-
 def tiny_paper_model(name: str, n_layers: int = 2, n_heads: int = 4, d_model: int = 64,
                      seed: int = 0):
     """A random-weight stand-in for ``PAPER_MODELS[name]``: same architecture, same head
@@ -100,7 +96,7 @@ def _tiny_config(arch: str, n_layers: int, n_heads: int, n_kv_heads: int, d_mode
                  **config_overrides: Any):
     from transformers import LlamaConfig, MistralConfig, MixtralConfig, Qwen2Config
 
-    classes = {
+    classes: dict[str, tuple[type, dict[str, Any]]] = {
         "llama": (LlamaConfig, {}),
         "mistral": (MistralConfig, {"sliding_window": None}),
         "qwen2": (Qwen2Config, {}),
@@ -111,8 +107,8 @@ def _tiny_config(arch: str, n_layers: int, n_heads: int, n_kv_heads: int, d_mode
     quiet_transformers()
     tok = embedded_tokenizer()
     cls, extra = classes[arch]
-    settings = {**extra, **config_overrides}
-    rope = {k: settings.pop(k) for k in ("rope_theta", "rope_scaling", "rope_parameters")
+    settings: dict[str, Any] = {**extra, **config_overrides}
+    rope: dict[str, Any] = {k: settings.pop(k) for k in ("rope_theta", "rope_scaling", "rope_parameters")
             if k in settings}
     config = cls(
         vocab_size=len(tok),
@@ -121,7 +117,7 @@ def _tiny_config(arch: str, n_layers: int, n_heads: int, n_kv_heads: int, d_mode
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads,
-        max_position_embeddings=settings.pop("max_position_embeddings", 4096),
+        max_position_embeddings=settings.pop("max_position_embeddings", TINY_CONTEXT),
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

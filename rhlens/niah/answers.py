@@ -30,7 +30,8 @@ import collections
 import functools
 import re
 import string
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 #: The classes of an answer, best first.
 AnswerClass = Literal["complete", "incomplete", "hallucinated"]

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from .haystack import Needle, load_haystack, load_needles
-
-from .prompts import PROMPT_STYLES, PromptStyle, Sample, build_sample
 from ..errors import UsageError
 from ..validate import check_grid
+from .haystack import Needle, load_haystack, load_needles
+from .prompts import PROMPT_STYLES, PromptStyle, Sample, build_sample
 
 
 @dataclass(frozen=True)
@@ -46,15 +45,21 @@ class Grid:
         haystack: haystack text; ``None`` is the built-in haystack.
         max_new_tokens: tokens decoded per prompt at most.
         prompt_style: the layout around the context, ``"rhlens"`` or the paper's public
-            code's ``"public-code"`` (:data:`rhlens.prompts.PROMPT_STYLES`).
+            code's ``"public-code"`` (:data:`rhlens.niah.prompts.PROMPT_STYLES`).
+
+    In a run's identity (:func:`rhlens.run.sweep.run_identity`) a grid counts by its token
+    budget and its prompt layout: the prompts themselves are fingerprinted by their samples'
+    keys, so a resumed run may add lengths, depths or needles.
     """
 
-    lengths: tuple[int, ...]
-    depths: tuple[float, ...]
-    needles: tuple[Needle, ...] | int | str | Path | None = None
-    haystack: str | None = dataclasses.field(default=None, repr=False)
+    lengths: tuple[int, ...] = dataclasses.field(metadata={"identity": False})
+    depths: tuple[float, ...] = dataclasses.field(metadata={"identity": False})
+    needles: tuple[Needle, ...] | int | str | Path | None = dataclasses.field(
+        default=None, metadata={"identity": False})
+    haystack: str | None = dataclasses.field(default=None, repr=False,
+                                             metadata={"identity": False})
     max_new_tokens: int = 32
-    prompt_style: PromptStyle = "rhlens"
+    prompt_style: PromptStyle = dataclasses.field(default="rhlens", metadata={"identity": "prompt"})
 
     def __post_init__(self):
         needles = self.needles
@@ -74,10 +79,16 @@ class Grid:
 
     def __len__(self) -> int:
         """Prompts in the grid (a point given twice counts once)."""
-        return (len(dict.fromkeys(self.needles)) * len(dict.fromkeys(self.lengths))
+        return (len(dict.fromkeys(self.needle_list)) * len(dict.fromkeys(self.lengths))
                 * len(dict.fromkeys(self.depths)))
 
-    def replace(self, **changes) -> "Grid":
+    @property
+    def needle_list(self) -> tuple[Needle, ...]:
+        """The grid's needles (a count or a file given to the constructor is read by then)."""
+        assert isinstance(self.needles, tuple)
+        return self.needles
+
+    def replace(self, **changes) -> Grid:
         """A copy with some fields changed (e.g. other needles for a held-out test)."""
         return dataclasses.replace(self, **changes)
 
@@ -90,7 +101,7 @@ class Grid:
         check_grid(self.lengths, self.depths, self.max_new_tokens, n_ctx)
         haystack = self.haystack if self.haystack is not None else load_haystack(None)
         samples: dict[str, Sample] = {}
-        for needle in dict.fromkeys(self.needles):
+        for needle in dict.fromkeys(self.needle_list):
             for length in dict.fromkeys(self.lengths):
                 for depth in dict.fromkeys(self.depths):
                     sample = build_sample(tokenizer, needle, haystack, length, depth,
@@ -100,7 +111,7 @@ class Grid:
 
     def reference_prompts(self, tokenizer, n_ctx: int | None = None) -> list[torch.Tensor]:
         """Prompts for mean ablation's reference: each needle at the first length and depth
-        0.5 (:meth:`rhlens.ablation.Mask.with_means`)."""
+        0.5 (:meth:`rhlens.intervene.mask.Mask.with_means`)."""
         ref = self.replace(lengths=self.lengths[:1], depths=(0.5,))
         return [s.input_ids for s in ref.samples(tokenizer, n_ctx)]
 

@@ -21,7 +21,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from ..errors import FetchError, UsageError
 
 CONTEXT_MARKER = "<<RHLENS_CONTEXT>>"

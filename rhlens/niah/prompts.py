@@ -22,7 +22,7 @@ ids, so Llama, Mistral, Qwen and SmolLM2 tokenizers all work.
 
 Example::
 
-    >>> from rhlens.models.loading import embedded_tokenizer
+    >>> from rhlens.models.bridge import embedded_tokenizer
     >>> tok = embedded_tokenizer()                                   # doctest: +SKIP
     >>> hay = default_haystack()                                     # doctest: +SKIP
     >>> s = build_sample(tok, NEEDLES[0], hay, length=1000, depth=0.5)  # doctest: +SKIP
@@ -142,7 +142,7 @@ def answer_offsets(tokenizer, needle: Needle) -> tuple[list[int], tuple[int, int
         ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
         inside = [i for i, (a, b) in enumerate(offsets) if a < c1 and b > c0 and b > a]
     else:  # no offsets: the length of each decoded prefix gives where each token ends
-        ids = _encode(tokenizer, text)
+        ids = encode(tokenizer, text)
         full = tokenizer.decode(ids)
         lead = len(text) - len(full)  # decoders that drop the leading space
         ends = [len(tokenizer.decode(ids[: j + 1])) + lead for j in range(len(ids))]
@@ -154,13 +154,14 @@ def answer_offsets(tokenizer, needle: Needle) -> tuple[list[int], tuple[int, int
     return ids, (inside[0], inside[-1] + 1)
 
 
-def _encode(tokenizer, text: str) -> list[int]:
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens (the pieces a prompt is built from)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @functools.lru_cache(maxsize=8)
 def _haystack_ids_cached(tokenizer, text: str) -> tuple[int, ...]:
-    return tuple(_encode(tokenizer, text))
+    return tuple(encode(tokenizer, text))
 
 
 def haystack_ids(tokenizer, text: str) -> list[int]:
@@ -228,7 +229,7 @@ def build_sample(
             f"use lengths of at most {n_ctx}."
         )
     before, after = chat_parts(tokenizer, needle, style=prompt_style)
-    pre, post = _encode(tokenizer, before), _encode(tokenizer, after)
+    pre, post = encode(tokenizer, before), encode(tokenizer, after)
     if tokenizer.bos_token_id is not None and (not pre or pre[0] != tokenizer.bos_token_id):
         if not getattr(tokenizer, "chat_template", None):
             pre = [tokenizer.bos_token_id] + pre

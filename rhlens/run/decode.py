@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal, Mapping, Sequence
+from typing import Literal
 
 import torch
 
+from .hooks import act_name, every_layer, layer_of
 from .sdpa import sdpa_attention
 
 Hook = tuple[str | Callable[[str], bool], Callable]
-
-PATTERN_HOOK = "hook_pattern"
 
 #: How the prompt is prefilled: ``"sdpa"`` (fast, no hooks) or ``"eager"`` (the bridge's hooked
 #: attention, chunked).
@@ -46,7 +46,7 @@ EAGER_CHUNK = 512
 
 def pattern_hook_name(layer: int) -> str:
     """TransformerLens name of layer ``layer``'s post-softmax attention pattern."""
-    return f"blocks.{layer}.attn.{PATTERN_HOOK}"
+    return act_name("pattern", layer)
 
 
 @dataclass
@@ -179,7 +179,7 @@ def greedy_decode(
     step = {"t": 0}
 
     def read_pattern(pattern: torch.Tensor, hook) -> torch.Tensor:
-        layer = int(hook.name.split(".")[1])
+        layer = layer_of(hook.name)
         row = pattern[0, :, -1]  # [head, key]
         argmax[step["t"], layer] = row.argmax(-1)
         for lay, head in wanted:
@@ -201,7 +201,7 @@ def greedy_decode(
     _sync(device)
     t1 = time.perf_counter()
 
-    recorder = (lambda name: name.endswith(PATTERN_HOOK), read_pattern)
+    recorder = (every_layer("pattern"), read_pattern)
     generated: list[int] = []
     nxt = ids[-1:]
     with model.hooks(fwd_hooks=[*decode_hooks, recorder]):

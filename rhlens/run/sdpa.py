@@ -46,8 +46,9 @@ any of them has a hook attached rather than silently skipping it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 import torch
 
@@ -72,7 +73,7 @@ def _attention_components(model) -> list[tuple[int, torch.nn.Module]]:
             f"{type(model).__name__} has no `blocks`: sdpa_attention needs a TransformerBridge "
             "of a decoder-only model; prefill with prefill_attention='eager' instead."
         )
-    found = []
+    found: list[tuple[int, torch.nn.Module]] = []
     for i, block in enumerate(blocks):
         attn = block._modules.get("attn")
         if isinstance(attn, AttentionBridge):
@@ -85,7 +86,7 @@ def _attention_components(model) -> list[tuple[int, torch.nn.Module]]:
     return found
 
 
-def _own_hook_points(component: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def _own_hook_points(component: torch.nn.Module) -> dict[str, Any]:
     """Hook points that ``component``'s own forward fires (not those of its q/k/v/o)."""
     from transformer_lens.hook_points import HookPoint
 
@@ -95,11 +96,11 @@ def _own_hook_points(component: torch.nn.Module) -> dict[str, torch.nn.Module]:
 def attention_hooks_in_use(model) -> list[str]:
     """Names of attention hook points that have hooks attached and that an SDPA forward
     would not fire (e.g. ``blocks.3.attn.hook_pattern``)."""
-    names = []
-    for i, attn in _attention_components(model):
+    names: list[str] = []
+    for _, attn in _attention_components(model):
         for name, point in _own_hook_points(attn).items():
             if point.has_hooks(dir="both"):
-                names.append(f"blocks.{i}.attn.{name}")
+                names.append(point.name or name)  # the bridge names its hook points in full
     return names
 
 

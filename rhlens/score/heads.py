@@ -3,16 +3,17 @@
 A *head* is a query head ``(layer, head)`` (:data:`Head`): under grouped-query attention each
 query head has its own score and its own mask, and score files index query heads. A *score
 map* is a ``[n_layers, n_heads]`` tensor of mean retrieval scores, what
-:func:`rhlens.detect.detect_retrieval_heads` and :func:`rhlens.results.load_scores` return.
+:func:`rhlens.score.detect.detect_retrieval_heads` and :func:`rhlens.run.results.load_scores` return.
 
 This module is the one home of
 
 * names: :func:`head_name` (``L16H19``) and :func:`parse_head` (``"L16H19"``, ``"16-19"``);
 * choices: :func:`top_heads`, :func:`control_pool`, :func:`random_heads` (a random control
   never draws a retrieval head, and the same seed gives the same heads);
-* shares: :func:`share_above`, :func:`sparsity`, :func:`summarize`, :func:`head_table`;
-* correlations of two maps: :func:`pearson`, :func:`spearman`, :func:`top_k_overlap`,
-  :func:`null_pearson` (head-shuffle baseline).
+* shares: :func:`share_above`, :func:`sparsity`, :func:`summarize`, :func:`head_table`.
+
+They take score maps as tensors; where maps come from (score files, URLs, the paper's published
+maps) is :mod:`rhlens.analyze.maps`, and how two maps are compared :mod:`rhlens.analyze.statistics`.
 
 Example::
 
@@ -26,19 +27,12 @@ Example::
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
 #: A query head: ``(layer, head)``.
 Head = tuple[int, int]
-
-#: Anything that holds a score map: a ``[n_layers, n_heads]`` tensor, a score file, a URL, a
-#: ``{"layer-head": [...]}`` dict, or the short name of a published map (``"mixtral-8x7b"``,
-#: :mod:`rhlens.published`).
-ScoreSource = str | Path | dict | torch.Tensor
-
 
 # --------------------------------------------------------------------------- names
 
@@ -101,20 +95,19 @@ def check_heads(heads: Iterable[Head], n_layers: int, n_heads: int) -> None:
 # --------------------------------------------------------------------------- score maps
 
 
-def as_map(source: ScoreSource) -> torch.Tensor:
-    """``[n_layers, n_heads]`` float64 map from a tensor, score file, URL, dict, or the short
-    name of a published map (an existing file of that name wins)."""
-    if isinstance(source, torch.Tensor):
-        if source.ndim != 2:
-            raise ValueError(f"A score map is [n_layers, n_heads]; got shape {tuple(source.shape)}.")
-        return source.detach().double().cpu()
-    from ..analyze.published import is_published, load_published
-    from ..run.results import load_scores
+def score_map(scores: torch.Tensor) -> torch.Tensor:
+    """A ``[n_layers, n_heads]`` score map as float64 on the CPU (score files, URLs and the
+    paper's published maps become maps through :func:`rhlens.analyze.maps.as_map`).
 
-    if is_published(source) and not Path(source).exists():
-        return load_published(source).double()
-
-    return load_scores(source).double()
+    >>> score_map(torch.zeros(3)).shape
+    Traceback (most recent call last):
+    ...
+    ValueError: A score map is [n_layers, n_heads]; got shape (3,).
+    """
+    scores = torch.as_tensor(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"A score map is [n_layers, n_heads]; got shape {tuple(scores.shape)}.")
+    return scores.detach().double().cpu()
 
 
 def head_table(scores: torch.Tensor):
@@ -135,31 +128,31 @@ def head_table(scores: torch.Tensor):
     return table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def share_above(scores: ScoreSource, threshold: float) -> float:
+def share_above(scores: torch.Tensor, threshold: float) -> float:
     """Fraction of heads whose score exceeds ``threshold`` (0.1: the paper's retrieval heads).
 
     >>> share_above(torch.tensor([[0.0, 0.2], [0.6, 0.05]]), 0.1)
     0.5
     """
-    return float((as_map(scores) > threshold).double().mean())
+    return float((score_map(scores) > threshold).double().mean())
 
 
-def sparsity(scores: ScoreSource) -> dict[str, float]:
+def sparsity(scores: torch.Tensor) -> dict[str, float]:
     """Share of heads with mean score > 0.1, > 0.5 and exactly 0 (the paper's Sec. 3.1).
 
     >>> sparsity(torch.tensor([[0.0, 0.2], [0.6, 0.0]]))
     {'share_above_0.1': 0.5, 'share_above_0.5': 0.25, 'share_zero': 0.5}
     """
-    m = as_map(scores)
+    m = score_map(scores)
     return {"share_above_0.1": share_above(m, 0.1),
             "share_above_0.5": share_above(m, 0.5),
             "share_zero": float((m == 0).double().mean())}
 
 
-def summarize(scores: ScoreSource, top: int = 10) -> dict:
+def summarize(scores: torch.Tensor, top: int = 10) -> dict:
     """Headline numbers of a score map, as the paper reports them: ``n_heads``, ``top``
     (list of ``(name, score)``) and the shares of :func:`sparsity`."""
-    m = as_map(scores)
+    m = score_map(scores)
     table = head_table(m)
     return {"n_heads": int(m.numel()),
             "top": list(zip(table.name[:top], table.score[:top].round(4))),
@@ -169,7 +162,7 @@ def summarize(scores: ScoreSource, top: int = 10) -> dict:
 # --------------------------------------------------------------------------- choosing heads
 
 
-def top_heads(scores: ScoreSource, k: int) -> list[Head]:
+def top_heads(scores: torch.Tensor, k: int) -> list[Head]:
     """The ``k`` heads with the highest score.
 
     Ties are broken by position (lower layer, then lower head), so the choice is stable.
@@ -177,7 +170,7 @@ def top_heads(scores: ScoreSource, k: int) -> list[Head]:
     >>> top_heads(torch.tensor([[0.1, 0.9], [0.5, 0.5]]), 3)
     [(0, 1), (1, 0), (1, 1)]
     """
-    m = as_map(scores)
+    m = score_map(scores)
     flat = m.flatten()
     if not 0 <= k <= flat.numel():
         raise ValueError(f"k must lie in [0, {flat.numel()}], got {k}.")
@@ -209,7 +202,7 @@ def control_pool(
     if threshold is None:
         return [(l, h) for l in range(n_layers) for h in range(n_heads)]
     below = scores <= threshold  # compared in the scores' dtype: a float32 0.1 is at the threshold
-    layers = range(n_layers)
+    layers = list(range(n_layers))
     if same_layers and not bool(below.all()):
         layers = [l for l in layers if not bool(below[l].all())]
     return [(l, h) for l in layers for h in range(n_heads) if bool(below[l, h])]
@@ -242,65 +235,3 @@ def random_heads(
         )
     g = torch.Generator().manual_seed(int(seed))
     return [pool[i] for i in torch.randperm(len(pool), generator=g)[:k].tolist()]
-
-
-# --------------------------------------------------------------------------- comparing maps
-
-
-def paired_maps(a: ScoreSource, b: ScoreSource) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two score maps as float64 tensors, checked to have the same shape."""
-    x, y = as_map(a), as_map(b)
-    if x.shape != y.shape:
-        raise ValueError(
-            f"Score maps of different shapes {tuple(x.shape)} and {tuple(y.shape)}: head-by-head "
-            "comparison needs two models with the same layers x heads (as within a family)."
-        )
-    return x, y
-
-
-def pearson(a: ScoreSource, b: ScoreSource) -> float:
-    """Pearson correlation of two score maps over all heads (NaN if one map is constant).
-
-    >>> pearson(torch.tensor([[0., 1.], [0.5, 0.]]), torch.tensor([[0., 2.], [1., 0.]]))
-    1.0
-    """
-    x, y = paired_maps(a, b)
-    x, y = x.flatten() - x.mean(), y.flatten() - y.mean()
-    denom = x.norm() * y.norm()
-    return float("nan") if denom == 0 else round(float(x @ y / denom), 12)
-
-
-def _ranks(v: torch.Tensor) -> torch.Tensor:
-    import pandas as pd
-
-    return torch.tensor(pd.Series(v.numpy()).rank(method="average").to_numpy())
-
-
-def spearman(a: ScoreSource, b: ScoreSource) -> float:
-    """Spearman rank correlation (ties get average ranks: most heads score exactly 0).
-
-    >>> spearman(torch.tensor([[0., 1., 3.]]), torch.tensor([[0., 5., 9.]]))
-    1.0
-    """
-    x, y = paired_maps(a, b)
-    return pearson(_ranks(x.flatten())[None], _ranks(y.flatten())[None])
-
-
-def top_k_overlap(a: ScoreSource, b: ScoreSource, k: int = 20) -> float:
-    """Share of the top-``k`` heads of ``a`` that are also top-``k`` heads of ``b``."""
-    x, y = paired_maps(a, b)
-    if not 0 < k <= x.numel():
-        raise ValueError(f"k must be in 1..{x.numel()}, got {k}.")
-    return len(set(top_heads(x, k)) & set(top_heads(y, k))) / k
-
-
-def null_pearson(a: ScoreSource, b: ScoreSource, n: int = 1000, seed: int = 0) -> torch.Tensor:
-    """Pearson r after randomly permuting the heads of ``b``, ``n`` times: the correlation of
-    two models that share *no* heads but have the same score distributions. ``[n]``."""
-    x, y = paired_maps(a, b)
-    gen = torch.Generator().manual_seed(seed)
-    xf = (x.flatten() - x.mean()) / (x.flatten() - x.mean()).norm()
-    yf = y.flatten() - y.mean()
-    perms = torch.stack([torch.randperm(yf.numel(), generator=gen) for _ in range(n)])
-    yp = yf[perms]
-    return (yp @ xf) / yf.norm()

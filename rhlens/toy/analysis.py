@@ -20,8 +20,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from ..score.heads import control_pool, head_name, head_names, random_heads, top
 from ..score.scoring import ScoreMode, retrieval_scores
 from .task import ToyTask
 from .train import accuracy, hf_module, to_bridge
+
+if TYPE_CHECKING:
+    import pandas
 
 
 @dataclass
@@ -131,13 +135,13 @@ def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int]
             draws = [random_heads(scores, k, seed + 1000 * k + j, retrieval_threshold,
                                   same_layers=same_layers)
                      for j in range(n_random)]
-        rand = [masked_accuracy(model, task, Mask(d, mask_mode), n=n) for d in draws]
+        rand = [masked_accuracy(model, task, Mask(tuple(d), mask_mode), n=n) for d in draws]
         rows.append({
             "k": k,
             "top_heads": head_names(top, sep=", "),
             "top_min_score": float(min(scores[hd] for hd in top)),
             "acc_none": base,
-            "acc_top": masked_accuracy(model, task, Mask(top, mask_mode), n=n),
+            "acc_top": masked_accuracy(model, task, Mask(tuple(top), mask_mode), n=n),
             "acc_random": sum(rand) / len(rand) if rand else float("nan"),
             "acc_random_min": min(rand) if rand else float("nan"),
             "random_draws": len(draws),
@@ -170,7 +174,7 @@ def prev_token_induction_scores(model, task: ToyTask, n: int = 8, seed: int = 20
 def _plain_state(hf) -> dict:
     """The Hugging Face module's weights under their plain names: once wrapped in a bridge,
     its ``state_dict`` keys gain ``._original_component`` segments (and bridge aliases)."""
-    plain = {}
+    plain: dict[str, torch.Tensor] = {}
     for key, value in hf.state_dict().items():
         plain.setdefault(key.replace("._original_component", ""), value)
     return plain
@@ -268,7 +272,7 @@ def first_step_copies(model, task: ToyTask, n: int = 32, seed: int = 1000) -> to
     return torch.stack(hits).float().mean(0)
 
 
-def retrieval_vs_induction(variants: dict, *, n: int = 32) -> "pandas.DataFrame":
+def retrieval_vs_induction(variants: dict, *, n: int = 32) -> pandas.DataFrame:
     """Each head's retrieval score beside its induction score, for several task variants.
 
     Args:
@@ -355,7 +359,7 @@ def match_heads(model_a, model_b, task: ToyTask, scores_a: torch.Tensor,
     """
     import pandas as pd
 
-    from ..score.heads import pearson
+    from ..analyze.statistics import pearson
 
     pa = torch.nn.functional.normalize(decode_patterns(model_a, task, layer, n), dim=1)
     pb = torch.nn.functional.normalize(decode_patterns(model_b, task, layer, n), dim=1)

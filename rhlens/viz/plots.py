@@ -1,4 +1,6 @@
-"""Static matplotlib figures (they render in the built book without any JavaScript).
+"""Figures of score maps, static matplotlib (they render in the built book without any
+JavaScript): heatmaps, sorted scores, correlation matrices, head-by-head scatters, how often
+heads fire, and maps side by side. Figures of runs are in :mod:`rhlens.viz.runs`.
 
 Example::
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
+from ..analyze.maps import ScoreSource, as_map
 from ..score.heads import head_table
 
 
@@ -128,3 +131,22 @@ def activation_curves(shares: dict, ax=None, nearly: float = 0.95):
     ax.set_ylabel("share of samples with score > 0")
     ax.legend(fontsize=7)
     return ax
+
+
+def side_by_side(maps: dict[str, ScoreSource], vmax: float = 1.0, annotate_top: int = 3,
+                 ncols: int | None = None):
+    """One heatmap per map (matplotlib figure): in one row, or ``ncols`` per row."""
+    loaded = {name: as_map(src).float() for name, src in maps.items()}
+    if not loaded:
+        raise ValueError("Give at least one score map.")
+    ncols = len(loaded) if ncols is None else max(1, min(ncols, len(loaded)))
+    nrows = -(-len(loaded) // ncols)
+    width = max(max(3.0, 0.12 * m.shape[1] + 2) for m in loaded.values())
+    height = max(3.5, 0.1 * max(m.shape[0] for m in loaded.values()) + 2)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax, (name, m) in zip(axes.flat, loaded.items()):
+        score_heatmap(m, ax=ax, title=name, vmax=vmax, annotate_top=annotate_top)
+    for ax in list(axes.flat)[len(loaded):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig

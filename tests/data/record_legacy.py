@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from rhlens.score.detect import score_sample
-from rhlens.niah.grid import Grid
 from rhlens.models.loading import load_model
 from rhlens.models.tiny import tiny_model
+from rhlens.niah.grid import Grid
+from rhlens.score.detect import score_sample
 
 torch.set_grad_enabled(False)
 OUT = Path(__file__).with_name("legacy_needle_span.json")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from rhlens.run.decode import greedy_decode
-from rhlens.niah.grid import Grid
 from rhlens.models.loading import load_model
 from rhlens.models.tiny import tiny_model
+from rhlens.niah.grid import Grid
+from rhlens.run.decode import greedy_decode
 
 torch.set_grad_enabled(False)
 OUT = Path(__file__).with_name("decode_traces.json")

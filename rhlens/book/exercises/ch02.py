@@ -5,10 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...score.scoring import copy_hits, retrieval_scores
-from .check import checker, expect, fail, passed, tiny
-
-_PROMPT = torch.tensor([50, 10, 11, 12, 13, 60, 11])
-_SPAN = (1, 5)
+from .check import COPY_PROMPT, COPY_SPAN, checker, expect, fail, passed, tiny
 
 
 def _cases():
@@ -17,7 +14,7 @@ def _cases():
     yield torch.tensor([[1, 1], [5, 4]]), 10
     for _ in range(20):
         argmax = torch.randint(0, 8, (3, 4), generator=g)
-        token = int(_PROMPT[torch.randint(0, 7, (1,), generator=g)])
+        token = int(COPY_PROMPT[torch.randint(0, 7, (1,), generator=g)])
         yield argmax, token
 
 
@@ -25,8 +22,8 @@ def _cases():
 def check_copy_hits(fn) -> None:
     """``fn(argmax [L, H], token, prompt_ids [n], needle_span) -> bool [L, H]``."""
     for argmax, token in _cases():
-        got = torch.as_tensor(fn(argmax, token, _PROMPT, _SPAN)).bool()
-        want = copy_hits(argmax, token, _PROMPT, _SPAN)
+        got = torch.as_tensor(fn(argmax, token, COPY_PROMPT, COPY_SPAN)).bool()
+        want = copy_hits(argmax, token, COPY_PROMPT, COPY_SPAN)
         expect(got.shape == want.shape, "copy_hits",
                f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
         expect(torch.equal(got, want), "copy_hits",
@@ -46,14 +43,14 @@ def check_retrieval_scores(fn) -> None:
     for _ in range(20):
         T = int(torch.randint(1, 7, (1,), generator=g))
         argmax = torch.randint(0, 8, (T, 2, 3), generator=g)
-        cases.append((argmax, _PROMPT[torch.randint(0, 7, (T,), generator=g)]))
+        cases.append((argmax, COPY_PROMPT[torch.randint(0, 7, (T,), generator=g)]))
     for argmax, tokens in cases:
-        want = retrieval_scores(argmax, tokens, _PROMPT, _SPAN)
-        got = torch.as_tensor(fn(argmax, tokens, _PROMPT, _SPAN)).to(want.dtype)
+        want = retrieval_scores(argmax, tokens, COPY_PROMPT, COPY_SPAN)
+        got = torch.as_tensor(fn(argmax, tokens, COPY_PROMPT, COPY_SPAN)).to(want.dtype)
         expect(got.shape == want.shape, "retrieval_scores",
                f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
         if not torch.allclose(got, want, atol=1e-6):
-            summed = retrieval_scores(argmax, tokens, _PROMPT, _SPAN, score_mode="sum")
+            summed = retrieval_scores(argmax, tokens, COPY_PROMPT, COPY_SPAN, score_mode="sum")
             hint = ("you are summing every copying step (the public code's arithmetic): count "
                     "each needle position once" if torch.allclose(got, summed)
                     else "a head scores the share of distinct needle positions it copied")
@@ -98,8 +95,8 @@ def check_argmax_hook(fn) -> None:
                "pattern is [batch, head, query, key]: take batch 0, every head, the LAST query "
                "row, and argmax over the key axis (one key per query head, also under GQA)")
         want = trace.argmax[:, layer]
-        got = torch.stack(got).long()
-        expect(torch.equal(got, want), "argmax hook",
-               f"layer {layer}: got {got.tolist()}, the decoder recorded {want.tolist()}",
+        stacked = torch.stack(got).long()
+        expect(torch.equal(stacked, want), "argmax hook",
+               f"layer {layer}: got {stacked.tolist()}, the decoder recorded {want.tolist()}",
                "argmax over the last axis (keys) of pattern[0, :, -1]")
     passed("argmax hook", f"{steps} decode steps x {n_layers} layers x {n_heads} query heads")

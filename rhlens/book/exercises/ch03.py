@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ...score.heads import null_pearson, pearson, sparsity
+from ...analyze.statistics import null_pearson, pearson
+from ...score.heads import sparsity
 from .check import checker, expect, passed
 
 

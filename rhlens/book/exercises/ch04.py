@@ -23,7 +23,7 @@ def check_uniform_scores(fn) -> None:
     scores = torch.randn(1, 3, n, n)
     scores = scores.masked_fill(torch.triu(torch.ones(n, n, dtype=torch.bool), 1), neg)
     out = fn(scores.clone(), [1])
-    ((_, reference),) = Mask([(0, 1)], "uniform").hooks(n_heads=3)
+    ((_, reference),) = Mask(((0, 1),), "uniform").hooks(n_heads=3)
     want = reference(scores.clone(), None)
     expect(out.shape == scores.shape, "uniform scores",
            f"keep the shape {tuple(scores.shape)}, got {tuple(out.shape)}")
@@ -90,7 +90,7 @@ def check_masked_class(fn) -> None:
     unmasked = greedy_decode(model, ids, max_new_tokens=8).text
     every = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     for heads in ([], every[:2], every):
-        mask = Mask(heads, "zero")
+        mask = Mask(tuple(heads), "zero")
         masked = greedy_decode(model, ids, max_new_tokens=8, mask=mask).text
         want = classify_answer(unmasked, masked)
         got = fn(model, ids.clone(), unmasked, mask, 8)

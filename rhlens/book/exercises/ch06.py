@@ -6,7 +6,7 @@ import torch
 
 from ...score.heads import head_name
 from ...score.scoring import copy_hits, retrieval_scores
-from .check import checker, expect, fail, passed
+from .check import COPY_PROMPT, COPY_SPAN, checker, expect, fail, passed
 
 
 @checker
@@ -54,19 +54,17 @@ def check_copy_trace(fn) -> None:
     """``fn(argmax [T, L, H], tokens [T], prompt_ids, needle_span, layer, head) ->
     [(step, position), ...]``: every decode step at which head ``(layer, head)`` copy-pastes,
     with the needle position it copies from (repeats included), in step order."""
-    from .ch02 import _PROMPT, _SPAN
-
     g = torch.Generator().manual_seed(6)
     fixed = (torch.tensor([[[2, 1]], [[2, 6]], [[3, 3]], [[9, 4]]]), torch.tensor([11, 11, 12, 13]))
     cases = [fixed] + [(torch.randint(0, 9, (int(torch.randint(1, 7, (1,), generator=g)), 2, 2),
                                       generator=g), None) for _ in range(20)]
     for argmax, tokens in cases:
         if tokens is None:
-            tokens = _PROMPT[torch.randint(0, 7, (argmax.shape[0],), generator=g)]
+            tokens = COPY_PROMPT[torch.randint(0, 7, (argmax.shape[0],), generator=g)]
         for layer, head in [(0, 0), (0, 1)] + ([(1, 1)] if argmax.shape[1] > 1 else []):
             want = [(t, int(argmax[t, layer, head])) for t in range(argmax.shape[0])
-                    if bool(copy_hits(argmax[t], int(tokens[t]), _PROMPT, _SPAN)[layer, head])]
-            got = [tuple(map(int, e)) for e in fn(argmax, tokens, _PROMPT, _SPAN, layer, head)]
+                    if bool(copy_hits(argmax[t], int(tokens[t]), COPY_PROMPT, COPY_SPAN)[layer, head])]
+            got = [tuple(map(int, e)) for e in fn(argmax, tokens, COPY_PROMPT, COPY_SPAN, layer, head)]
             if got != want:
                 hint = ("keep every copying step, repeats included (the score de-duplicates "
                         "positions later, the trace does not)"
@@ -77,7 +75,7 @@ def check_copy_trace(fn) -> None:
                              "lies outside the needle; argmax 9 lies past the prompt)")
                 fail("copy trace", f"head ({layer}, {head}), argmax {argmax[:, layer, head].tolist()}, "
                      f"tokens {tokens.tolist()}: got {got}, expected {want}", hint)
-            score = float(retrieval_scores(argmax, tokens, _PROMPT, _SPAN)[layer, head])
-            expect(abs(len({p for _, p in got}) / (_SPAN[1] - _SPAN[0]) - score) < 1e-6,
+            score = float(retrieval_scores(argmax, tokens, COPY_PROMPT, COPY_SPAN)[layer, head])
+            expect(abs(len({p for _, p in got}) / (COPY_SPAN[1] - COPY_SPAN[0]) - score) < 1e-6,
                    "copy trace", "the distinct positions do not give the retrieval score")
     passed("copy trace", "its distinct positions give the paper's retrieval score")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ...apps.downstream import summarize_conditions
+from ...apps.tasks import eval_chain
 from ...niah.answers import token_f1
-from ...apps.downstream import eval_chain, summarize_conditions
 from .check import checker, expect, passed
 
 

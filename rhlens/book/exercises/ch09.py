@@ -69,7 +69,7 @@ def check_kv_budget(fn) -> None:
         full = kv_cache_bytes(6, n_kv, d, n, compress_all=False)["full"]
         budget = int(share * full)
         want = _budget_reference(scores, n_kv, d, n, budget, sink, window)
-        got = sorted(tuple(map(int, h)) for h in fn(scores.clone(), n_kv, d, n, budget, sink, window))
+        got = sorted((int(h[0]), int(h[1])) for h in fn(scores.clone(), n_kv, d, n, budget, sink, window))
         kept = kv_cache_bytes(6, n_kv, d, n, got, sink, window)["kept"]
         expect(kept <= budget, "KV budget",
                f"{n_kv} KV heads/layer, {n} tokens, budget {budget} B: your {len(got)} full heads "

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 
+import torch
+
 #: The hint of every exercise not attempted yet (its stub still raises NotImplementedError).
 NOT_ATTEMPTED_HINT = ("replace the `raise NotImplementedError(...)` line of the exercise cell "
                       "with your code, run that cell, then this one")
@@ -64,10 +66,16 @@ def passed(exercise: str, note: str = "") -> None:
     print(f"✓ {exercise} passed" + (f": {note}" if note else ""))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny(arch: str = "llama", **options):
     """A tiny random-weight model (:func:`rhlens.tiny.tiny_model`), built once per checker
     session: checkers that need a model run the learner's code on it in a second."""
     from ...models.tiny import tiny_model
 
     return tiny_model(arch, **options)
+
+
+#: A small prompt and needle span (positions 1..4) that the scoring checkers of chapters 2 and 6
+#: build their cases on.
+COPY_PROMPT = torch.tensor([50, 10, 11, 12, 13, 60, 11])
+COPY_SPAN = (1, 5)

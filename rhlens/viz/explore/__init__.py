@@ -23,10 +23,26 @@ Example::
 """
 
 from .common import STATIC_ENV, use_static
-from .heads import (HeadData, StepView, answer_html, context_html, head_data, head_explorer,
-                    info_html, plot_head_steps, plot_step, step_view)
-from .masking import (MASKING_COLUMNS, check_masking_frame, masking_explorer, masking_html,
-                      masking_row, plot_masking)
+from .heads import (
+                    HeadData,
+                    StepView,
+                    answer_html,
+                    context_html,
+                    head_data,
+                    head_explorer,
+                    info_html,
+                    plot_head_steps,
+                    plot_step,
+                    step_view,
+)
+from .masking import (
+                    MASKING_COLUMNS,
+                    check_masking_frame,
+                    masking_explorer,
+                    masking_html,
+                    masking_row,
+                    plot_masking,
+)
 from .score_map import plot_score_map, score_map_explorer
 
 __all__ = [

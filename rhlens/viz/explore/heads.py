@@ -7,19 +7,18 @@ top-attended token named and copy-paste steps flagged. Static twin: :func:`plot_
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ...run.decode import DecodeTrace, greedy_decode
 from ...niah.prompts import Sample
+from ...run.decode import DecodeTrace, greedy_decode
 from ...score.heads import head_name
 from .common import SINK, static_figure, use_static
-
-
 
 
 @dataclass
@@ -33,7 +32,7 @@ class HeadData:
 
     samples: list[Sample]
     traces: list[DecodeTrace]
-    tokenizer: object
+    tokenizer: Any
     model: object = None
     max_new_tokens: int = 32
     decode_hooks: Sequence = ()
@@ -283,9 +282,9 @@ def plot_head_steps(data: HeadData, index: int, layer: int, head: int, margin: i
     }
     left = np.zeros(steps)
     for (label, mass), color in zip(parts.items(), ["#999999", "#1a9850", "#92c5de", "#fdae61"]):
-        mass = mass.clamp(min=0).numpy()
-        bx.barh(range(steps), mass, left=left, color=color, label=label)
-        left += mass
+        share = mass.clamp(min=0).numpy()
+        bx.barh(range(steps), share, left=left, color=color, label=label)
+        left += share
     bx.set_ylim(steps - 0.5, -0.5)
     bx.set_yticks([])
     bx.set_xlim(0, 1)

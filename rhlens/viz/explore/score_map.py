@@ -4,15 +4,14 @@ threshold slider; a click opens the head in a head explorer. Static twin: :func:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
 
 from ...score.heads import head_name, share_above
 from .common import static_figure, use_static
-
-
 
 
 def plot_score_map(scores, thresholds=(0.1, 0.5), ax=None, title: str | None = None):
@@ -69,7 +68,7 @@ def score_map_explorer(scores, on_select: Callable | object | None = None, thres
         return static_figure(fig)
     import ipywidgets as w
 
-    callback = getattr(on_select, "select_head", on_select)
+    callback: Any = getattr(on_select, "select_head", on_select)
     n_layers, n_heads = scores.shape
     from ...score.heads import head_table
 
@@ -82,7 +81,7 @@ def score_map_explorer(scores, on_select: Callable | object | None = None, thres
                            value=None, description="open head"),
     }
     views = {"share": w.HTML(), "selected": w.HTML()}
-    state = {"selected": None}
+    state: dict[str, Any] = {"selected": None}
     cells = {}
     grid_children = []
     for layer in reversed(range(n_layers)):  # top row = last layer, like the heatmap
