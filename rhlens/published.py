@@ -28,10 +28,10 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
 
+from . import data
 from .heads import head_table, sparsity
 
 #: Where the shipped figures come from (also in the data file's header).
@@ -42,7 +42,7 @@ DATA_FILE = "published_heads.json"
 
 @functools.lru_cache(maxsize=1)
 def _data() -> dict:
-    text = resources.files("rhlens").joinpath("data", DATA_FILE).read_text()
+    text = data.path(DATA_FILE).read_text()
     return json.loads(text)
 
 
