@@ -76,7 +76,7 @@ def test_gqa_heads_are_scored_per_query_head():
     argmax[:, 0, 3] = torch.tensor([1, 6])  # layer 0, head 3 copies 10 only
     tokens = torch.tensor([10, 11])
     scores = retrieval_scores(argmax, tokens, PROMPT, SPAN)
-    expected = torch.zeros(2, 4)
+    expected = torch.zeros(2, 4, dtype=torch.float64)
     expected[1, 1] = 0.5
     expected[0, 3] = 0.25
     assert torch.allclose(scores, expected)
