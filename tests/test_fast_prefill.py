@@ -224,8 +224,8 @@ def test_smollm2_tokens_rows_and_scores_equal_eager(smollm2):
     _assert_rows_close(ref, fast, atol=1e-5)
     assert torch.equal(fast.argmax, ref.argmax)
     score = lambda t: retrieval_scores(t.argmax, t.tokens, sample.input_ids,  # noqa: E731
-                                       sample.needle_span, "paper")
+                                       sample.answer_span, "paper")
     assert torch.equal(score(fast), score(ref))
     record = score_sample(smollm2, sample, max_new_tokens=12)  # the `rhlens score` path
     assert record["answer"] == ref.text
-    assert torch.equal(torch.tensor(record["scores"]), score(ref))
+    assert torch.equal(torch.tensor(record["scores"], dtype=torch.float64), score(ref))

@@ -28,10 +28,10 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
 
+from .. import data
 from ..models.registry import PAPER_MODELS
 from ..score.heads import head_table, share_above, sparsity
 
@@ -43,7 +43,7 @@ DATA_FILE = "published_heads.json"
 
 @functools.lru_cache(maxsize=1)
 def _data() -> dict:
-    text = resources.files("rhlens").joinpath("data").joinpath(DATA_FILE).read_text()
+    text = data.path(DATA_FILE).read_text()
     return json.loads(text)
 
 
