@@ -546,7 +546,7 @@ def test_runtime_failures_exit_1(files, capsys, monkeypatch):
 
 
 def test_ctrl_c_during_start_up_is_one_line(files):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "rhlens", *map(str, score_args(files, files / "c.json"))],
@@ -708,7 +708,7 @@ def test_sweep_files_are_documented_and_negative_seeds_do_not_share_one(files, c
 def test_exit_codes_are_documented(capsys):
     rc, out, _ = cli(capsys, "--help")
     assert rc == 0 and "exit codes:" in out and "130" in out
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "| exit code |" in readme
 
 

@@ -194,7 +194,7 @@ def test_an_unsolved_stub_fails_with_one_line_and_the_hint(checker):
 
 # --------------------------------------------------------------------------- the notebooks
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _exercise_params(folder: Path):

@@ -29,7 +29,7 @@ from rhlens.cli.main import main
 from rhlens.models.registry import PAPER_MODELS
 from rhlens.score.heads import sparsity
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "rhlens" / "data" / "published_heads.json"
 
 #: The expected figures are the table of the README that accompanies the byte-for-byte copies of

@@ -21,7 +21,7 @@ from rhlens.book.exercises.generate import (
     write,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 
 

@@ -24,7 +24,7 @@ from rhlens.niah.prompts import build_sample
 from rhlens.score.detect import score_sample
 from rhlens.score.scoring import retrieval_scores
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 TRACES = json.loads((DATA / "decode_traces.json").read_text())
 LEGACY = json.loads((DATA / "legacy_needle_span.json").read_text())
 
