@@ -66,7 +66,7 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     if not name.startswith("_"):
-        try:  # rhlens.haystack etc. without importing the submodule first
+        try:  # rhlens.niah.haystack etc. without importing the submodule first
             return importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as err:
             if err.name != f"{__name__}.{name}":

@@ -67,7 +67,7 @@ def head_conditions(
 
 
 def condition_hooks(model, conditions: Mapping[str, Condition]) -> dict[str, list[Hook]]:
-    """Decode hooks of every condition (a mask's :meth:`~rhlens.ablation.Mask.hooks`).
+    """Decode hooks of every condition (a mask's :meth:`~rhlens.intervene.mask.Mask.hooks`).
 
     Batched decoding prefills once for all conditions, so a mask that covers the prefill
     cannot be honoured there and is refused.

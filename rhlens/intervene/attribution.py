@@ -10,7 +10,7 @@ output matrix) and contributes
     DLA[l, h] = (z[t, h] @ W_O[h]) / scale[t] * w_norm @ (W_U[:, clean_t] - W_U[:, cf_t])
 
 to the logit *difference* between the clean answer token and the counterfactual one (the
-same metric as :mod:`rhlens.patching`), averaged over the answer tokens ``t``, in the clean
+same metric as :mod:`rhlens.intervene.patch`), averaged over the answer tokens ``t``, in the clean
 run. A head that copies the needle straight to the output has a large DLA; a head that moves
 it through later layers (which then write it) restores much by patching but has a small DLA.
 
@@ -65,7 +65,7 @@ def direct_logit_attribution(model, run: PairRun) -> torch.Tensor:
 
     The final norm's scale is the clean run's (frozen), so the heads' shares plus those of
     the embeddings, the MLPs and the output biases add up to the clean run's logit difference
-    (tested in ``tests/test_patching.py``). RMSNorm models (every model rhlens loads) are
+    (tested in ``tests/intervene/test_patching.py``). RMSNorm models (every model rhlens loads) are
     handled; a LayerNorm's centring is applied too.
     """
     if run.scale is None:

@@ -2,11 +2,11 @@
 
 As more retrieval heads are masked, an answer goes from ``complete`` to ``incomplete`` (the
 model retrieved part of the needle) to ``hallucinated`` (none of it): the classes of
-:mod:`rhlens.answers` (:func:`~rhlens.answers.classify_answer`).
+:mod:`rhlens.niah.answers` (:func:`~rhlens.niah.answers.classify_answer`).
 
 The paper reports that when retrieval fails, retrieval heads no longer look at the needle but
 at the first tokens of the prompt (the *attention sink*). :func:`attention_mass` measures both
-from the attention rows recorded by :func:`rhlens.decode.greedy_decode` (``record_rows``), and
+from the attention rows recorded by :func:`rhlens.run.decode.greedy_decode` (``record_rows``), and
 :func:`failure_sweep` does so for the strongest heads left unmasked, over a K grid;
 :func:`rhlens.viz.runs.plot_failure_modes` draws both.
 

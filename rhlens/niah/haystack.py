@@ -5,7 +5,7 @@
 * haystacks: :func:`default_haystack` (prose from the standard library's docstrings, offline),
   :func:`load_haystack` (a text file, a folder of them, or a Hugging Face dataset).
 
-Prompts that put a needle into a haystack are built by :mod:`rhlens.prompts`.
+Prompts that put a needle into a haystack are built by :mod:`rhlens.niah.prompts`.
 
 >>> NEEDLES[0].answer
 'smoked cardamom'

@@ -8,7 +8,7 @@ one query row and keeps its argmax per query head (on the model's device, moved 
 end of the sample).
 
 Nothing reads attention during the prefill unless ``prefill_hooks`` are given, so by default
-it runs with Hugging Face's SDPA attention (:func:`rhlens.sdpa.sdpa_attention`: no score
+it runs with Hugging Face's SDPA attention (:func:`rhlens.run.sdpa.sdpa_attention`: no score
 matrix, the speed of plain ``generate``) into the same KV cache the hooked decode steps read.
 With ``prefill_hooks``, or ``prefill_attention="eager"``, it runs through the bridge's hooked
 eager attention in chunks (each chunk's scores are ``chunk x n``, never ``n x n``).
@@ -100,7 +100,7 @@ def prefill(model, ids: torch.Tensor, cache, chunk_size: int = 512) -> torch.Ten
 
     Returns the logits of the last position (``[vocab]``), or ``None`` when ``ids`` is empty;
     only that position goes through the unembedding (``logits_to_keep=1``). The attention is
-    the bridge's own (hooked, eager) unless called inside :func:`rhlens.sdpa.sdpa_attention`.
+    the bridge's own (hooked, eager) unless called inside :func:`rhlens.run.sdpa.sdpa_attention`.
     """
     logits = None
     for start in range(0, ids.shape[0], chunk_size):
@@ -136,7 +136,7 @@ def greedy_decode(
             (e.g. head masks, as the paper applies them).
         prefill_hooks: hooks active while the prompt (all but its last token) is prefilled.
         record_rows: ``(layer, head)`` pairs whose whole attention row to keep per step.
-        mask: a :class:`rhlens.ablation.Mask`: its hooks join ``decode_hooks`` (and
+        mask: a :class:`rhlens.intervene.mask.Mask`: its hooks join ``decode_hooks`` (and
             ``prefill_hooks`` when ``mask.prefill``).
         chunk_size: prompt tokens per prefill forward. Default: :data:`EAGER_CHUNK` for the
             eager prefill, the whole prompt for the SDPA one (its memory grows with the

@@ -1,7 +1,7 @@
 """The file each kind of run writes from its finished samples' records.
 
 A sweep (:mod:`rhlens.run.sweep`) rewrites its output after every sample, and
-:func:`rhlens.run.shard.merge_shards` writes the merged output of a split run, with the same
+:func:`rhlens.run.merge.merge_shards` writes the merged output of a split run, with the same
 function, so the two are byte for byte the same:
 
 * ``"score"`` (``rhlens score``): a score file in the public code's format (:mod:`rhlens.run.results`),

@@ -1,5 +1,5 @@
 """Result files: atomic writes, and score files in the public format (resumable sample logs
-live in :mod:`rhlens.samplelog`).
+live in :mod:`rhlens.run.samplelog`).
 
 A score file is ``{"layer-head": [per-sample scores, ...]}``, exactly as the paper's public
 code writes it, so its published files (e.g. ``Llama-2-7b-80k.json``) load with

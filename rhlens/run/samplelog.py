@@ -3,13 +3,13 @@ is truly the same run.
 
 A sweep appends one JSON line per finished sample to ``<out>.samples.jsonl`` (flushed and
 fsync'ed). Rerunning the same command skips the samples already in the log. A sample's key
-holds a fingerprint of its prompt and answer (:attr:`rhlens.haystack.Sample.key`), and the
+holds a fingerprint of its prompt and answer (:attr:`rhlens.niah.prompts.Sample.key`), and the
 log's header the run's settings (the model and a fingerprint of its weights, dtype,
 device...: :func:`model_identity`), so a rerun reuses only samples that would come out the
 same. A log with a torn or empty header is repaired from the run's settings, keeping the
 finished samples that match.
 
-A shard's log (:mod:`rhlens.shard`) also names, beside the settings, which part of the grid it
+A shard's log (:mod:`rhlens.run.shard`) also names, beside the settings, which part of the grid it
 holds; that is not part of the run's identity, so the shards of one run log the same settings
 as a single process, and :func:`write_log` joins them into its log.
 """
@@ -102,7 +102,7 @@ class SampleLog:
     def __init__(self, path: str | Path, settings: dict[str, Any],
                  required: Iterable[str] = ("key",), part: dict[str, Any] | None = None):
         self.path = Path(path)
-        # which part of the grid a shard's log holds (:meth:`rhlens.shard.Shard.part`)
+        # which part of the grid a shard's log holds (:meth:`rhlens.run.shard.Shard.part`)
         self.part = json.loads(json.dumps(part)) if part is not None else None
         # as it reads back from the file; the format version refuses logs of older rhlens
         self.settings = json.loads(json.dumps({"log_format": LOG_FORMAT, **settings}))

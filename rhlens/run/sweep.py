@@ -12,7 +12,7 @@ only a run that would give the same samples, and refuses another (:mod:`rhlens.r
 grid, skip the finished ones, measure the others one by one, append each to the log (flushed),
 and rewrite the output file atomically after each (:mod:`rhlens.run.outputs`). With a
 :class:`~rhlens.run.shard.Shard` it runs only that shard's samples, and its log names the shard
-for :func:`~rhlens.run.shard.merge_shards`.
+for :func:`~rhlens.run.merge.merge_shards`.
 
 A config field marks itself as not part of the identity with ``metadata={"identity": False}``
 (e.g. which prompts a run draws, when the sample keys already fingerprint them), or gives the

@@ -3,7 +3,7 @@
 At each decode step the model emits token ``w``. Query head ``h`` *copy-pastes* when the key
 it attends to most, ``i = argmax(attention row)``, lies inside the span ``k`` and
 ``prompt[i] == w``. ``k`` is the needle's answer span by default (the public code's
-``real_needle``; :meth:`rhlens.prompts.Sample.span`), or the whole needle sentence. With ``g_h``
+``real_needle``; :meth:`rhlens.niah.prompts.Sample.span`), or the whole needle sentence. With ``g_h``
 the span tokens head ``h`` copied over the whole answer,
 
 * ``score_mode="paper"`` (default): ``score_h = |g_h ∩ k| / |k|``. Each needle position counts once,

@@ -1,15 +1,15 @@
 """The toy chapters' measurements, all through the same code that scores a 7B model.
 
-* :func:`toy_retrieval_scores`: greedy-decode toy prompts with :func:`rhlens.decode.greedy_decode`
-  and score every head with :func:`rhlens.scoring.retrieval_scores` (needle span = the value
+* :func:`toy_retrieval_scores`: greedy-decode toy prompts with :func:`rhlens.run.decode.greedy_decode`
+  and score every head with :func:`rhlens.score.scoring.retrieval_scores` (needle span = the value
   tokens in the prompt);
-* :func:`masked_accuracy`: apply a :class:`rhlens.ablation.Mask` (uniform attention, as the
+* :func:`masked_accuracy`: apply a :class:`rhlens.intervene.mask.Mask` (uniform attention, as the
   paper, or zero output) at the decode positions and measure exact-value accuracy;
-  :func:`masking_effect`: top-K against random-K (:func:`rhlens.heads.random_heads`);
+  :func:`masking_effect`: top-K against random-K (:func:`rhlens.score.heads.random_heads`);
 * :func:`prev_token_induction_scores`: TransformerLens ``head_detector`` scores;
 * :func:`emergence`: retrieval, induction and previous-token scores at every checkpoint.
 
-Score maps compare with :func:`rhlens.heads.pearson`, like any other.
+Score maps compare with :func:`rhlens.analyze.statistics.pearson`, like any other.
 
 Example::
 
@@ -109,7 +109,7 @@ def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int]
     """Accuracy with the top-``k`` retrieval heads masked versus ``k`` random heads.
 
     Random heads are drawn (seeded, ``n_random`` draws per ``k``, or every subset when there are
-    fewer) from :func:`rhlens.heads.control_pool`: heads scoring ``<= retrieval_threshold``,
+    fewer) from :func:`rhlens.score.heads.control_pool`: heads scoring ``<= retrieval_threshold``,
     with ``same_layers`` only in the retrieval heads' layers. When the pool has fewer than
     ``k`` heads, the random columns are NaN.
 

@@ -73,7 +73,7 @@ def plot_scores(scores: torch.Tensor, title: str | None = None):
 
 
 def matrix_heatmap(table, ax=None, title: str | None = None, vmin: float = -1.0, vmax: float = 1.0):
-    """A square table of correlations (pandas, e.g. :func:`rhlens.compare.correlation_matrix`)
+    """A square table of correlations (pandas, e.g. :func:`rhlens.analyze.compare.correlation_matrix`)
     as an annotated heatmap; NaN cells (no comparison) stay blank."""
     import numpy as np
 

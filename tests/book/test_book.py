@@ -304,16 +304,22 @@ def test_chapter_titles_are_numbered_one_way():
 
 # --- API reference --------------------------------------------------------------------------
 
-def test_api_reference_has_a_page_per_module_and_builds_with_autodoc(toc):
+def test_api_reference_has_a_page_per_subpackage_and_builds_with_autodoc(toc):
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     extensions = config["sphinx"]["extra_extensions"]
     assert {"sphinx.ext.autodoc", "sphinx.ext.autosummary", "sphinx.ext.napoleon"} <= set(extensions)
     files = set(toc_files(toc))
     assert "book/api/index" in files
-    skip = {"__init__", "__main__"}
-    modules = sorted(p.stem for p in (ROOT / "rhlens").glob("*.py") if p.stem not in skip)
-    modules += ["toy", "explore"]
-    for module in modules:
-        page = ROOT / "book/api" / f"{module}.md"
-        assert page.is_file() and f"book/api/{module}" in files, f"no API page for rhlens.{module}"
-        assert f".. automodule:: rhlens.{module}" in page.read_text()
+    package = ROOT / "rhlens"
+    tops = sorted(p.stem for p in package.glob("*.py") if p.stem not in {"__init__", "__main__"})
+    tops += sorted(p.name for p in package.iterdir() if (p / "__init__.py").is_file())
+    for top in tops:
+        page = ROOT / "book/api" / f"{top}.md"
+        assert page.is_file() and f"book/api/{top}" in files, f"no API page for rhlens.{top}"
+        text = page.read_text()
+        assert f".. automodule:: rhlens.{top}\n" in text
+        modules = [] if not (package / top).is_dir() else [
+            "rhlens." + ".".join(p.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
+            for p in (package / top).rglob("*.py") if p.name != "__init__.py" or p.parent != package / top]
+        for module in modules:  # every module of the subpackage has its section on the page
+            assert f".. automodule:: {module}\n" in text, f"book/api/{top}.md lacks {module}"

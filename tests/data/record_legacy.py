@@ -6,7 +6,7 @@ of ``score_sample`` over the whole needle sentence, with the unstemmed ROUGE gat
 
     git checkout b6bfa11 -- rhlens && python tests/data/record_legacy.py && git checkout HEAD -- rhlens
 
-``tests/test_oracle.py`` checks that ``score_span="needle"`` with ``rouge_stemmer=False``
+``tests/score/test_oracle.py`` checks that ``score_span="needle"`` with ``rouge_stemmer=False``
 reproduces every number in it exactly.
 """
 

@@ -1,4 +1,4 @@
-"""Record the decode traces that ``tests/test_oracle.py`` scores with an independent oracle.
+"""Record the decode traces that ``tests/score/test_oracle.py`` scores with an independent oracle.
 
 For each model, greedy-decode a few NIAH prompts and keep what the retrieval score is a function
 of: the prompt's ids, the needle's and the answer's spans, the generated tokens and the key

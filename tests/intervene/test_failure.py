@@ -16,8 +16,6 @@ from rhlens.niah.grid import Grid
 from rhlens.niah.haystack import NEEDLES
 from rhlens.viz.runs import plot_failure_modes
 
-HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
-
 
 def test_classify_answer():
     assert classify_answer("smoked cardamom", " smoked cardamom.") == "complete"
@@ -37,9 +35,9 @@ def test_attention_mass():
     assert attention_mass(torch.zeros(0, 10), (5, 7)) == {"needle": 0.0, "sink": 0.0}
 
 
-def test_failure_sweep(tiny_llama):
+def test_failure_sweep(tiny_llama, hay):
     scores = torch.tensor([[0.1, 0.0, 0.5, 0.0], [0.9, 0.0, 0.0, 0.3]])
-    grid = Grid([160], [0.5], NEEDLES[:1], HAY, max_new_tokens=3)
+    grid = Grid([160], [0.5], NEEDLES[:1], hay, max_new_tokens=3)
     df = failure_sweep(tiny_llama, grid, scores, [0, 2], watch=2, progress=False)
     assert list(df["k"]) == [0, 2]
     assert df["watched"].tolist() == ["L1H0 L0H2", "L1H3 L0H0"]  # the next unmasked heads

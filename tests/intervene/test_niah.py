@@ -14,13 +14,11 @@ from rhlens.niah.grid import Grid, held_out_needles, needles_used_by
 from rhlens.niah.haystack import NEEDLES, needles_to_json
 from rhlens.viz.runs import niah_heatmap, plot_k_curve
 
-HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 
-
-def test_run_niah_csv_and_resume(tiny_llama, tmp_path):
+def test_run_niah_csv_and_resume(tiny_llama, tmp_path, hay):
     out = tmp_path / "niah.csv"
     kw = dict(progress=False, out=out)
-    grid = Grid([160, 200], [0.0, 1.0], NEEDLES[:1], HAY, max_new_tokens=3)
+    grid = Grid([160, 200], [0.0, 1.0], NEEDLES[:1], hay, max_new_tokens=3)
     df = run_niah(tiny_llama, grid, Mask([(1, 2)]), **kw)
     assert list(df.columns[:5]) == ["needle", "length", "depth", "score", "answer"]
     assert len(df) == 4 and df["score"].between(0, 100).all()
@@ -34,19 +32,19 @@ def test_run_niah_csv_and_resume(tiny_llama, tmp_path):
     assert ax.get_ylabel() == "needle depth"
 
 
-def test_mask_changes_answers(tiny_llama):
+def test_mask_changes_answers(tiny_llama, hay):
     """Zeroing every head changes what the model says (the hooks are really active)."""
-    grid = Grid([160], [0.5], NEEDLES[:1], HAY, max_new_tokens=4)
+    grid = Grid([160], [0.5], NEEDLES[:1], hay, max_new_tokens=4)
     base = run_niah(tiny_llama, grid, progress=False)
     every = [(l, h) for l in range(2) for h in range(4)]
     masked = run_niah(tiny_llama, grid, Mask(every, "zero"), progress=False)
     assert base["answer"][0] != masked["answer"][0]
 
 
-def test_k_sweep_and_curve(tiny_llama, tmp_path):
+def test_k_sweep_and_curve(tiny_llama, tmp_path, hay):
     scores = torch.zeros(2, 4)
     scores[1, 1], scores[0, 3] = 0.8, 0.4
-    grid = Grid([160], [0.5], NEEDLES[:1], HAY, max_new_tokens=3)
+    grid = Grid([160], [0.5], NEEDLES[:1], hay, max_new_tokens=3)
     df = k_sweep(tiny_llama, grid, scores, [0, 2], seeds=(0, 1), progress=False,
                  out=tmp_path / "sweep.csv")
     assert sorted(set(zip(df.k, df.kind))) == [(0, "top"), (2, "random"), (2, "top")]
@@ -78,7 +76,7 @@ def test_held_out_needles(tmp_path):
     assert needles_used_by(tmp_path / "missing.json") == set()
 
 
-def test_cli_niah(tmp_path, monkeypatch, capsys):
+def test_cli_niah(tmp_path, monkeypatch, capsys, hay):
     """`rhlens niah` end to end on a tiny model: masks top heads, leaves out score needles."""
     import rhlens.models.loading
     from rhlens.cli.main import main
@@ -91,7 +89,7 @@ def test_cli_niah(tmp_path, monkeypatch, capsys):
     (tmp_path / "scores.json").write_text(json.dumps(scores_to_json([scores], 2, 4)))
     (tmp_path / "scores.json.samples.jsonl").write_text(
         json.dumps({"settings": {}}) + "\n" + json.dumps({"key": "x", "needle": NEEDLES[0].text}) + "\n")
-    (tmp_path / "hay.txt").write_text(HAY)
+    (tmp_path / "hay.txt").write_text(hay)
     needle_file = tmp_path / "needles.json"
     needle_file.write_text(needles_to_json(list(NEEDLES[:2])))
     out = tmp_path / "niah.csv"

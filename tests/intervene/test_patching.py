@@ -19,12 +19,10 @@ from rhlens.niah.prompts import build_sample
 from rhlens.score.heads import top_heads
 from rhlens.viz.runs import plot_patching
 
-HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 
-
-def _pair(model):
+def _pair(model, hay):
     tok = model.tokenizer
-    s = build_sample(tok, NEEDLES[0], HAY, 160, 0.5)
+    s = build_sample(tok, NEEDLES[0], hay, 160, 0.5)
     a = answer_ids(tok, NEEDLES[0].answer)
     cf = counterfactual_tokens(tok, a, seed=1)
     ids = s.input_ids.clone()
@@ -45,10 +43,10 @@ def test_counterfactual_same_length_and_different(tiny_llama):
 
 
 @pytest.mark.parametrize("positions", ["decode", "answer"])
-def test_batched_patching_matches_single_head_patching(tiny, positions):
+def test_batched_patching_matches_single_head_patching(tiny, positions, hay):
     """Every architecture: the batched map equals patching one head at a time by hand, at
     every decode position or from the first answer token's on."""
-    pair = _pair(tiny)
+    pair = _pair(tiny, hay)
     res = patch_heads(tiny, run_pair(tiny, pair, positions=positions))
     n = pair.clean_ids.numel()
     first = n - 1 + (int(pair.answer_steps[0]) if positions == "answer" else 0)
@@ -68,9 +66,9 @@ def test_batched_patching_matches_single_head_patching(tiny, positions):
         assert abs(expected - float(res.restored[layer, head])) < 1e-3
 
 
-def test_patching_everything_restores_everything(tiny_llama):
+def test_patching_everything_restores_everything(tiny_llama, hay):
     """Sanity: with a one-layer model, patching all of a layer's heads at once gives 1."""
-    pair = _pair(tiny_llama)
+    pair = _pair(tiny_llama, hay)
     res = patch_heads(tiny_llama, pair)
     assert res.restored.shape == (2, 4)
     assert res.ld_clean != res.ld_cf
@@ -119,17 +117,17 @@ def _plant(model, pair, head=PLANTED, gain=100.0):
 
 
 @pytest.fixture
-def planted():
+def planted(hay):
     from rhlens.models.tiny import tiny_model
 
     model = tiny_model("llama")
-    pair = _forced_pair(model)
+    pair = _forced_pair(model, hay)
     return _plant(model, pair), pair
 
 
-def _forced_pair(model):
+def _forced_pair(model, hay):
     tok = model.tokenizer
-    s = build_sample(tok, NEEDLES[0], HAY, 160, 0.5)
+    s = build_sample(tok, NEEDLES[0], hay, 160, 0.5)
     return make_pair(model, s, seed=1, force_answer=True)
 
 
@@ -156,8 +154,8 @@ def test_planted_head_comes_out_first(planted):
     assert back.fraction > 0.8
 
 
-def test_group_of_all_heads_restores_all_and_none_restores_nothing(tiny):
-    pair = _pair(tiny)
+def test_group_of_all_heads_restores_all_and_none_restores_nothing(tiny, hay):
+    pair = _pair(tiny, hay)
     run = run_pair(tiny, pair)
     every = [(l, h) for l in range(tiny.cfg.n_layers) for h in range(tiny.cfg.n_heads)]
     for direction in ("clean->cf", "cf->clean"):
@@ -168,10 +166,10 @@ def test_group_of_all_heads_restores_all_and_none_restores_nothing(tiny):
     assert abs(patch_groups(tiny, late, {"all": every})["all"].fraction - 1) < 1e-3
 
 
-def test_dla_of_all_heads_is_the_attention_outputs_direct_effect(tiny):
+def test_dla_of_all_heads_is_the_attention_outputs_direct_effect(tiny, hay):
     """The heads' shares add up to what the attention layers write, read through the frozen
     final norm: the per-head split (hook_z @ W_O) loses nothing."""
-    pair = _pair(tiny)
+    pair = _pair(tiny, hay)
     run = run_pair(tiny, pair)
     dla = direct_logit_attribution(tiny, run)
     n = pair.clean_ids.numel()
@@ -205,18 +203,6 @@ def test_bootstrap_and_map_correlation():
 
 # --------------------------------------------------------------------------- rhlens patch
 
-from rhlens.cli.main import main  # noqa: E402
-from rhlens.run.results import scores_to_json  # noqa: E402
-
-
-@pytest.fixture
-def files(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    (tmp_path / "hay.txt").write_text(HAY)
-    scores = torch.zeros(2, 4)
-    scores[1, 1] = 0.9
-    (tmp_path / "scores.json").write_text(json.dumps(scores_to_json([scores], 2, 4)))
-    return tmp_path
 
 
 def patch_args(files, out, *extra):
@@ -226,22 +212,13 @@ def patch_args(files, out, *extra):
             str(files / "hay.txt"), "--out", str(out), *extra]
 
 
-def _cli(capsys, *argv):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, [l for l in err.splitlines() if l.strip() and "%|" not in l]
-
-
-def test_patch_command_resumes_and_shards_concatenate(files, capsys, monkeypatch):
+def test_patch_command_resumes_and_shards_concatenate(files, monkeypatch, cli):
     import pandas as pd
 
     import rhlens.intervene.patch_sweep
 
     full = files / "full.csv"
-    rc, out, err = _cli(capsys, *patch_args(files, full, "--pairs", "5"))
+    rc, out, err = cli(*patch_args(files, full, "--pairs", "5"))
     assert rc == 0, err
     df = pd.read_csv(full)
     assert df.pair.nunique() == 5 and set(df.measure) == {"none", "group", "head", "dla"}
@@ -257,7 +234,7 @@ def test_patch_command_resumes_and_shards_concatenate(files, capsys, monkeypatch
         raise AssertionError("a finished pair was computed again")
 
     monkeypatch.setattr(rhlens.intervene.patch_sweep, "run_pair", refuse)
-    rc, _, err = _cli(capsys, *patch_args(files, full, "--pairs", "5"))
+    rc, _, err = cli(*patch_args(files, full, "--pairs", "5"))
     assert rc == 0, err
     assert full.read_bytes() == before
     monkeypatch.undo()
@@ -265,13 +242,20 @@ def test_patch_command_resumes_and_shards_concatenate(files, capsys, monkeypatch
 
     parts = []
     for i in range(2):
-        rc, out, err = _cli(capsys, *patch_args(files, files / "sh.csv", "--pairs", "5",
+        rc, out, err = cli(*patch_args(files, files / "sh.csv", "--pairs", "5",
                                                 "--shard", f"{i}/2"))
         assert rc == 0, err
         parts.append(pd.read_csv(files / f"sh.shard{i}of2.csv"))
     joined = pd.concat(parts).sort_values("pair", kind="stable").reset_index(drop=True)
     assert sorted(parts[0].pair.unique()) == [0, 2, 4]
     pd.testing.assert_frame_equal(joined, df, check_exact=False, rtol=1e-5, atol=1e-6)
+    merged = files / "merged.csv"  # rhlens merge joins patch shards as it joins score files
+    rc, out, err = cli("merge", "--out", merged, files / "sh.shard1of2.csv", files / "sh.shard0of2.csv")
+    assert rc == 0 and "5 patching pairs" in out, err
+    pd.testing.assert_frame_equal(pd.read_csv(merged), df, check_exact=False, rtol=1e-5, atol=1e-6)
+    merged_log = [json.loads(line) for line in Path(f"{merged}.samples.jsonl").open()]
+    full_log = [json.loads(line) for line in Path(f"{full}.samples.jsonl").open()]
+    assert merged_log[0] == full_log[0] and len(merged_log) == len(full_log) == 6
     summary = group_summary(df, n_boot=50)
     assert set(summary.kind) == {"none", "top", "control"} and (summary.pairs == 5).all()
 
@@ -286,8 +270,8 @@ def test_patch_command_resumes_and_shards_concatenate(files, capsys, monkeypatch
     (["--batch-size", "0"], "--batch-size must be at least 1, got 0."),
     (["--scores", "nope.json"], "--scores nope.json: no such file"),
 ])
-def test_patch_bad_input_is_one_line_before_the_model_loads(files, capsys, monkeypatch, extra,
-                                                            message):
+def test_patch_bad_input_is_one_line_before_the_model_loads(files, monkeypatch, extra,
+                                                            message, cli):
     import rhlens.models.loading
 
     def refuse(*a, **k):
@@ -295,7 +279,7 @@ def test_patch_bad_input_is_one_line_before_the_model_loads(files, capsys, monke
 
     monkeypatch.setattr(rhlens.models.loading, "load_model", refuse)
     out = files / "bad.csv"
-    rc, _, err = _cli(capsys, *patch_args(files, out), *extra)
+    rc, _, err = cli(*patch_args(files, out), *extra)
     assert rc == 2 and len(err) == 1 and message in err[0], err
     assert not out.exists() and not Path(f"{out}.samples.jsonl").exists()
 

@@ -13,47 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from rhlens.cli.main import main
 from rhlens.errors import UsageError
 from rhlens.run.merge import merge_shards
-from rhlens.run.results import load_scores, scores_to_json
+from rhlens.run.results import load_scores
 from rhlens.run.samplelog import SampleLog, read_log
 from rhlens.run.shard import Shard, launcher_device
 
-HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 GRID = ["--model", "tiny-llama", "--lengths", "160,200", "--depths", "0.2,0.8", "--needles", "2",
         "--max-new-tokens", "3"]
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture
-def files(tmp_path):
-    (tmp_path / "hay.txt").write_text(HAY)
-    scores = torch.zeros(2, 4)
-    scores[1, 1] = 0.9
-    (tmp_path / "scores.json").write_text(json.dumps(scores_to_json([scores], 2, 4)))
-    return tmp_path
-
-
-def cli(capsys, *argv):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, [line for line in err.splitlines() if line.strip() and "%|" not in line]
-
-
-def one_error(capsys, *argv):
-    rc, _, err = cli(capsys, *argv)
-    assert rc == 2 and len(err) == 1, err
-    return err[0]
 
 
 def score(files, out, *extra):
@@ -109,15 +76,15 @@ def test_output_names_never_collide():
 # --------------------------------------------------------------------------- merge = one process
 
 
-def test_two_score_shards_merge_into_the_unsharded_files(files, capsys, monkeypatch):
+def test_two_score_shards_merge_into_the_unsharded_files(files, monkeypatch, cli):
     full, out = files / "full.json", files / "s.json"
-    assert cli(capsys, *score(files, full))[0] == 0
-    rc, text, _ = cli(capsys, *score(files, out, "--shard", "0/2"))
+    assert cli(*score(files, full))[0] == 0
+    rc, text, _ = cli(*score(files, out, "--shard", "0/2"))
     assert rc == 0 and "rhlens merge --out" in text
     # the second shard as a launcher starts it: RANK/WORLD_SIZE, no --shard
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert cli(capsys, *score(files, out))[0] == 0
+    assert cli(*score(files, out))[0] == 0
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     shards = [files / "s.shard0of2.json", files / "s.shard1of2.json"]
@@ -125,27 +92,27 @@ def test_two_score_shards_merge_into_the_unsharded_files(files, capsys, monkeypa
     assert [len(records) for _, records in logs] == [4, 4]  # each ran its half only
     assert not out.exists()
     merged = files / "merged.json"
-    rc, text, _ = cli(capsys, "merge", "--out", merged, *reversed(shards))
+    rc, text, _ = cli("merge", "--out", merged, *reversed(shards))
     assert rc == 0 and "8/8 samples" in text
     same_files(merged, full)
     # the merged log is the whole run's: an unsharded rerun resumes without a new sample
     before = merged.read_bytes()
-    assert cli(capsys, *score(files, merged))[0] == 0
+    assert cli(*score(files, merged))[0] == 0
     assert merged.read_bytes() == before
     assert len(Path(f"{merged}.samples.jsonl").read_text().splitlines()) == 9
 
 
-def test_two_niah_shards_merge_into_the_unsharded_csv(files, capsys):
+def test_two_niah_shards_merge_into_the_unsharded_csv(files, cli):
     full, out = files / "full.csv", files / "n.csv"
     mask = ["--mask-top", "1"]
-    assert cli(capsys, *niah(files, full, *mask))[0] == 0
+    assert cli(*niah(files, full, *mask))[0] == 0
     for i in range(2):
-        assert cli(capsys, *niah(files, out, *mask, "--shard", f"{i}/2"))[0] == 0
+        assert cli(*niah(files, out, *mask, "--shard", f"{i}/2"))[0] == 0
     shards = [files / f"n.shard{i}of2.csv" for i in range(2)]
-    assert cli(capsys, "merge", "--out", files / "m.csv", *shards)[0] == 0
+    assert cli("merge", "--out", files / "m.csv", *shards)[0] == 0
     same_files(files / "m.csv", full)
     # the shards' logs may be named instead of their CSVs
-    assert cli(capsys, "merge", "--out", files / "m2.csv",
+    assert cli("merge", "--out", files / "m2.csv",
                *(f"{s}.samples.jsonl" for s in shards))[0] == 0
     assert (files / "m2.csv").read_bytes() == full.read_bytes()
 
@@ -178,13 +145,13 @@ def test_merge_keeps_the_grid_order_of_distinct_scores(tmp_path):
                           torch.tensor([[0.2, 0.0], [0.0, 0.8]]))
 
 
-def test_more_shards_than_samples(files, capsys):
+def test_more_shards_than_samples(files, cli):
     small = ["--lengths", "160", "--depths", "0.5", "--needles", "1"]
     out = files / "tiny.json"
     for i in range(2):
-        assert cli(capsys, *score(files, out, *small, "--shard", f"{i}/2"))[0] == 0
-    assert cli(capsys, *score(files, files / "one.json", *small))[0] == 0
-    assert cli(capsys, "merge", "--out", files / "m.json",
+        assert cli(*score(files, out, *small, "--shard", f"{i}/2"))[0] == 0
+    assert cli(*score(files, files / "one.json", *small))[0] == 0
+    assert cli("merge", "--out", files / "m.json",
                *(files / f"tiny.shard{i}of2.json" for i in range(2)))[0] == 0
     same_files(files / "m.json", files / "one.json")
 
@@ -193,77 +160,77 @@ def test_more_shards_than_samples(files, capsys):
 
 
 @pytest.fixture
-def shards(files, capsys):
+def shards(files, cli):
     """Two finished score shards of the grid, and a third of another split."""
     out = files / "s.json"
     for i in range(2):
-        assert cli(capsys, *score(files, out, "--shard", f"{i}/2"))[0] == 0
+        assert cli(*score(files, out, "--shard", f"{i}/2"))[0] == 0
     return [files / "s.shard0of2.json", files / "s.shard1of2.json"]
 
 
-def test_merge_refuses_what_is_not_one_run(files, capsys, shards):
+def test_merge_refuses_what_is_not_one_run(files, shards, cli, one_error):
     merged = files / "m.json"
     # a shard missing, or given twice
-    assert "shard 1/2 of 2 missing" in one_error(capsys, "merge", "--out", merged, shards[0])
-    assert "given twice" in one_error(capsys, "merge", "--out", merged, shards[0], shards[0])
+    assert "shard 1/2 of 2 missing" in one_error("merge", "--out", merged, shards[0])
+    assert "given twice" in one_error("merge", "--out", merged, shards[0], shards[0])
     # overlapping shards of another split
-    assert cli(capsys, *score(files, files / "s.json", "--shard", "0/3"))[0] == 0
-    err = one_error(capsys, "merge", "--out", merged, shards[0], files / "s.shard0of3.json")
+    assert cli(*score(files, files / "s.json", "--shard", "0/3"))[0] == 0
+    err = one_error("merge", "--out", merged, shards[0], files / "s.shard0of3.json")
     assert "other shards" in err
     # a shard of another run (other settings: the ROUGE gate)
-    assert cli(capsys, *score(files, files / "g.json", "--shard", "1/2", "--rouge-gate",
+    assert cli(*score(files, files / "g.json", "--shard", "1/2", "--rouge-gate",
                               "-0.5"))[0] == 0
-    err = one_error(capsys, "merge", "--out", merged, shards[0], files / "g.shard1of2.json")
+    err = one_error("merge", "--out", merged, shards[0], files / "g.shard1of2.json")
     assert "another run" in err and "rouge_gate" in err
     # a shard of another model (its identity differs)
-    assert cli(capsys, "score", *GRID[2:], "--model", "tiny-mistral", "--rouge-gate", "-1",
+    assert cli("score", *GRID[2:], "--model", "tiny-mistral", "--rouge-gate", "-1",
                "--haystack", files / "hay.txt", "--out", files / "q.json", "--shard",
                "1/2")[0] == 0
-    err = one_error(capsys, "merge", "--out", merged, shards[0], files / "q.shard1of2.json")
+    err = one_error("merge", "--out", merged, shards[0], files / "q.shard1of2.json")
     assert "another run" in err and "tiny-mistral" in err
     # a score shard with a NIAH shard
-    assert cli(capsys, *niah(files, files / "n.csv", "--shard", "1/2"))[0] == 0
-    err = one_error(capsys, "merge", "--out", merged, shards[0], files / "n.shard1of2.csv")
+    assert cli(*niah(files, files / "n.csv", "--shard", "1/2"))[0] == 0
+    err = one_error("merge", "--out", merged, shards[0], files / "n.shard1of2.csv")
     assert "different runs" in err
     # no shard at all: an unsharded run's output, or no file
-    assert cli(capsys, *score(files, files / "one.json"))[0] == 0
-    assert "not a shard" in one_error(capsys, "merge", "--out", merged, files / "one.json")
-    assert "does not exist" in one_error(capsys, "merge", "--out", merged, files / "nope.json")
+    assert cli(*score(files, files / "one.json"))[0] == 0
+    assert "not a shard" in one_error("merge", "--out", merged, files / "one.json")
+    assert "does not exist" in one_error("merge", "--out", merged, files / "nope.json")
     assert not merged.exists() and not Path(f"{merged}.samples.jsonl").exists()
 
 
-def test_merge_refuses_an_unfinished_shard(files, capsys, shards):
+def test_merge_refuses_an_unfinished_shard(files, shards, cli, one_error):
     log = Path(f"{shards[1]}.samples.jsonl")
     lines = log.read_text().splitlines(keepends=True)
     log.write_text("".join(lines[:-1]) + lines[-1][:20])  # cut while writing the last sample
-    err = one_error(capsys, "merge", "--out", files / "m.json", *shards)
+    err = one_error("merge", "--out", files / "m.json", *shards)
     assert "finished 3 of its 4 samples" in err and "rerun" in err
-    assert cli(capsys, *score(files, files / "s.json", "--shard", "1/2"))[0] == 0  # resumes
+    assert cli(*score(files, files / "s.json", "--shard", "1/2"))[0] == 0  # resumes
     assert len(read_log(log)[1]) == 4
-    assert cli(capsys, "merge", "--out", files / "m.json", *shards)[0] == 0
+    assert cli("merge", "--out", files / "m.json", *shards)[0] == 0
 
 
-def test_merge_does_not_replace_out_without_force(files, capsys, shards):
+def test_merge_does_not_replace_out_without_force(files, shards, cli, one_error):
     merged = files / "m.json"
     merged.write_text("keep")
-    err = one_error(capsys, "merge", "--out", merged, *shards)
+    err = one_error("merge", "--out", merged, *shards)
     assert err.endswith("exists; pass --force to replace it, or another --out.")
     assert merged.read_text() == "keep"
-    assert "overwrite the shard" in one_error(capsys, "merge", "--out", shards[0], *shards)
-    assert cli(capsys, "merge", "--out", merged, "--force", *shards)[0] == 0
+    assert "overwrite the shard" in one_error("merge", "--out", shards[0], *shards)
+    assert cli("merge", "--out", merged, "--force", *shards)[0] == 0
     assert load_scores(merged).shape == (2, 4)
 
 
-def test_shard_flag_errors_come_before_the_model(files, capsys, monkeypatch):
+def test_shard_flag_errors_come_before_the_model(files, monkeypatch, one_error):
     import rhlens.models.loading
 
     monkeypatch.setattr(rhlens.models.loading, "load_model", lambda *a, **k: pytest.fail("loaded"))
-    err = one_error(capsys, *score(files, files / "s.json", "--shard", "2/2"))
+    err = one_error(*score(files, files / "s.json", "--shard", "2/2"))
     assert err.startswith("rhlens score: error: --shard 2/2 does not exist")
-    err = one_error(capsys, *niah(files, files / "n.csv", "--shard", "x"))
+    err = one_error(*niah(files, files / "n.csv", "--shard", "x"))
     assert "--shard 'x' is not i/n" in err
-    err = one_error(capsys, *niah(files, files / "n.csv", "--shard", "0/2", "--sweep-k", "0,1"))
+    err = one_error(*niah(files, files / "n.csv", "--shard", "0/2", "--sweep-k", "0,1"))
     assert "--shard cannot be combined with --sweep-k" in err
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "5")
-    assert "--shard 5/2 does not exist" in one_error(capsys, *score(files, files / "s.json"))
+    assert "--shard 5/2 does not exist" in one_error(*score(files, files / "s.json"))

@@ -51,7 +51,7 @@ def _p_value(a, b, n, seed) -> float:
 @checker
 def check_shuffle_p_value(fn) -> None:
     """``fn(a, b, n, seed) -> float``: the share of ``n`` head-shuffles of ``b`` whose Pearson r
-    with ``a`` reaches the observed r (the reference: :func:`rhlens.heads.null_pearson`).
+    with ``a`` reaches the observed r (the reference: :func:`rhlens.analyze.statistics.null_pearson`).
 
     A different random generator gives a slightly different share, so answers agree within
     0.04 at n = 2000 (the sampling error is below 0.012)."""

@@ -46,7 +46,7 @@ def _fair_scores() -> torch.Tensor:
 def check_fair_controls(fn) -> None:
     """``fn(scores, k, seeds, threshold) -> [[(layer, head), ...] per seed]``: one draw of ``k``
     distinct control heads per seed, only among heads scoring ``<= threshold`` in the layers
-    that hold a retrieval head (:func:`rhlens.heads.control_pool` with ``same_layers=True``)."""
+    that hold a retrieval head (:func:`rhlens.score.heads.control_pool` with ``same_layers=True``)."""
     scores = _fair_scores()
     pool = set(control_pool(scores, 0.1, same_layers=True))      # 5 heads in layers 1 and 3
     everywhere = set(control_pool(scores, 0.1))
@@ -77,7 +77,7 @@ def check_fair_controls(fn) -> None:
 def check_masked_class(fn) -> None:
     """``fn(model, input_ids, answer, mask, max_new_tokens) -> "complete" | "incomplete" |
     "hallucinated"``: decode with ``mask`` (a :class:`rhlens.Mask`) and classify the answer
-    (:func:`rhlens.answers.classify_answer`).
+    (:func:`rhlens.niah.answers.classify_answer`).
 
     On a tiny random model, whose own unmasked answer plays the needle's answer, zeroing 0, 2
     and all 8 heads gives the three classes in turn (at random weights attention is close to

@@ -39,7 +39,7 @@ def check_classify(fn) -> None:
 @checker
 def check_head_dla(fn) -> None:
     """``fn(z, w_o, scale, direction) -> [n_heads]``: each head's direct logit attribution
-    (:func:`rhlens.attribution.head_dla` is the reference)."""
+    (:func:`rhlens.intervene.attribution.head_dla` is the reference)."""
     import torch
 
     from ...intervene.attribution import head_dla

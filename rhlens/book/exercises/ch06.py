@@ -28,7 +28,7 @@ def check_firing_counts(fn) -> None:
     """``fn(counts [L, H], samples, nearly) -> dict``: from how many samples each head fired on,
     the numbers of heads that fire ``always`` (every sample), ``nearly_always`` (on at least
     ``nearly`` of them, the always-on heads included), ``some`` (at least once, below
-    ``nearly``) and ``never``. The reference is :func:`rhlens.published.activation_table`,
+    ``nearly``) and ``never``. The reference is :func:`rhlens.analyze.published.activation_table`,
     on all seven published maps."""
     from ...analyze.published import NAMES, activation_table, published
 

@@ -61,7 +61,7 @@ def check_summarize(fn) -> None:
     ``change``: per condition the mean metric, the random seeds pooled into one row
     (``random-10``) whose mean is the mean of the seeds' means and whose spread is their standard
     deviation, and the change relative to ``none`` in percent. The reference is
-    :func:`rhlens.downstream.summarize_conditions`."""
+    :func:`rhlens.apps.downstream.summarize_conditions`."""
     frame = _frame()
     want = summarize_conditions(frame, "f1").set_index("condition")
     got = fn(frame.copy(), "f1")

@@ -41,7 +41,7 @@ def check_ntk_theta(fn) -> None:
 @checker
 def check_chunked_prefill(fn) -> None:
     """``fn(model, ids [n], chunk_size) -> logits [vocab]``: feed the prompt ``chunk_size``
-    tokens at a time through one KV cache (:func:`rhlens.decode.new_cache`) and return the
+    tokens at a time through one KV cache (:func:`rhlens.run.decode.new_cache`) and return the
     logits of the last position; they must equal one forward pass over the whole prompt
     (checked on a tiny grouped-query Llama)."""
     import torch

@@ -59,7 +59,7 @@ def _budget_reference(scores, n_kv_heads, d_head, n_tokens, budget, sink, window
 def check_kv_budget(fn) -> None:
     """``fn(scores [L, H], n_kv_heads, d_head, n_tokens, budget, sink, window) -> [(layer,
     kv_head), ...]``: the most KV heads that can stay full within ``budget`` bytes (bf16 K and
-    V), taken in the order of :func:`rhlens.kvcache.top_kv_heads` (best retrieval score in
+    V), taken in the order of :func:`rhlens.apps.kvcache.top_kv_heads` (best retrieval score in
     the group first), the others keeping ``sink + window`` tokens; ValueError when even
     compressing every head does not fit."""
     scores = _scores()

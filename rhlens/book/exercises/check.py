@@ -68,7 +68,7 @@ def passed(exercise: str, note: str = "") -> None:
 
 @functools.cache
 def tiny(arch: str = "llama", **options):
-    """A tiny random-weight model (:func:`rhlens.tiny.tiny_model`), built once per checker
+    """A tiny random-weight model (:func:`rhlens.models.tiny.tiny_model`), built once per checker
     session: checkers that need a model run the learner's code on it in a second."""
     from ...models.tiny import tiny_model
 

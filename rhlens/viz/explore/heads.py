@@ -302,8 +302,8 @@ def head_explorer(model, samples, traces=None, *, scores=None, heads=None, top: 
     Args:
         model: the ``TransformerBridge`` (used to decode, and to record heads on demand);
             may be ``None`` when ``traces`` and ``tokenizer`` are given.
-        samples: a :class:`~rhlens.haystack.Sample` or a list of them.
-        traces: their :class:`~rhlens.decode.DecodeTrace` (``record_rows`` must hold the heads
+        samples: a :class:`~rhlens.niah.prompts.Sample` or a list of them.
+        traces: their :class:`~rhlens.run.decode.DecodeTrace` (``record_rows`` must hold the heads
             you want to see), one per sample; decoded here when ``None``.
         scores: ``[n_layers, n_heads]`` retrieval scores: the menu offers the ``top`` best heads.
         heads: ``[(layer, head), ...]`` to offer instead.
