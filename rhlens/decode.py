@@ -14,7 +14,8 @@ With ``prefill_hooks``, or ``prefill_attention="eager"``, it runs through the br
 eager attention in chunks (each chunk's scores are ``chunk x n``, never ``n x n``). Under
 grouped-query attention the decode steps read each shared KV head once, without copies
 (:func:`rhlens.gqa.grouped_decode_attention`, same hooks; ``decode_attention="eager"`` runs
-the bridge's own attention instead).
+the bridge's own attention instead), and the steps skip the bridge's and the cache's work
+that no hook reads (:mod:`rhlens.lean`).
 
 Example::
 
@@ -211,13 +212,16 @@ def greedy_decode(
     else:
         with model.hooks(fwd_hooks=list(prefill_hooks)) if prefill_hooks else contextlib.nullcontext():
             prefill(model, ids[:-1], cache, chunk_size)
+    from .lean import lean_bridge, reserve
+
+    reserve(cache, max_new_tokens)  # each decode step writes its key and value in place
     _sync(device)
     t1 = time.perf_counter()
 
     recorder = (lambda name: name.endswith(PATTERN_HOOK), read_pattern)
     generated: list[int] = []
     nxt = ids[-1:]
-    with model.hooks(fwd_hooks=[*decode_hooks, recorder]), \
+    with model.hooks(fwd_hooks=[*decode_hooks, recorder]), lean_bridge(model), \
             grouped_decode_attention(model, enabled=decode_attention == "grouped"):
         for t in range(max_new_tokens):
             step["t"] = t
@@ -330,10 +334,14 @@ def decode_conditions(
     batch = len(names)
     if batch > 1:
         cache.batch_repeat_interleave(batch)
+    from .lean import lean_bridge, reserve
+
+    reserve(cache, max_new_tokens)
     nxt = ids[-1:].repeat(batch, 1)
     generated: list[list[int]] = [[] for _ in names]
     done = [False] * batch
-    with model.hooks(fwd_hooks=batched_hooks([conditions[n] for n in names])), \
+    hooks = batched_hooks([conditions[n] for n in names])
+    with model.hooks(fwd_hooks=hooks), lean_bridge(model), \
             grouped_decode_attention(model, enabled=decode_attention == "grouped"):
         for _ in range(max_new_tokens):
             out, cache = model(nxt, return_type="logits_and_cache", past_key_values=cache)
