@@ -17,13 +17,14 @@ the machine hits all alike; the ratio of the medians is reported, with rhlens' s
 between the prefill and the decode steps.
 
 First, one layer's attention at a decode step over ``--length`` cached keys is timed alone
-(median of 50 calls, projections included): the bridge's own (``repeat_kv``), rhlens'
-grouped one, and the Hugging Face SDPA module ``generate`` runs.
+(median of 50 alternated calls, projections included): the bridge's own (``repeat_kv``),
+rhlens' grouped one, and the Hugging Face SDPA module ``generate`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -54,7 +55,8 @@ def plain_hf_model(attn_implementation: str | None):
 
 def layer_attention_ms(bridge, hf, n_keys: int, repeats: int = 50) -> dict[str, float]:
     """Median milliseconds of layer 0's attention at one decode step over ``n_keys`` cached
-    keys: the bridge's own, rhlens' grouped one, Hugging Face's SDPA module."""
+    keys: the bridge's own, rhlens' grouped one, Hugging Face's SDPA module (calls alternate,
+    so that load on the machine hits all three alike)."""
     from transformers import DynamicCache
 
     from rhlens.gqa import grouped_decode_attention
@@ -66,26 +68,24 @@ def layer_attention_ms(bridge, hf, n_keys: int, repeats: int = 50) -> dict[str, 
     keys, values = (torch.randn(1, cfg.num_key_value_heads, n_keys, d_head, generator=gen)
                     for _ in range(2))
     position = hf.model.rotary_emb(hidden, torch.tensor([[n_keys]]))
-
-    def median_ms(attn) -> float:
-        cache = DynamicCache(config=cfg)
-        cache.update(keys, values, 0)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            attn(hidden_states=hidden, position_embeddings=position, attention_mask=None,
-                 past_key_values=cache)
-            times.append(time.perf_counter() - t0)
-            cache.layers[0].crop(-1)  # back to n_keys: every call appends one key
-        return 1000 * statistics.median(times)
-
-    out = {"bridge": median_ms(bridge.blocks[0].attn)}
-    with grouped_decode_attention(bridge) as layers:
-        if 0 not in layers:
-            raise SystemExit("rhlens.gqa does not apply to this model's layer 0.")
-        out["grouped"] = median_ms(bridge.blocks[0].attn)
-    out["hf_sdpa"] = median_ms(hf.model.layers[0].self_attn)
-    return out
+    caches = {}
+    for name in ("bridge", "grouped", "hf_sdpa"):
+        caches[name] = DynamicCache(config=cfg)
+        caches[name].update(keys, values, 0)
+    calls = {"bridge": contextlib.nullcontext, "grouped": lambda: grouped_decode_attention(bridge),
+             "hf_sdpa": contextlib.nullcontext}
+    modules = {"bridge": bridge.blocks[0].attn, "grouped": bridge.blocks[0].attn,
+               "hf_sdpa": hf.model.layers[0].self_attn}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, context in calls.items():
+            with context():
+                t0 = time.perf_counter()
+                modules[name](hidden_states=hidden, position_embeddings=position,
+                              attention_mask=None, past_key_values=caches[name])
+                times[name].append(time.perf_counter() - t0)
+            caches[name].layers[0].crop(-1)  # back to n_keys: every call appends one key
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def record_timings(sink: list, **options):
