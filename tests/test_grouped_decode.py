@@ -243,6 +243,19 @@ def test_multi_head_attention_is_left_to_the_bridge(repeat_kv_calls):
     assert repeat_kv_calls == []  # group size 1: the bridge never copies
 
 
+def test_per_head_results_are_left_to_the_bridge(repeat_kv_calls):
+    """With use_attn_result the bridge fires hook_result; the grouped path steps aside."""
+    model = tiny_model("llama")
+    model.set_use_attn_result(True)
+    seen = []
+    hooks = [("blocks.1.attn.hook_result", lambda t, hook: seen.append(t.shape) or t)]
+    ref, fast = _both(model, _ids(100), decode_hooks=hooks)
+    assert len(seen) == len(ref.tokens) + len(fast.tokens)  # fired at every step of both
+    assert len(repeat_kv_calls) == 2 * model.cfg.n_layers * len(seen)  # keys, values: the bridge
+    assert torch.equal(fast.argmax, ref.argmax)
+    assert all(torch.equal(fast.rows[k], ref.rows[k]) for k in ref.rows)
+
+
 def test_components_are_restored_after_exit_nesting_and_an_exception(tiny_llama):
     forward = type(tiny_llama.blocks[0].attn).forward
     with pytest.raises(KeyError):
