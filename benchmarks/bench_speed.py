@@ -18,7 +18,8 @@ between the prefill and the decode steps.
 
 First, one layer's attention at a decode step over ``--length`` cached keys is timed alone
 (median of 50 alternated calls, projections included): the bridge's own (``repeat_kv``),
-rhlens' grouped one, and the Hugging Face SDPA module ``generate`` runs.
+rhlens' grouped one, and the Hugging Face SDPA module ``generate`` runs; then one whole decode
+step (median of 20 alternated steps): the bridge as it is, rhlens' step, Hugging Face's.
 """
 
 from __future__ import annotations
@@ -88,6 +89,60 @@ def layer_attention_ms(bridge, hf, n_keys: int, repeats: int = 50) -> dict[str, 
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
+def decode_step_ms(bridge, hf, ids: torch.Tensor, repeats: int = 20) -> dict[str, float]:
+    """Median milliseconds of one decode step after the prompt ``ids`` (all but its last token
+    cached), alternated: the bridge as it is (its own attention, the plain cache), rhlens'
+    decode step (grouped attention, lean bridge, roomy cache), and Hugging Face's forward (what
+    a ``generate`` step runs). Each bridge step reads every head's attention row, as rhlens'
+    recorder does."""
+    import copy
+
+    from transformers import DynamicCache
+
+    from rhlens.decode import new_cache, prefill
+    from rhlens.gqa import grouped_decode_attention
+    from rhlens.lean import lean_bridge, reserve
+    from rhlens.sdpa import sdpa_attention
+
+    plain = new_cache(bridge)
+    with sdpa_attention(bridge):
+        prefill(bridge, ids[:-1], plain, ids.numel())
+    roomy = reserve(copy.deepcopy(plain), 1)
+    hf_cache = DynamicCache(config=hf.config)
+    hf(ids[None, :-1], past_key_values=hf_cache, use_cache=True, logits_to_keep=1)
+    argmax = torch.zeros(bridge.cfg.n_layers, bridge.cfg.n_heads, dtype=torch.long)
+
+    def read(pattern, hook):
+        argmax[int(hook.name.split(".")[1])] = pattern[0, :, -1].argmax(-1)
+
+    def bridge_step(cache, fast: bool) -> float:
+        with bridge.hooks(fwd_hooks=[(lambda name: name.endswith("hook_pattern"), read)]), \
+                lean_bridge(bridge) if fast else contextlib.nullcontext(), \
+                grouped_decode_attention(bridge, enabled=fast):
+            t0 = time.perf_counter()
+            out, _ = bridge(ids[-1:][None], return_type="logits_and_cache", past_key_values=cache)
+            int(out[0, -1].argmax())
+            seconds = time.perf_counter() - t0
+        cache.crop(-1)
+        return seconds
+
+    def hf_step() -> float:
+        t0 = time.perf_counter()
+        out = hf(ids[-1:][None], past_key_values=hf_cache, use_cache=True, logits_to_keep=1)
+        int(out.logits[0, -1].argmax())
+        seconds = time.perf_counter() - t0
+        hf_cache.crop(-1)
+        return seconds
+
+    steps = {"bridge": lambda: bridge_step(plain, False),
+             "rhlens": lambda: bridge_step(roomy, True), "hf": hf_step}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(step())
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
 def record_timings(sink: list, **options):
     """Wrap the ``greedy_decode`` that ``score_sample`` calls to keep each trace's timings
     (and pass it ``options``)."""
@@ -131,6 +186,11 @@ def main() -> None:
     print(f"one layer's decode attention over {args.length} keys: bridge {ms['bridge']:.2f} ms, "
           f"grouped {ms['grouped']:.2f} ms, HF SDPA {ms['hf_sdpa']:.2f} ms", flush=True)
     hay = default_haystack()
+    step = decode_step_ms(bridge, baselines["sdpa"],
+                          build_sample(tok, NEEDLES[0], hay, args.length, 0.5).input_ids)
+    print(f"one decode step over {args.length} keys: bridge as it is {step['bridge']:.1f} ms "
+          f"({step['bridge'] / step['hf']:.3f}x), rhlens {step['rhlens']:.1f} ms "
+          f"({step['rhlens'] / step['hf']:.3f}x), HF {step['hf']:.1f} ms", flush=True)
     samples = [build_sample(tok, NEEDLES[i], hay, args.length, 0.5) for i in range(args.samples)]
 
     def hf_generate(model, ids, n_new):
