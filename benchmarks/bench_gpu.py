@@ -3,10 +3,10 @@
 One random-weight model (32 layers, 32 heads, d_model 4096, MLP 11008, vocab 32000, bf16) is
 built on the GPU; ``--shape mistral-7b`` gives it Mistral-7B's dimensions instead (8 KV heads
 shared by 32 query heads, MLP 14336), where rhlens' decode steps run grouped-query attention
-without copying the shared KV heads (:mod:`rhlens.gqa`; under Llama-2's multi-head attention
+without copying the shared KV heads (:mod:`rhlens.run.gqa`; under Llama-2's multi-head attention
 there is nothing to group, and the bridge's attention runs). First plain ``generate``
 (transformers' SDPA attention, greedy, 16 new tokens) runs at every context length; then the
-same model is wrapped in a TransformerBridge and ``rhlens.decode.greedy_decode`` (SDPA prefill,
+same model is wrapped in a TransformerBridge and ``rhlens.run.decode.greedy_decode`` (SDPA prefill,
 hooked decode steps recording every query head's attention row) runs at the same lengths,
 with the same number of new tokens. Peak memory is ``torch.cuda.max_memory_allocated`` over
 each call (weights included, one model in memory at a time). Targets: time ratio <= 1.05,
@@ -44,7 +44,7 @@ TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
 def build(shape: dict, max_len: int, device: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from rhlens.models import embedded_tokenizer
+    from rhlens.models.bridge import embedded_tokenizer
 
     tok = embedded_tokenizer()  # ids below 32000 are ordinary tokens of it
     config = LlamaConfig(**shape, max_position_embeddings=max_len, bos_token_id=tok.bos_token_id,
@@ -115,9 +115,9 @@ def main(argv=None) -> None:
             generate(prompts[n], args.new_tokens)
         rows[n].update(hf_s=m.seconds, hf_peak_gb=m.peak_gb)
 
-    from rhlens.decode import greedy_decode
-    from rhlens.gqa import grouped_layers
-    from rhlens.models import bridge_from_hf
+    from rhlens.models.bridge import bridge_from_hf
+    from rhlens.run.decode import greedy_decode
+    from rhlens.run.gqa import grouped_layers
 
     shape = "tiny 2-layer" if args.tiny else args.shape
     model = bridge_from_hf(hf, tok, f"random-{shape.replace(' ', '-')}-shape", device, dtype)

@@ -1,11 +1,11 @@
 """P1: time of `rhlens score` per sample / plain Hugging Face `generate`, same prompts and tokens.
 
 Baseline: ``generate`` with transformers' default attention (SDPA), greedy, KV cache; HF with
-eager attention is a second column. rhlens (``rhlens.detect.score_sample``) prefills with SDPA
-too (:mod:`rhlens.sdpa`) and runs only the decode steps through TransformerLens hooks, reading
+eager attention is a second column. rhlens (``rhlens.score.detect.score_sample``) prefills with SDPA
+too (:mod:`rhlens.run.sdpa`) and runs only the decode steps through TransformerLens hooks, reading
 the attention row of every query head, then computes the retrieval scores and the ROUGE gate.
 Its decode steps compute SmolLM2's grouped-query attention without copying the shared KV heads
-(:mod:`rhlens.gqa`; ``--decode-attention eager`` times the bridge's own attention instead).
+(:mod:`rhlens.run.gqa`; ``--decode-attention eager`` times the bridge's own attention instead).
 Target: P1 <= 1.03 against SDPA.
 
     BENCH_THREADS=2 python benchmarks/bench_speed.py --length 2000 --samples 3 --repeats 2
@@ -32,11 +32,12 @@ import time
 
 import torch
 
-import rhlens.detect as detect
-from rhlens.detect import score_sample
-from rhlens.haystack import NEEDLES, default_haystack
-from rhlens.prompts import build_sample
-from rhlens.models import load_model, smollm2_gguf_path
+import rhlens.score.detect as detect
+from rhlens.models.bridge import smollm2_gguf_path
+from rhlens.models.loading import load_model
+from rhlens.niah.haystack import NEEDLES, default_haystack
+from rhlens.niah.prompts import build_sample
+from rhlens.score.detect import score_sample
 
 TARGET = 1.03
 MAX_NEW = 48
@@ -60,7 +61,7 @@ def layer_attention_ms(bridge, hf, n_keys: int, repeats: int = 50) -> dict[str, 
     so that load on the machine hits all three alike)."""
     from transformers import DynamicCache
 
-    from rhlens.gqa import grouped_decode_attention
+    from rhlens.run.gqa import grouped_decode_attention
 
     cfg = hf.config
     d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -99,10 +100,10 @@ def decode_step_ms(bridge, hf, ids: torch.Tensor, repeats: int = 20) -> dict[str
 
     from transformers import DynamicCache
 
-    from rhlens.decode import new_cache, prefill
-    from rhlens.gqa import grouped_decode_attention
-    from rhlens.lean import lean_bridge, reserve
-    from rhlens.sdpa import sdpa_attention
+    from rhlens.run.decode import new_cache, prefill
+    from rhlens.run.gqa import grouped_decode_attention
+    from rhlens.run.lean import lean_bridge, reserve
+    from rhlens.run.sdpa import sdpa_attention
 
     plain = new_cache(bridge)
     with sdpa_attention(bridge):
