@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from rhlens.intervene.mask import Mask
+from rhlens.niah.haystack import NEEDLES, default_haystack
+from rhlens.niah.prompts import build_sample
 from rhlens.run.batch import greedy_decode_batch
 from rhlens.run.decode import greedy_decode
 from rhlens.run.hooks import act_name
@@ -83,3 +85,12 @@ def test_bad_input_is_refused(tiny_llama, prompts, kw, says):
     with pytest.raises(ValueError, match=says) as err:
         greedy_decode_batch(tiny_llama, prompts, **kw)
     assert "\n" not in str(err.value)
+
+
+def test_smollm2_matches_one_at_a_time(smollm2):
+    """The embedded model (grouped-query attention, real weights): two needles' prompts."""
+    prompts = [build_sample(smollm2.tokenizer, needle, default_haystack(), 300, 0.5).input_ids
+               for needle in NEEDLES[:2]]
+    traces = greedy_decode_batch(smollm2, prompts, max_new_tokens=8)
+    assert traces[0].text != traces[1].text
+    _assert_alone(smollm2, prompts, traces, max_new_tokens=8)
