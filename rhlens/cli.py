@@ -1,5 +1,5 @@
 """Command line: ``rhlens score``, ``rhlens niah``, ``rhlens patch``, ``rhlens plot``, ``rhlens models``,
-``rhlens published``.
+``rhlens published``, ``rhlens merge``, ``rhlens card``.
 
 ::
 
@@ -9,6 +9,8 @@
     rhlens published --json              # the paper's seven published maps, offline
     rhlens score ... --shard 0/2 --out scores.json    # and 1/2: writes scores.shard0of2.json...
     rhlens merge --out scores.json scores.shard0of2.json scores.shard1of2.json
+    rhlens card scores.json                      # what made the map (scores.json.card.json)
+    rhlens score ... --until-stable 10 --max-samples 80   # stop when the top 10 is stable
 
 Also ``python -m rhlens ...``. Each subcommand parses its flags into the library's objects (a
 :class:`~rhlens.grid.Grid`, a :class:`~rhlens.ablation.Mask`) and calls the library; errors of
@@ -197,7 +199,10 @@ def _score(args) -> int:
 
     resolve_preset(args, SCORE_DEFAULTS)
     shard = shard_from_args(args)
-    check_score_args(args)
+    facts = check_score_args(args)
+    from .stopping import check_args as check_until_stable
+
+    until_stable = check_until_stable(args, facts, shard)
     import torch
 
     from .detect import detect_retrieval_heads
@@ -208,7 +213,7 @@ def _score(args) -> int:
     model = load_model_from_args(args)
     run = detect_retrieval_heads(model, grid, score_mode=args.mode, rouge_gate=args.rouge_gate,
                                  out=args.out, shard=shard, score_span=args.span,
-                                 rouge_stemmer=args.stem)
+                                 rouge_stemmer=args.stem, until_stable=until_stable)
     n_pass = int(sum(r["passed"] for r in run.records))
     if shard is not None and not n_pass:
         print(f"\n{args.model}: 0/{len(run.records)} samples of shard {shard} passed the ROUGE "
@@ -220,7 +225,13 @@ def _score(args) -> int:
     print("top heads: " + ", ".join(f"{n} {v:.2f}" for n, v in s["top"]))
     print(f"share of heads > 0.1: {100 * s['share_above_0.1']:.1f}%   "
           f"> 0.5: {100 * s['share_above_0.5']:.1f}%   = 0: {100 * s['share_zero']:.1f}%")
-    print(f"wrote {args.out} (and {args.out}.samples.jsonl)")
+    from .stopping import describe
+    from .uncertainty import format_intervals
+
+    print(format_intervals(run.intervals(until_stable.k if until_stable else 10, seed=args.seed)))
+    if run.stopped:
+        print(describe(run.stopped))
+    print(f"wrote {args.out} (and {args.out}.samples.jsonl, {args.out}.card.json)")
     if args.plot:
         _save_figure(plot_scores(run.scores, title=args.model), args.plot, dpi=130)
         print(f"wrote {args.plot}")
@@ -254,9 +265,27 @@ def _plot(args) -> int:
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} Or name a published map: {', '.join(NAMES)}.") from None
         title = Path(args.scores).stem
-    fig = plot_scores(scores, title=args.title or title)
+    uncertain = None
+    if args.mark_uncertain:
+        from .uncertainty import head_intervals, per_sample_scores
+
+        if title.endswith("(published)"):
+            raise UsageError("mark_uncertain needs each sample's scores, and the published maps "
+                             "ship their means only; pass a score file.", arg="mark_uncertain")
+        uncertain = head_intervals(per_sample_scores(args.scores)).uncertain()
+    fig = plot_scores(scores, title=args.title or title, uncertain=uncertain)
     _save_figure(fig, args.out, dpi=130)
     print(f"wrote {args.out}")
+    return 0
+
+
+def _card(args) -> int:
+    import json
+
+    from .card import format_card, read_card
+
+    card = read_card(args.scores)
+    print(json.dumps(card, indent=1) if args.json else format_card(card, args.scores))
     return 0
 
 
@@ -323,6 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "--max-new-tokens 50, for maps to put beside the published files")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 48")
     p.add_argument("--plot", default=None, help="also save the heatmap here (PNG)")
+    p.add_argument("--until-stable", type=int, default=None, metavar="K",
+                   help="take the grid's prompts in a seeded order and stop once the top-K "
+                        "heads are stable under bootstrap resampling (see --stability)")
+    p.add_argument("--stability", type=float, default=None,
+                   help="with --until-stable: the top-K stability to reach, the mean overlap "
+                        "of a resample's top K with the map's (default 0.9)")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="with --until-stable: take at most this many prompts")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the bootstrap intervals and of --until-stable's order "
+                        "(default 0)")
     add_shard_args(p)
     p.set_defaults(func=_score)
 
@@ -350,7 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   "published`)")
     p.add_argument("--out", default="heads.png")
     p.add_argument("--title", default=None)
+    p.add_argument("--mark-uncertain", action="store_true",
+                   help="outline heads whose 95%% bootstrap interval over the file's samples "
+                        "crosses 0.1 (needs per-sample scores: a score file)")
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser("card", help="print the map card of a score file: model, tokenizer, "
+                                    "grid, measurement, versions, samples", **raw)
+    p.add_argument("scores", help="a score file written by `rhlens score` or `rhlens merge`")
+    p.add_argument("--json", action="store_true", help="print the card's JSON")
+    p.set_defaults(func=_card)
 
     p = sub.add_parser("models", help="list the model names rhlens knows", **raw)
     p.set_defaults(func=_models)

@@ -24,16 +24,20 @@ from dataclasses import dataclass
 from typing import Any
 
 
+from .card import warn_if_incomparable, warn_pair
 from .heads import (ScoreSource, as_map, head_table, null_pearson, paired_maps, pearson,
                     sparsity, spearman, top_k_overlap)
 
 def compare_scores(maps: dict[str, ScoreSource], k: int = 20):
     """Pairwise table (pandas) of every pair in ``maps``: Pearson, Spearman, top-``k`` overlap.
 
-    Pairs of different shapes get NaN (no head-by-head comparison exists).
+    Pairs of different shapes get NaN (no head-by-head comparison exists). Score files whose
+    map cards differ in a field that changes scores raise a
+    :class:`~rhlens.card.MapCardWarning` (as every comparison here does).
     """
     import pandas as pd
 
+    warn_if_incomparable(maps)
     loaded = {name: as_map(src) for name, src in maps.items()}
     rows = []
     names = list(loaded)
@@ -74,6 +78,7 @@ def correlation_matrix(maps: dict[str, ScoreSource], method: str = "pearson"):
     if method not in ("pearson", "spearman"):
         raise ValueError(f"method must be 'pearson' or 'spearman', got {method!r}.")
     fn = pearson if method == "pearson" else spearman
+    warn_if_incomparable(maps)
     loaded = {name: as_map(src) for name, src in maps.items()}
     names = list(loaded)
     table = pd.DataFrame(float("nan"), index=names, columns=names)
@@ -96,6 +101,7 @@ def family_table(maps: dict[str, ScoreSource], families: dict[str, str], n_null:
     """
     import pandas as pd
 
+    warn_if_incomparable(maps)
     loaded = {name: as_map(src) for name, src in maps.items()}
     names = list(loaded)
     rows = []
@@ -167,6 +173,7 @@ def stability_table(runs: dict[str, ScoreSource], k: int = 10, n_null: int = 100
     """
     import pandas as pd
 
+    warn_if_incomparable(runs)
     loaded = {name: as_map(src) for name, src in runs.items()}
     names = list(loaded)
     rows = []
@@ -245,6 +252,7 @@ def same_family_test(a: ScoreSource, b: ScoreSource, threshold: float = 0.8,
     >>> same_family_test(a, a * 0.8).verdict
     'same family'
     """
+    warn_pair(a, b)
     x, y = paired_maps(a, b)
     if x.std() == 0 or y.std() == 0:
         raise ValueError("A score map is constant (e.g. all zeros): no sample passed, or the "

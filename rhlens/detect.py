@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .answers import rouge1_recall
+from .card import new_card, resume_card, with_samples, write_card
 from .decode import greedy_decode
 from .grid import Grid
 from .prompts import SCORE_SPANS, Sample, ScoreSpan
@@ -39,6 +40,8 @@ from .results import atomic_write_text, scores_to_json
 from .samplelog import SampleLog, model_identity
 from .scoring import ScoreMode, retrieval_scores
 from .shard import Shard
+from .stopping import UntilStable
+from .uncertainty import LEVEL, N_RESAMPLES, SEED, HeadIntervals, head_intervals
 
 #: Fields every logged sample of a score run has (a record lacking one is recomputed).
 RECORD_FIELDS = ("key", "needle", "length", "depth", "answer", "rouge", "scores", "passed")
@@ -57,11 +60,16 @@ class ScoreRun:
         per_sample: ``[n_passed, n_layers, n_heads]``.
         records: one dict per sample (``needle``, ``length``, ``depth``, ``answer``,
             ``rouge``, ``passed``...), also as ``records_frame()``.
+        card: the run's map card (:mod:`rhlens.card`), as written beside ``out``.
+        stopped: with ``until_stable``, where the run stopped and why
+            (:meth:`rhlens.stopping.UntilStable.outcome`).
     """
 
     scores: torch.Tensor
     per_sample: torch.Tensor
     records: list[dict]
+    card: dict | None = None
+    stopped: dict | None = None
 
     def records_frame(self):
         """The sample records as a pandas DataFrame (without the score maps)."""
@@ -69,9 +77,27 @@ class ScoreRun:
 
         return pd.DataFrame([{k: v for k, v in r.items() if k != "scores"} for r in self.records])
 
-    def summary(self, top: int = 10) -> dict:
-        """Top heads and the shares of heads above 0.1, above 0.5 and at 0."""
-        return summarize(self.scores, top)
+    def summary(self, top: int = 10, *, n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                level: float = LEVEL) -> dict:
+        """Top heads and the shares of heads above 0.1, above 0.5 and at 0; with passed
+        samples also, from :meth:`intervals`, ``intervals`` (each top head's score, bootstrap
+        interval ``low``-``high`` and share of resamples whose top ``top`` holds it), the top
+        set's ``stability``, ``uncertain`` (heads whose interval crosses 0.1) and
+        ``bootstrap`` (samples, resamples, seed, level)."""
+        out = summarize(self.scores, top)
+        if len(self.per_sample):
+            iv = self.intervals(top, n_resamples=n_resamples, seed=seed, level=level)
+            out.update(intervals=iv.top(), stability=iv.stability,
+                       uncertain=int(iv.uncertain().sum()),
+                       bootstrap={"n_samples": iv.n_samples, "n_resamples": iv.n_resamples,
+                                  "seed": iv.seed, "level": iv.level})
+        return out
+
+    def intervals(self, k: int = 10, **options) -> HeadIntervals:
+        """Bootstrap intervals of every head over the passed samples and the top-``k`` set's
+        stability (:func:`rhlens.uncertainty.head_intervals`; ``n_resamples``, ``seed``,
+        ``level``)."""
+        return head_intervals(self.per_sample, k, **options)
 
 
 def score_sample(
@@ -106,6 +132,7 @@ def detect_retrieval_heads(
     shard: Shard | None = None,
     score_span: ScoreSpan = "answer",
     rouge_stemmer: bool = True,
+    until_stable: UntilStable | None = None,
 ) -> ScoreRun:
     """Run the detection grid and return mean retrieval scores per head.
 
@@ -123,6 +150,11 @@ def detect_retrieval_heads(
         shard: run only this shard's samples (:meth:`rhlens.shard.Shard.select`); ``out`` is
             then the shard's own file (:meth:`~rhlens.shard.Shard.output`), and its log names
             the shard, for :func:`rhlens.shard.merge_shards`.
+        until_stable: take the grid's prompts in a seeded order and stop once the top-K set
+            is stable (:class:`rhlens.stopping.UntilStable`); not with ``shard``.
+
+    With ``out``, the map card ``<out>.card.json`` (:mod:`rhlens.card`) is written beside the
+    score file, and rewritten with it.
 
     Raises:
         NoPassingSampleError: when no sample passes the gate (no empty score file is written).
@@ -132,10 +164,15 @@ def detect_retrieval_heads(
     if score_span not in SCORE_SPANS:
         raise ValueError(f"score_span must be one of {SCORE_SPANS}, got {score_span!r}.")
     samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
+    n_grid = len(samples)
     part = None
+    if shard is not None and until_stable is not None:
+        raise ValueError("`until_stable` needs every sample in one process; drop `shard`.")
     if shard is not None:
         part = shard.part([s.key for s in samples], "score")
         samples = shard.select(samples)
+    if until_stable is not None:
+        samples = until_stable.order(samples)
     settings = {
         **model_identity(model),
         "mode": score_mode,
@@ -149,6 +186,10 @@ def detect_retrieval_heads(
            if out else None)
     if log is not None:
         log.check_keys(s.key for s in samples)
+    card = new_card(model, grid, settings, shard=part,
+                    seed=until_stable.seed if until_stable is not None else None)
+    if out:
+        card = resume_card(card, out)
     records: list[dict] = []
     bar = tqdm(samples, desc="retrieval score", unit="sample", disable=not progress)
     for sample in bar:
@@ -166,11 +207,21 @@ def detect_retrieval_heads(
         bar.set_postfix(passed=f"{len(passed)}/{len(records)}", last=f"{record['rouge']:.2f}")
         if out and passed:
             _write_scores(out, passed, model.cfg.n_layers, model.cfg.n_heads)
+        if until_stable is not None:
+            card["until_stable"] = until_stable.outcome(records, n_grid)
+        stop = until_stable is not None and card["until_stable"]["reason"] == "stable"
+        if out and (passed or shard is not None):
+            write_card(out, card, records)
+        if stop:
+            break
+    bar.close()
+    card = with_samples(card, records)
+    stopped = card["until_stable"]
     passed = [r for r in records if r["passed"]]
     if not passed and shard is not None:
         shape = (model.cfg.n_layers, model.cfg.n_heads)
         return ScoreRun(scores=torch.full(shape, float("nan")), per_sample=torch.zeros(0, *shape),
-                        records=records)
+                        records=records, card=card)
     if not passed:
         answers = "\n".join(f"  {r['length']}/{r['depth']}: {r['answer']!r}" for r in records[:8])
         raise NoPassingSampleError(
@@ -180,7 +231,8 @@ def detect_retrieval_heads(
             "lengths, or a negative `rouge_gate` (e.g. -1) to score every sample anyway."
         )
     per_sample = torch.tensor([r["scores"] for r in passed])
-    return ScoreRun(scores=per_sample.mean(0), per_sample=per_sample, records=records)
+    return ScoreRun(scores=per_sample.mean(0), per_sample=per_sample, records=records,
+                    card=card, stopped=stopped)
 
 
 def _write_scores(out, passed: list[dict], n_layers: int, n_heads: int) -> None:

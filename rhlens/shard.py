@@ -172,7 +172,8 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
         paths: each shard's output (``scores.shard0of2.json``...) or its sample log; every
             shard of the split once, each finished.
         out: the merged score file (or NIAH CSV); its sample log ``<out>.samples.jsonl`` is
-            written too, so a later unsharded run with the same settings resumes from it.
+            written too, so a later unsharded run with the same settings resumes from it, and
+            a score file's map card ``<out>.card.json`` (:func:`rhlens.card.merged_card`).
         force: replace ``out`` (and its log) when they exist.
 
     Returns:
@@ -271,6 +272,10 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
         write_log(out_log, settings, records)
         grid = passed[0]["scores"]
         _write_scores(out, passed, len(grid), len(grid[0]))
+        from .card import merged_card, write_card
+
+        by_index = sorted(shards, key=lambda s: s[4]["index"])
+        write_card(out, merged_card([s[1] for s in by_index], settings, records), records)
         summary["n_passed"] = len(passed)
     else:
         from .niah_grid import _frame

@@ -384,7 +384,7 @@ def check_score_args(args) -> dict[str, int]:
                          f"is above it), got {args.rouge_gate}; -1 keeps every sample.",
                          arg="rouge_gate")
     check_grid(args.lengths, args.depths, args.max_new_tokens)
-    output_file(args.out, "out", sidecars=(".samples.jsonl",))
+    output_file(args.out, "out", sidecars=(".samples.jsonl", ".card.json"))
     if args.plot:
         output_file(args.plot, "plot")
         if same_file(args.plot, args.out):

@@ -1,0 +1,432 @@
+"""Map cards: what made a score map, written beside it, so that two maps can be trusted and
+compared.
+
+Every score file that ``rhlens score``, ``rhlens merge`` and
+:func:`rhlens.detect.detect_retrieval_heads` (with ``out=``) write gets a **sidecar**
+``<scores>.card.json``, written atomically right after the score file and rewritten with it
+after every sample, so a resumed or merged run's card always describes the file beside it (the
+card holds the score file's sha256, and ``rhlens card`` says when they disagree).
+
+Why a sidecar and not a reserved key inside the score file: the public format is
+``{"layer-head": [per-sample scores]}``, and readers iterate over *every* key (the paper's own
+loader splits each key on ``"-"`` and reads two integers; HeadKV averages every value). Any
+extra key, even one rhlens's own loader skipped, would break them. A sidecar leaves the score
+file byte-for-byte in the public format, as ``<scores>.samples.jsonl`` already does.
+
+A card records (``rhlens card FILE`` prints it; ``--json`` the file itself):
+
+* ``model``: id, revision (the hub commit, when the checkpoint came from the hub), a
+  fingerprint of its weights (:func:`rhlens.samplelog.model_identity`), dtype, device,
+  layers x query heads (and key/value heads);
+* ``tokenizer``: a digest of the tokenizer (its vocabulary, merges, normalisation and special
+  tokens) and of its chat template;
+* ``grid``: lengths, depths, new tokens, prompt style, a digest of the haystack text, the
+  needles (and their digest), the number of prompts;
+* ``score``: mode (``paper`` / ``sum``) and span (``answer`` / ``needle``); ``rouge``: the
+  gate and whether words are stemmed;
+* ``seed``: the seed of ``--until-stable``'s order (greedy decoding has none: ``null``), and
+  ``until_stable``: the stopping rule and where it stopped;
+* ``samples``: prompts run, passed and rejected by the gate;
+* ``versions``: rhlens, transformers, transformer-lens, torch (a run resumed under other
+  versions lists each);
+* ``run``: the digest of the run's settings, as its sample log's header holds them; ``shard``
+  for a shard's file; ``scores``: the score file's sha256.
+
+:func:`warn_if_incomparable` (called by the comparison functions of :mod:`rhlens.compare`)
+warns when two maps with cards differ in a field that changes scores: always the measurement
+(:data:`MEASUREMENT`), and, for two runs of the same model id, the model's own fields too
+(:data:`MODEL_FIELDS`: weights, revision, dtype, device, tokenizer, chat template, library
+versions). Two different models are expected to differ in those.
+
+Example::
+
+    >>> a = {"card_format": 1, "model": {"id": "m"}, "score": {"mode": "paper"}}
+    >>> differences(a, {**a, "score": {"mode": "sum"}})
+    ['score.mode paper vs sum']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import UsageError
+from .results import atomic_write_text, is_url
+from .samplelog import LOG_FORMAT, text_digest
+
+#: Version of the card's layout.
+CARD_FORMAT = 1
+#: A card's name beside its score file.
+SUFFIX = ".card.json"
+
+#: Fields whose difference changes scores whatever the model.
+MEASUREMENT = ("score.mode", "score.span", "rouge.gate", "rouge.stemmer", "grid.prompt",
+               "grid.max_new_tokens", "grid.lengths", "grid.depths", "grid.haystack",
+               "grid.needles_digest", "versions.rhlens")
+#: Fields of the model and its software, compared when two cards name the same model id.
+MODEL_FIELDS = ("model.weights", "model.revision", "model.dtype", "model.device",
+                "tokenizer.digest", "tokenizer.chat_template", "versions.transformers",
+                "versions.transformer_lens", "versions.torch")
+
+_PACKAGES = {"rhlens": "rhlens", "transformers": "transformers",
+             "transformer_lens": "transformer-lens", "torch": "torch"}
+
+
+class MapCardWarning(UserWarning):
+    """Two score maps were measured differently (see :func:`warn_if_incomparable`)."""
+
+
+# --------------------------------------------------------------------------- building
+
+
+def card_path(scores: str | Path) -> Path:
+    """The card of a score file: ``<scores>.card.json`` (a card's own path is kept)."""
+    text = str(scores)
+    return Path(text if text.endswith(SUFFIX) else text + SUFFIX)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of rhlens, transformers, transformer-lens and torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for key, dist in _PACKAGES.items():
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = None
+    return out
+
+
+def tokenizer_digest(tokenizer) -> str | None:
+    """A digest of what decides a tokenizer's ids: a fast tokenizer's full serialisation
+    (vocabulary, merges, normaliser, pre-tokeniser, added tokens), else its vocabulary, and
+    its special tokens."""
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(
+        sorted(tokenizer.get_vocab().items()))
+    special = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True,
+                         default=str)
+    return text_digest(text + "\n" + special)
+
+
+def chat_template_digest(tokenizer) -> str | None:
+    """A digest of the tokenizer's chat template (``None`` without one)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    return text_digest(template if isinstance(template, str)
+                       else json.dumps(template, sort_keys=True))
+
+
+def run_digest(settings: dict[str, Any]) -> str:
+    """The run identity a sample log's records carry (:class:`rhlens.samplelog.SampleLog`)."""
+    as_logged = json.loads(json.dumps({"log_format": LOG_FORMAT, **settings}))
+    return text_digest(json.dumps(as_logged, sort_keys=True))
+
+
+def new_card(model, grid, settings: dict[str, Any], *, seed: int | None = None,
+             until_stable: dict | None = None, shard: dict | None = None) -> dict:
+    """The card of a detection run of ``model`` over ``grid`` with ``settings`` (the sample
+    log's settings: model identity, ``mode``, ``span``, ``rouge_gate``, ``rouge_stemmer``,
+    ``max_new_tokens``, ``prompt``), without its sample counts (:func:`with_samples`)."""
+    from .haystack import load_haystack
+
+    hf = getattr(model, "original_model", model)
+    cfg = model.cfg
+    needles = [dataclasses.asdict(n) for n in grid.needles]
+    haystack = grid.haystack if grid.haystack is not None else load_haystack(None)
+    n_prompts = len(grid)
+    card = {
+        "card_format": CARD_FORMAT,
+        "model": {"id": settings["model"],
+                  "revision": getattr(getattr(hf, "config", None), "_commit_hash", None),
+                  "weights": settings["weights"], "dtype": settings["dtype"],
+                  "device": settings["device"], "n_layers": int(cfg.n_layers),
+                  "n_heads": int(cfg.n_heads),
+                  "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)},
+        "tokenizer": {"digest": tokenizer_digest(getattr(model, "tokenizer", None)),
+                      "chat_template": chat_template_digest(getattr(model, "tokenizer", None))},
+        "grid": {"lengths": list(grid.lengths), "depths": list(grid.depths),
+                 "max_new_tokens": settings["max_new_tokens"], "prompt": settings["prompt"],
+                 "haystack": text_digest(haystack),
+                 "needles": needles,
+                 "needles_digest": text_digest(json.dumps(needles, sort_keys=True)),
+                 "n_prompts": n_prompts},
+        "score": {"mode": settings["mode"], "span": settings["span"]},
+        "rouge": {"gate": settings["rouge_gate"], "stemmer": settings["rouge_stemmer"]},
+        "seed": seed,
+        "until_stable": until_stable,
+        "samples": None,
+        "versions": package_versions(),
+        "run": run_digest(settings),
+        "shard": ({"index": shard["index"], "count": shard["count"],
+                   "n_prompts": len(shard["keys"])} if shard else None),
+        "scores": None,
+    }
+    return card
+
+
+def with_samples(card: dict, records: Iterable[dict]) -> dict:
+    """``card`` with ``samples``: prompts ``run``, ``passed`` and ``rejected`` by the gate."""
+    records = list(records)
+    passed = sum(bool(r["passed"]) for r in records)
+    return {**card, "samples": {"run": len(records), "passed": passed,
+                                "rejected": len(records) - passed}}
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _union(a, b):
+    """Versions seen by a run: one string, or the list of the distinct ones."""
+    seen = []
+    for v in (a if isinstance(a, list) else [a]) + (b if isinstance(b, list) else [b]):
+        if v not in seen:
+            seen.append(v)
+    return seen[0] if len(seen) == 1 else seen
+
+
+def resume_card(card: dict, scores: str | Path) -> dict:
+    """``card`` keeping the versions of the card already beside ``scores`` when that card is
+    of the same run (a resumed run's samples may come from an earlier process)."""
+    try:
+        old = json.loads(card_path(scores).read_text("utf-8"))
+    except (OSError, ValueError):
+        return card
+    if not isinstance(old, dict) or old.get("run") != card["run"] or \
+            not isinstance(old.get("versions"), dict):
+        return card
+    versions = {k: _union(old["versions"].get(k, v), v) for k, v in card["versions"].items()}
+    return {**card, "versions": versions}
+
+
+def write_card(scores: str | Path, card: dict, records: Iterable[dict]) -> dict:
+    """Write ``card`` (with the sample counts of ``records`` and the sha256 of the score file
+    as it is now) atomically to ``<scores>.card.json``; returns what was written."""
+    full = with_samples(card, records)
+    full["scores"] = {"sha256": _file_digest(Path(scores))}
+    atomic_write_text(card_path(scores), json.dumps(full, indent=1) + "\n")
+    return full
+
+
+def merged_card(shard_files: list[str], settings: dict[str, Any], records: list[dict]) -> dict:
+    """The card a single process running the whole grid writes, from the shards' cards (their
+    versions joined); where a shard has no card, the fields its sample log cannot give are
+    ``null`` and a note says so."""
+    cards, missing = [], []
+    for path in shard_files:
+        try:
+            cards.append(read_card(path))
+        except UsageError:
+            missing.append(path)
+    if missing:
+        print(f"note: {', '.join(missing)} has no readable map card; the merged card lacks "
+              "what only a card records (tokenizer, haystack, needles, versions).",
+              file=sys.stderr)
+    if cards:
+        card = {**cards[0], "shard": None, "samples": None, "scores": None}
+        for other in cards[1:]:
+            card["versions"] = {k: _union(v, other["versions"].get(k, v))
+                                for k, v in card["versions"].items()}
+        return with_samples(card, records)
+    card = {"card_format": CARD_FORMAT,
+            "model": {"id": settings.get("model"), "revision": None,
+                      "weights": settings.get("weights"), "dtype": settings.get("dtype"),
+                      "device": settings.get("device")},
+            "tokenizer": None, "grid": {"max_new_tokens": settings.get("max_new_tokens"),
+                                        "prompt": settings.get("prompt")},
+            "score": {"mode": settings.get("mode"), "span": settings.get("span")},
+            "rouge": {"gate": settings.get("rouge_gate"),
+                      "stemmer": settings.get("rouge_stemmer")},
+            "seed": None, "until_stable": None, "samples": None, "versions": None,
+            "run": text_digest(json.dumps(settings, sort_keys=True)), "shard": None,
+            "scores": None}
+    return with_samples(card, records)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_card(source: str | Path) -> dict:
+    """The card of a score file (or the card file itself).
+
+    Raises:
+        UsageError: the score file has no card beside it, or the card is not one.
+    """
+    path = card_path(source)
+    if not path.is_file():
+        if not str(source).endswith(SUFFIX) and not Path(source).exists():
+            raise FileNotFoundError(f"{source} does not exist; name a score file written by "
+                                    "`rhlens score` or `rhlens merge`.")
+        raise UsageError(f"{source} has no map card ({path.name} is not beside it): cards are "
+                         "written by `rhlens score` and `rhlens merge`; rerun the command that "
+                         "made it (it resumes from its sample log) to write one.")
+    try:
+        card = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise UsageError(f"{path} is not JSON: a damaged map card; rerun the command that "
+                         "made the score file to rewrite it.") from None
+    if not isinstance(card, dict) or card.get("card_format") != CARD_FORMAT:
+        raise UsageError(f"{path} is not a map card of format {CARD_FORMAT} (written by "
+                         "another rhlens?); rerun the command that made the score file.")
+    return card
+
+
+def scores_match(card: dict, scores: str | Path) -> bool | None:
+    """Whether the score file is the one the card describes (``None``: nothing to check)."""
+    want = (card.get("scores") or {}).get("sha256")
+    if want is None or not Path(scores).is_file():
+        return None
+    return _file_digest(Path(scores)) == want
+
+
+def flatten(card: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"score.mode": "paper", ...}``: the card's fields by dotted name."""
+    out: dict[str, Any] = {}
+    for key, value in card.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _same(field: str, a, b) -> bool:
+    if field.startswith("versions.") and (isinstance(a, list) or isinstance(b, list)):
+        # a resumed run lists every version it ran under: it agrees with any of them
+        va = set(a) if isinstance(a, list) else {a}
+        vb = set(b) if isinstance(b, list) else {b}
+        return bool(va & vb) and (va <= vb or vb <= va)
+    return a == b
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """Fields that change scores and differ between two cards: ``"score.mode paper vs
+    sum"``; the model's own fields only when both name the same model id. A field either card
+    does not record is not compared."""
+    fa, fb = flatten(a), flatten(b)
+    fields = list(MEASUREMENT)
+    if fa.get("model.id") == fb.get("model.id"):
+        fields += MODEL_FIELDS
+    out = []
+    for f in fields:
+        if f in fa and f in fb and fa[f] is not None and fb[f] is not None \
+                and not _same(f, fa[f], fb[f]):
+            out.append(f"{f} {_short(fa[f])} vs {_short(fb[f])}")
+    return out
+
+
+def _short(value) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _card_of(source) -> dict | None:
+    if not isinstance(source, (str, Path)) or is_url(source):
+        return None
+    if not card_path(source).is_file():
+        return None
+    try:
+        return read_card(source)
+    except (UsageError, FileNotFoundError):
+        return None
+
+
+def warn_if_incomparable(maps: dict[str, Any]) -> list[str]:
+    """Warn (:class:`MapCardWarning`) for each pair of ``maps`` (name -> source) whose cards
+    differ in a field that changes scores (:func:`differences`); sources without a card
+    (tensors, published maps, other tools' maps) are not checked. Returns the warnings."""
+    cards = {name: c for name, src in maps.items() if (c := _card_of(src)) is not None}
+    names = list(cards)
+    messages = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            diffs = differences(cards[a], cards[b])
+            if diffs:
+                msg = (f"{a} and {b} were measured differently ({'; '.join(diffs)}): their "
+                       "scores differ for that reason too (see `rhlens card`).")
+                warnings.warn(msg, MapCardWarning, stacklevel=3)
+                messages.append(msg)
+    return messages
+
+
+def warn_pair(a, b) -> list[str]:
+    """:func:`warn_if_incomparable` of two sources, named by their paths."""
+    if not all(isinstance(x, (str, Path)) for x in (a, b)):
+        return []
+    return warn_if_incomparable({str(a): a, str(b): b})
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def format_card(card: dict, scores: str | Path | None = None) -> str:
+    """The card as ``rhlens card`` prints it."""
+    def get(path: str, default="-"):
+        value: Any = card
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return default if value is None else value
+
+    def joined(value) -> str:
+        return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    needles = get("grid.needles", [])
+    answers = "; ".join(repr(n.get("answer")) for n in needles[:4]) + \
+        (f"; ... ({len(needles)} in all)" if len(needles) > 4 else "")
+    rouge = get("rouge.gate")
+    stem = {True: "stemmed", False: "unstemmed"}.get(get("rouge.stemmer", None), "-")
+    samples = get("samples", {}) or {}
+    versions = get("versions", {}) or {}
+    lines = [
+        f"map card{f' of {scores}' if scores else ''} (format {card.get('card_format')})",
+        f"model        {get('model.id')}  revision {get('model.revision')}  weights "
+        f"{get('model.weights')}",
+        f"             {get('model.dtype')} on {get('model.device')}; {get('model.n_layers')} "
+        f"layers x {get('model.n_heads')} query heads ({get('model.n_kv_heads')} kv heads)",
+        f"tokenizer    {get('tokenizer.digest')}  chat template {get('tokenizer.chat_template')}",
+        f"grid         lengths {joined(get('grid.lengths'))}; depths {joined(get('grid.depths'))}"
+        f"; {len(needles)} needles = {get('grid.n_prompts')} prompts",
+        f"             {get('grid.max_new_tokens')} new tokens; prompt {get('grid.prompt')}; "
+        f"haystack {get('grid.haystack')}",
+        f"needles      {get('grid.needles_digest')}: {answers or '-'}",
+        f"score        {get('score.mode')} mode over the {get('score.span')} span",
+        f"ROUGE gate   recall > {rouge}, {stem}",
+        f"seed         {get('seed', 'none (greedy decoding)')}",
+    ]
+    stop = card.get("until_stable")
+    if stop:
+        lines.append(
+            f"until stable top-{stop['k']} stability {stop['stability']:.3f} (level "
+            f"{stop['level']}, {stop['n_resamples']} resamples) after {stop['samples']} "
+            f"samples, {stop['passed']} passed: {stop['reason']}")
+    shard = card.get("shard")
+    if shard:
+        lines.append(f"shard        {shard['index']}/{shard['count']} ({shard['n_prompts']} of "
+                     "the prompts); `rhlens merge` joins the shards")
+    lines += [
+        f"samples      {samples.get('passed', '-')} passed, {samples.get('rejected', '-')} "
+        f"rejected of {samples.get('run', '-')} run",
+        "versions     " + (", ".join(f"{_PACKAGES[k]} {joined(v)}" for k, v in versions.items())
+                           or "-"),
+        f"run          {get('run')}",
+    ]
+    digest = get("scores.sha256", None)
+    match = scores_match(card, scores) if scores else None
+    state = {True: " (matches the file)", False: " (the file has changed since: rerun its "
+             "command to rewrite both)", None: ""}[match]
+    lines.append(f"scores       sha256 {digest[:16] if digest else '-'}{state}")
+    return "\n".join(lines)
