@@ -229,7 +229,7 @@ def merged_card(shard_files: list[str], settings: dict[str, Any], records: list[
     for path in shard_files:
         try:
             cards.append(read_card(path))
-        except UsageError:
+        except (UsageError, FileNotFoundError):
             missing.append(path)
     if missing:
         print(f"note: {', '.join(missing)} has no readable map card; the merged card lacks "

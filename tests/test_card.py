@@ -67,6 +67,9 @@ def test_score_writes_a_card_with_every_field_and_card_prints_it(tmp_path, capsy
     assert card["samples"] == {"run": 8, "passed": 8, "rejected": 0}
     assert fields["versions.transformer_lens"] and fields["versions.torch"]
     assert scores_match(card, out) is True
+    # the card names the run its sample log's records belong to
+    logged = [json.loads(line) for line in Path(f"{out}.samples.jsonl").read_text().splitlines()]
+    assert {r["run"] for r in logged[1:]} == {card["run"]}
     rc, text, _ = cli(capsys, "card", out)
     assert rc == 0
     for line in ("model        tiny-llama", "paper mode over the answer span",
