@@ -345,10 +345,11 @@ def _card_of(source) -> dict | None:
         return None
 
 
-def warn_if_incomparable(maps: dict[str, Any]) -> list[str]:
+def warn_if_incomparable(maps: dict[str, Any], stacklevel: int = 3) -> list[str]:
     """Warn (:class:`MapCardWarning`) for each pair of ``maps`` (name -> source) whose cards
     differ in a field that changes scores (:func:`differences`); sources without a card
-    (tensors, published maps, other tools' maps) are not checked. Returns the warnings."""
+    (tensors, published maps, other tools' maps) are not checked. Returns the warnings;
+    ``stacklevel`` points them at the caller of the comparison that called this."""
     cards = {name: c for name, src in maps.items() if (c := _card_of(src)) is not None}
     names = list(cards)
     messages = []
@@ -358,7 +359,7 @@ def warn_if_incomparable(maps: dict[str, Any]) -> list[str]:
             if diffs:
                 msg = (f"{a} and {b} were measured differently ({'; '.join(diffs)}): their "
                        "scores differ for that reason too (see `rhlens card`).")
-                warnings.warn(msg, MapCardWarning, stacklevel=3)
+                warnings.warn(msg, MapCardWarning, stacklevel=stacklevel)
                 messages.append(msg)
     return messages
 
@@ -367,7 +368,7 @@ def warn_pair(a, b) -> list[str]:
     """:func:`warn_if_incomparable` of two sources, named by their paths."""
     if not all(isinstance(x, (str, Path)) for x in (a, b)):
         return []
-    return warn_if_incomparable({str(a): a, str(b): b})
+    return warn_if_incomparable({str(a): a, str(b): b}, stacklevel=4)
 
 
 # --------------------------------------------------------------------------- printing
