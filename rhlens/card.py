@@ -132,45 +132,47 @@ def run_digest(settings: dict[str, Any]) -> str:
     return text_digest(json.dumps(as_logged, sort_keys=True))
 
 
+def settings_card(settings: dict[str, Any]) -> dict:
+    """The card as far as a sample log's settings tell it (model identity, ``mode``, ``span``,
+    ``rouge_gate``, ``rouge_stemmer``, ``max_new_tokens``, ``prompt``); the rest ``null``."""
+    return {
+        "card_format": CARD_FORMAT,
+        "model": {"id": settings.get("model"), "revision": None,
+                  "weights": settings.get("weights"), "dtype": settings.get("dtype"),
+                  "device": settings.get("device")},
+        "tokenizer": None,
+        "grid": {"max_new_tokens": settings.get("max_new_tokens"),
+                 "prompt": settings.get("prompt")},
+        "score": {"mode": settings.get("mode"), "span": settings.get("span")},
+        "rouge": {"gate": settings.get("rouge_gate"), "stemmer": settings.get("rouge_stemmer")},
+        "seed": None, "until_stable": None, "samples": None, "versions": None,
+        "run": run_digest(settings), "shard": None, "scores": None,
+    }
+
+
 def new_card(model, grid, settings: dict[str, Any], *, seed: int | None = None,
-             until_stable: dict | None = None, shard: dict | None = None) -> dict:
+             shard: dict | None = None) -> dict:
     """The card of a detection run of ``model`` over ``grid`` with ``settings`` (the sample
-    log's settings: model identity, ``mode``, ``span``, ``rouge_gate``, ``rouge_stemmer``,
-    ``max_new_tokens``, ``prompt``), without its sample counts (:func:`with_samples`)."""
+    log's, :func:`settings_card`), ``seed`` and ``shard`` (:meth:`rhlens.shard.Shard.part`),
+    without its sample counts (:func:`with_samples`)."""
     from .haystack import load_haystack
 
-    hf = getattr(model, "original_model", model)
-    cfg = model.cfg
+    hf, cfg, tok = getattr(model, "original_model", model), model.cfg, model.tokenizer
     needles = [dataclasses.asdict(n) for n in grid.needles]
     haystack = grid.haystack if grid.haystack is not None else load_haystack(None)
-    n_prompts = len(grid)
-    card = {
-        "card_format": CARD_FORMAT,
-        "model": {"id": settings["model"],
-                  "revision": getattr(getattr(hf, "config", None), "_commit_hash", None),
-                  "weights": settings["weights"], "dtype": settings["dtype"],
-                  "device": settings["device"], "n_layers": int(cfg.n_layers),
-                  "n_heads": int(cfg.n_heads),
-                  "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)},
-        "tokenizer": {"digest": tokenizer_digest(getattr(model, "tokenizer", None)),
-                      "chat_template": chat_template_digest(getattr(model, "tokenizer", None))},
-        "grid": {"lengths": list(grid.lengths), "depths": list(grid.depths),
-                 "max_new_tokens": settings["max_new_tokens"], "prompt": settings["prompt"],
-                 "haystack": text_digest(haystack),
-                 "needles": needles,
-                 "needles_digest": text_digest(json.dumps(needles, sort_keys=True)),
-                 "n_prompts": n_prompts},
-        "score": {"mode": settings["mode"], "span": settings["span"]},
-        "rouge": {"gate": settings["rouge_gate"], "stemmer": settings["rouge_stemmer"]},
-        "seed": seed,
-        "until_stable": until_stable,
-        "samples": None,
-        "versions": package_versions(),
-        "run": run_digest(settings),
-        "shard": ({"index": shard["index"], "count": shard["count"],
-                   "n_prompts": len(shard["keys"])} if shard else None),
-        "scores": None,
-    }
+    card = settings_card(settings)
+    card["model"].update(
+        revision=getattr(getattr(hf, "config", None), "_commit_hash", None),
+        n_layers=int(cfg.n_layers), n_heads=int(cfg.n_heads),
+        n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads))
+    card["tokenizer"] = {"digest": tokenizer_digest(tok), "chat_template": chat_template_digest(tok)}
+    card["grid"] = {"lengths": list(grid.lengths), "depths": list(grid.depths), **card["grid"],
+                    "haystack": text_digest(haystack), "needles": needles,
+                    "needles_digest": text_digest(json.dumps(needles, sort_keys=True)),
+                    "n_prompts": len(grid)}
+    card.update(seed=seed, versions=package_versions(),
+                shard=({"index": shard["index"], "count": shard["count"],
+                        "n_prompts": len(shard["keys"])} if shard else None))
     return card
 
 
@@ -241,19 +243,7 @@ def merged_card(shard_files: list[str], settings: dict[str, Any], records: list[
             card["versions"] = {k: _union(v, other["versions"].get(k, v))
                                 for k, v in card["versions"].items()}
         return with_samples(card, records)
-    card = {"card_format": CARD_FORMAT,
-            "model": {"id": settings.get("model"), "revision": None,
-                      "weights": settings.get("weights"), "dtype": settings.get("dtype"),
-                      "device": settings.get("device")},
-            "tokenizer": None, "grid": {"max_new_tokens": settings.get("max_new_tokens"),
-                                        "prompt": settings.get("prompt")},
-            "score": {"mode": settings.get("mode"), "span": settings.get("span")},
-            "rouge": {"gate": settings.get("rouge_gate"),
-                      "stemmer": settings.get("rouge_stemmer")},
-            "seed": None, "until_stable": None, "samples": None, "versions": None,
-            "run": text_digest(json.dumps(settings, sort_keys=True)), "shard": None,
-            "scores": None}
-    return with_samples(card, records)
+    return with_samples(settings_card(settings), records)
 
 
 # --------------------------------------------------------------------------- reading
