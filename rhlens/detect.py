@@ -213,6 +213,7 @@ def detect_retrieval_heads(
         if out and (passed or shard is not None):
             write_card(out, card, records)
         if stop:
+            bar.update(1)  # the bar counts a sample when the next one is asked for
             break
     bar.close()
     card = with_samples(card, records)
