@@ -376,8 +376,8 @@ def format_card(card: dict, scores: str | Path | None = None) -> str:
         return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
     needles = get("grid.needles", [])
-    answers = "; ".join(repr(n.get("answer")) for n in needles[:4]) + \
-        (f"; ... ({len(needles)} in all)" if len(needles) > 4 else "")
+    answers = "; ".join(repr(n.get("answer")) for n in needles[:3]) + \
+        (f"; ... ({len(needles)} in all)" if len(needles) > 3 else "")
     rouge = get("rouge.gate")
     stem = {True: "stemmed", False: "unstemmed"}.get(get("rouge.stemmer", None), "-")
     samples = get("samples", {}) or {}
