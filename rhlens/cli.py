@@ -257,7 +257,8 @@ def _plot(args) -> int:
     from .validate import check_plot_args
 
     check_plot_args(args)
-    if is_published(args.scores) and not Path(args.scores).exists():
+    published = is_published(args.scores) and not Path(args.scores).exists()
+    if published:
         scores, title = load_published(args.scores), f"{args.scores} (published)"
     else:
         try:
@@ -269,7 +270,7 @@ def _plot(args) -> int:
     if args.mark_uncertain:
         from .uncertainty import head_intervals, per_sample_scores
 
-        if title.endswith("(published)"):
+        if published:
             raise UsageError("mark_uncertain needs each sample's scores, and the published maps "
                              "ship their means only; pass a score file.", arg="mark_uncertain")
         uncertain = head_intervals(per_sample_scores(args.scores)).uncertain()

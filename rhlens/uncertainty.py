@@ -200,8 +200,8 @@ def top_k_stability(per_sample: torch.Tensor, k: int, *, n_resamples: int = N_RE
 
 
 def per_sample_scores(source) -> torch.Tensor:
-    """``[n_samples, n_layers, n_heads]`` from a score file (path) or its dict: the per-sample
-    lists the public format keeps under each ``"layer-head"`` key.
+    """``[n_samples, n_layers, n_heads]`` from a score file (path or URL) or its dict: the
+    per-sample lists the public format keeps under each ``"layer-head"`` key.
 
     Raises:
         UsageError: the file holds no per-sample lists (a published map's name, a file of
@@ -214,11 +214,15 @@ def per_sample_scores(source) -> torch.Tensor:
     from pathlib import Path
 
     from .errors import UsageError
-    from .results import load_scores
+    from .results import fetch_text, is_url, load_scores
 
     name = "score dict" if isinstance(source, dict) else str(source)
-    mean = load_scores(source)                      # checks keys, values, coverage
-    data = source if isinstance(source, dict) else json.loads(Path(source).read_text("utf-8"))
+    if isinstance(source, dict) or is_url(source):
+        data = source if isinstance(source, dict) else json.loads(fetch_text(str(source)))
+        mean = load_scores(data)                    # checks keys, values, coverage
+    else:
+        mean = load_scores(source)                  # the same, naming the file
+        data = json.loads(Path(source).read_text("utf-8"))
     lengths = {len(v) if isinstance(v, list) else None for v in data.values()}
     if None in lengths or len(lengths) != 1 or 0 in lengths:
         raise UsageError(f"{name} does not hold the same number of per-sample scores for "
