@@ -84,6 +84,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: Decimals a score file keeps of each per-sample score (enough for |k| up to 10^5 tokens).
+SCORE_DECIMALS = 6
+
+
 def head_key(layer: int, head: int) -> str:
     """``"16-19"`` for layer 16, head 19: the public score files' key."""
     return f"{layer}-{head}"
@@ -93,7 +97,7 @@ def scores_to_json(per_sample: Iterable[torch.Tensor], n_layers: int, n_heads: i
     """``{"layer-head": [score of sample 1, ...]}`` from ``[n_layers, n_heads]`` maps."""
     maps = list(per_sample)
     return {
-        head_key(l, h): [round(float(m[l, h]), 6) for m in maps]
+        head_key(l, h): [round(float(m[l, h]), SCORE_DECIMALS) for m in maps]
         for l in range(n_layers)
         for h in range(n_heads)
     }

@@ -19,7 +19,9 @@ Resampling is over samples (prompts), the unit the paper averages over, with the
 of rhlens (:mod:`rhlens.score.bootstrap`, which :mod:`rhlens.analyze.statistics` uses too); ties between heads
 (most heads score exactly 0) are broken by position, as :func:`rhlens.score.heads.top_heads` breaks
 them. With very few samples the bootstrap is optimistic (one sample: every resample is that
-sample, stability 1), so the stopping rule waits for a minimum number of samples.
+sample, stability 1), so the stopping rule waits for a minimum number of samples. Scores are
+resampled at the precision a score file keeps (6 decimals), so a run's printout, its
+``--until-stable`` check and any later reader of its file report the same intervals.
 
 Example::
 
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..run.results import SCORE_DECIMALS
 from .bootstrap import LEVEL, N_BOOT, percentile_bounds, resampled_means
 from .heads import head_name, top_heads
 
@@ -143,7 +146,10 @@ def head_intervals(per_sample: torch.Tensor, k: int = 10, *, n_resamples: int = 
         raise ValueError(f"level must lie in (0, 1), got {level}.")
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be at least 1, got {n_resamples}.")
-    x = per_sample.detach().double().cpu()
+    # at the precision the score file keeps: a run's printout (float32 maps), its stopping rule
+    # (the log's float64) and a later reader of its file then resample the very same values;
+    # a last-digit difference would otherwise reorder heads tied in a resample's top k
+    x = torch.round(per_sample.detach().double().cpu(), decimals=SCORE_DECIMALS)
     k = min(int(k), x[0].numel())
     mean = x.mean(0)
     boot = resampled_means(x, n_resamples, seed)

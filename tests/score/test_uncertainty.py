@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rhlens.analyze.statistics import bootstrap_ci
-from rhlens.run.results import scores_to_json
+from rhlens.run.results import SCORE_DECIMALS, scores_to_json
 from rhlens.score.bootstrap import resampled_means, resamples
 from rhlens.score.detect import ScoreRun
 from rhlens.score.uncertainty import format_intervals, head_intervals, top_k_frequency
@@ -42,8 +42,9 @@ def test_resampled_means_are_the_means_of_index_resamples():
 
 def test_a_head_interval_is_the_bootstrap_interval_of_its_scores():
     # one bootstrap: a head's interval over samples is what bootstrap_ci gives for that head's
-    # per-sample scores with the same seed (the same resamples, the same percentile interval)
-    x = noisy_samples()
+    # per-sample scores with the same seed (the same resamples, the same percentile interval);
+    # the scores at a score file's precision, which is what the intervals resample
+    x = torch.round(noisy_samples(), decimals=SCORE_DECIMALS)
     iv = head_intervals(x, k=2, n_resamples=300, seed=5, level=0.9)
     for l, h in [(2, 1), (0, 2), (1, 0)]:
         est, lo, hi = bootstrap_ci(x[:, l, h].numpy(), n_boot=300, seed=5, level=0.9)
@@ -87,6 +88,21 @@ def test_top_k_stability_and_frequency():
         chosen = {(i // 4, i % 4) for i in order if float(m.flatten()[i]) > 0}
         overlaps.append(len(chosen & set(top)) / 4)
     assert wide.stability == pytest.approx(sum(overlaps) / len(overlaps), abs=1e-12)
+
+
+def test_intervals_do_not_depend_on_digits_the_score_file_drops():
+    # heads 1 and 2 score the same on every sample and compete for the top 2: the last digits
+    # of a float32 map (a run's printout) or of the log's float64 (its stopping rule) must not
+    # decide which of them a resample ranks first, or printout, card and file disagree
+    base = torch.tensor([[0.9, 0.4, 0.4, 0.0], [0.8, 0.1, 0.1, 0.3], [0.7, 0.6, 0.6, 0.2],
+                         [0.9, 0.2, 0.2, 0.5]], dtype=torch.float64).reshape(4, 1, 4)
+    jitter = base + torch.tensor([0.0, 0.0, 1e-9, 0.0], dtype=torch.float64)
+    ref = head_intervals(base, k=2, n_resamples=300)
+    for x in (jitter, base.float()):
+        iv = head_intervals(x, k=2, n_resamples=300)
+        assert torch.equal(iv.frequency, ref.frequency)
+        assert iv.stability == ref.stability
+    assert ref.frequency[0, 1] > ref.frequency[0, 2]   # ties go to the first head, by position
 
 
 def test_heads_tied_at_zero_are_not_a_stable_top_set():
