@@ -50,6 +50,7 @@ _EXPORTS = {
     "load_scores": "run.results",
     "copy_hits": "score.scoring", "retrieval_scores": "score.scoring",
     "head_table": "score.heads", "summarize": "score.heads",
+    "read_card": "run.card", "head_intervals": "score.uncertainty", "UntilStable": "score.stopping",
 }
 
 try:

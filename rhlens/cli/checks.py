@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..models.available import device_map_name, device_name, dtype_name, model_facts, model_name
+from ..run.shard import Shard
 from ..validate import check_grid, count, finite, int_list, k_list, output_file, same_file
 
 
@@ -36,21 +37,43 @@ def check_model_args(args) -> dict[str, int]:
     return model_facts(args.model)
 
 
-def check_score_args(args) -> dict[str, int]:
+def check_score_args(args, shard: Shard | None = None) -> dict[str, int]:
     """Everything of ``rhlens score`` that can be checked before the model loads, besides what
-    :class:`~rhlens.score.detect.ScoreConfig` checks itself (the gate, the mode, the span)."""
+    :class:`~rhlens.score.detect.ScoreConfig` checks itself (the gate, the mode, the span);
+    ``shard``: the run's shard, from ``--shard`` or the launcher."""
     count(args.max_new_tokens, "max_new_tokens", minimum=1)
     if args.needles is not None:
         count(args.needles, "needles", minimum=1)
     check_grid(args.lengths, args.depths, args.max_new_tokens)
-    output_file(args.out, "out", sidecars=(".samples.jsonl",))
+    output_file(args.out, "out", sidecars=(".samples.jsonl", ".card.json"))
     if args.plot:
         output_file(args.plot, "plot")
         if same_file(args.plot, args.out):
             raise UsageError("plot must name another file than --out.", arg="plot")
     facts = check_model_args(args)
     check_grid(args.lengths, args.depths, args.max_new_tokens, facts.get("n_ctx"))
+    check_until_stable_args(args, facts, shard)
     return facts
+
+
+def check_until_stable_args(args, facts: dict[str, int], shard: Shard | None = None) -> None:
+    """``--until-stable K`` with its ``--stability`` and ``--max-samples``: not the one without
+    the other, not with ``--shard``, and K at most the model's query heads (the rule's own
+    ranges are checked by :class:`~rhlens.score.stopping.UntilStable`)."""
+    k = getattr(args, "until_stable", None)
+    if k is None:
+        for flag in ("max_samples", "stability"):
+            if getattr(args, flag, None) is not None:
+                raise UsageError(f"{flag} goes with --until-stable K; add it, or drop "
+                                 f"--{flag.replace('_', '-')}.", arg=flag)
+        return
+    if shard is not None or getattr(args, "shard", None):
+        raise UsageError("until_stable needs every sample of the run in one process; drop "
+                         "--shard (or --until-stable).", arg="until_stable")
+    n_heads = facts.get("n_layers", 0) * facts.get("n_heads", 0)
+    if n_heads and k > n_heads:
+        raise UsageError(f"until_stable {k} exceeds the model's {n_heads} query heads.",
+                         arg="until_stable")
 
 
 def check_plot_args(args) -> None:

@@ -1,5 +1,5 @@
 """Command line: ``rhlens score``, ``rhlens niah``, ``rhlens patch``, ``rhlens merge``,
-``rhlens plot``, ``rhlens models``, ``rhlens published``.
+``rhlens plot``, ``rhlens card``, ``rhlens models``, ``rhlens published``.
 
 ::
 
@@ -9,6 +9,8 @@
     rhlens published --json              # the paper's seven published maps, offline
     rhlens score ... --shard 0/2 --out scores.json    # and 1/2: writes scores.shard0of2.json...
     rhlens merge --out scores.json scores.shard0of2.json scores.shard1of2.json
+    rhlens card scores.json                      # what made the map (scores.json.card.json)
+    rhlens score ... --until-stable 10 --max-samples 80   # stop when the top 10 is stable
 
 Also ``python -m rhlens ...``. Each subcommand (one module each: :mod:`~rhlens.cli.score`,
 :mod:`~rhlens.cli.niah`, :mod:`~rhlens.cli.patch`, :mod:`~rhlens.cli.tools`) builds the library's
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
          patch.add_arguments, patch.run, patch.__doc__),
         ("plot", "heatmap and sorted-score curve of a score file", tools.add_plot_arguments,
          tools.plot, None),
+        ("card", "print the map card of a score file: model, tokenizer, grid, measurement, "
+                 "versions, samples", tools.add_card_arguments, tools.card, None),
         ("models", "list the model names rhlens knows", lambda p: None, tools.models, None),
         ("published", "the paper's seven published score maps (offline)",
          tools.add_published_arguments, tools.published, None),

@@ -3,7 +3,8 @@
 Every kind of run that writes a sample log merges the same way (a detection's score file, a NIAH
 run's or a patching run's CSV): the shards' logs are checked against each other, the records put
 back in the run's order, and the log and the output written as one process would have
-(:func:`rhlens.run.outputs.write_output`).
+(:func:`rhlens.run.outputs.write_output`); a score file also gets the map card a single process
+writes (:func:`rhlens.run.card.merged_card`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from ..errors import NoPassingSampleError, UsageError
 from ..validate import output_file, same_file
+from .card import SUFFIX as CARD_SUFFIX
+from .card import merged_card, write_card
 from .outputs import write_output
 from .samplelog import read_log, write_log
 from .shard import keys_digest
@@ -35,7 +38,8 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
         paths: each shard's output (``scores.shard0of2.json``...) or its sample log; every
             shard of the split once, each finished.
         out: the merged score file (or CSV); its sample log ``<out>.samples.jsonl`` is
-            written too, so a later unsharded run with the same settings resumes from it.
+            written too, so a later unsharded run with the same settings resumes from it, and
+            a score file's map card ``<out>.card.json``.
         force: replace ``out`` (and its log) when they exist.
 
     Returns:
@@ -111,7 +115,7 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
         if same_file(out, output) or same_file(out, log) or same_file(out_log, log):
             raise UsageError(f"out {out} would overwrite the shard {path}; pass another --out.",
                              arg="out")
-    output_file(out, "out", sidecars=(_LOG,))
+    output_file(out, "out", sidecars=(_LOG, CARD_SUFFIX) if first["kind"] == "score" else (_LOG,))
     if not force:
         there = [p for p in (out, out_log) if Path(p).exists()]
         if there:
@@ -131,4 +135,7 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
         summary["n_skipped"] = sum(bool(r["skipped"]) for r in merged)
     write_log(out_log, settings, merged)
     write_output(first["kind"], out, merged)
+    if first["kind"] == "score":
+        by_index = sorted(shards, key=lambda s: s[4]["index"])
+        write_card(out, merged_card([s[1] for s in by_index], settings, merged), merged)
     return summary

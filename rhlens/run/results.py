@@ -84,6 +84,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: Decimals a score file keeps of each per-sample score (enough for |k| up to 10^5 tokens).
+SCORE_DECIMALS = 6
+
+
 def head_key(layer: int, head: int) -> str:
     """``"16-19"`` for layer 16, head 19: the public score files' key."""
     return f"{layer}-{head}"
@@ -93,7 +97,7 @@ def scores_to_json(per_sample: Iterable[torch.Tensor], n_layers: int, n_heads: i
     """``{"layer-head": [score of sample 1, ...]}`` from ``[n_layers, n_heads]`` maps."""
     maps = list(per_sample)
     return {
-        head_key(l, h): [round(float(m[l, h]), 6) for m in maps]
+        head_key(l, h): [round(float(m[l, h]), SCORE_DECIMALS) for m in maps]
         for l in range(n_layers)
         for h in range(n_heads)
     }
@@ -137,6 +141,12 @@ def load_scores(
     else:
         name = str(source)
         data = _parse_score_json(_read(source), name)
+    return _mean_map(data, name, mode, shape)
+
+
+def _mean_map(data: Any, name: str, mode: str | None, shape: tuple[int, int] | None
+              ) -> torch.Tensor:
+    """:func:`load_scores` of parsed JSON ``data``, naming ``name`` in its errors."""
     if not isinstance(data, dict) or not data:
         raise UsageError(f"{name!r} holds no scores: expected {{'layer-head': [scores]}}.")
     keys = []
@@ -166,6 +176,36 @@ def load_scores(
         for v in values:
             _check_score(v, name, key, mode)
         out[l, h] = sum(values) / len(values) if values else 0.0
+    return out
+
+
+def per_sample_scores(source: str | Path | dict) -> torch.Tensor:
+    """``[n_samples, n_layers, n_heads]`` float64 from a score file (path or URL) or its dict:
+    the per-sample lists the public format keeps under each ``"layer-head"`` key, checked as
+    :func:`load_scores` checks them (for bootstrap intervals, :mod:`rhlens.score.uncertainty`).
+
+    Raises:
+        UsageError: the file holds no per-sample lists (a file of one mean per head) or
+            lists of unequal lengths.
+
+    >>> per_sample_scores({"0-0": [1.0, 0.5], "0-1": [0.0, 0.25]}).tolist()
+    [[[1.0, 0.0]], [[0.5, 0.25]]]
+    """
+    if isinstance(source, dict):
+        name, data = "score dict", source
+    else:
+        name = str(source)
+        data = _parse_score_json(_read(source), name)
+    n_layers, n_heads = _mean_map(data, name, None, None).shape  # keys, values, coverage
+    lengths = {len(v) if isinstance(v, list) else 0 for v in data.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise UsageError(f"{name} does not hold the same number of per-sample scores for "
+                         "every head, so it cannot be resampled; intervals need a score file "
+                         "written by `rhlens score` (or the public code).")
+    out = torch.zeros(lengths.pop(), n_layers, n_heads, dtype=torch.float64)
+    for key, values in data.items():
+        l, h = (int(x) for x in key.split("-"))
+        out[:, l, h] = torch.tensor(values, dtype=torch.float64)
     return out
 
 

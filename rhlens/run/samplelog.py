@@ -50,6 +50,18 @@ def tensor_digest(t: torch.Tensor | None) -> str | None:
     return text_digest(f"{tuple(t.shape)}".encode() + t.numpy().tobytes())
 
 
+def logged_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings as a sample log's header holds them: with the log's format version,
+    as JSON reads them back."""
+    return json.loads(json.dumps({"log_format": LOG_FORMAT, **settings}))
+
+
+def run_digest(settings: dict[str, Any]) -> str:
+    """The digest of a run that every record of its sample log carries (``settings`` as the
+    log's header holds them, :func:`logged_settings`)."""
+    return text_digest(json.dumps(settings, sort_keys=True))
+
+
 def model_identity(model, samples_per_tensor: int = 64) -> dict[str, str]:
     """What identifies a model's computation in a sample log: its name, dtype, device type
     and a fingerprint of its weights.
@@ -105,9 +117,9 @@ class SampleLog:
         # which part of the grid a shard's log holds (:meth:`rhlens.run.shard.Shard.part`)
         self.part = json.loads(json.dumps(part)) if part is not None else None
         # as it reads back from the file; the format version refuses logs of older rhlens
-        self.settings = json.loads(json.dumps({"log_format": LOG_FORMAT, **settings}))
+        self.settings = logged_settings(settings)
         self.required = tuple(dict.fromkeys(("key", *required)))
-        self.run = text_digest(json.dumps(self.settings, sort_keys=True))
+        self.run = run_digest(self.settings)
         self.records: dict[str, dict] = {}
         if self.path.is_dir():
             raise UsageError(f"{self.path} is a folder, not a sample log; pass another --out.")
@@ -246,7 +258,7 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, dict]]:
     if not isinstance(header, dict) or not isinstance(header.get("settings"), dict):
         raise UsageError(f"{path} has no readable header: not a sample log, or a damaged one "
                          "(rerun its command to repair it).")
-    run = text_digest(json.dumps(header["settings"], sort_keys=True))
+    run = run_digest(header["settings"])
     records: dict[str, dict] = {}
     for line in lines[1:]:
         try:
@@ -261,6 +273,6 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, dict]]:
 def write_log(path: str | Path, settings: dict[str, Any], records: Iterable[dict]) -> None:
     """Write (atomically) the sample log a run with ``settings`` (as a log's header holds
     them) leaves after finishing ``records`` in that order, as :class:`SampleLog` writes it."""
-    run = text_digest(json.dumps(settings, sort_keys=True))
+    run = run_digest(settings)
     atomic_write_text(path, "".join(json.dumps(obj) + "\n" for obj in
                                     [{"settings": settings}, *({**r, "run": run} for r in records)]))
