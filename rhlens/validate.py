@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import UsageError
+from .files import kind_of
 
 # --------------------------------------------------------------------------- plain values
 
@@ -115,8 +116,10 @@ def output_file(path: str | Path, arg: str, sidecars: Sequence[str] = ()) -> Pat
         raise UsageError(f"{arg} {path} exists and is not a regular file.", arg=arg)
     for suffix in sidecars:
         side = Path(f"{p}{suffix}")
-        if side.exists() and not side.is_file():
-            raise UsageError(f"{arg} {path}: {side}, written beside it, is a folder.", arg=arg)
+        if side.exists() and not side.is_file():  # a folder, or a FIFO that would block a resume
+            raise UsageError(f"{arg} {path}: {side}, written beside it, is "
+                             f"{kind_of(side.stat().st_mode)}; remove it or choose another "
+                             f"--{arg.replace('_', '-')}.", arg=arg)
     folder = p.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

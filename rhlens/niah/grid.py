@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from ..files import MAX_LOG_BYTES, read_bytes
 from ..validate import check_grid
 from .haystack import Needle, load_haystack, load_needles
 from .prompts import PROMPT_STYLES, PromptStyle, Sample, build_sample
@@ -126,11 +127,14 @@ def needles_used_by(scores_path: str | Path) -> set[str]:
     if not log.exists():
         return set()
     used = set()
-    for line in log.read_text().splitlines()[1:]:
+    text = read_bytes(log, "Sample log", MAX_LOG_BYTES).decode("utf-8", errors="replace")
+    for line in text.splitlines()[1:]:
         try:
-            used.add(json.loads(line)["needle"])
-        except (json.JSONDecodeError, KeyError):
+            record = json.loads(line)
+        except ValueError:  # a torn or damaged line: its sample is redone by a resume anyway
             continue
+        if isinstance(record, dict) and isinstance(record.get("needle"), str):
+            used.add(record["needle"])
     return used
 
 

@@ -29,9 +29,10 @@ from typing import Any
 import torch
 
 from ..errors import FetchError, UsageError
+from ..files import MAX_BYTES, MAX_LOG_BYTES, open_regular, read_bytes
 
 #: Largest score file :func:`load_scores` fetches from a URL (the paper's are 1-8 MB).
-MAX_SCORE_BYTES = 64 * 2**20
+MAX_SCORE_BYTES = MAX_BYTES
 
 
 # --------------------------------------------------------------------------- writing
@@ -209,9 +210,9 @@ def score_file_mode(path: str | Path) -> str | None:
     ``rhlens score`` writes beside a score file; ``None`` when there is none (e.g. a published
     file) or it cannot be read."""
     log = Path(f"{path}.samples.jsonl")
-    try:
-        with open(log, encoding="utf-8", errors="replace") as f:
-            header = json.loads(f.readline())
+    try:  # a FIFO or a device there is not opened (it could block): it reads as no log
+        with open_regular(log, "Sample log", MAX_LOG_BYTES) as f:
+            header = json.loads(f.readline().decode("utf-8", errors="replace"))
     except (OSError, ValueError):
         return None
     settings = header.get("settings") if isinstance(header, dict) else None
@@ -234,7 +235,7 @@ def _read(source: str | Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"Score file {path} does not exist; make one with `rhlens score`.")
     try:
-        return path.read_bytes().decode("utf-8")
+        return read_bytes(path, "Score file").decode("utf-8")
     except UnicodeDecodeError as err:
         raise UsageError(f"Score file {path} is not UTF-8 text (byte {err.start}): "
                          "not a score file.") from None

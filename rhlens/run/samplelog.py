@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from ..files import MAX_LOG_BYTES, read_bytes
 from .results import atomic_write_text
 
 #: Version of the sample-log format: logs of other versions are not resumed.
@@ -145,7 +146,8 @@ class SampleLog:
         )
 
     def _load(self) -> None:
-        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        lines = read_bytes(self.path, "Sample log", MAX_LOG_BYTES).decode(
+            "utf-8", errors="replace").splitlines()
         try:
             header = json.loads(lines[0])
         except (ValueError, IndexError):
@@ -238,7 +240,8 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, dict]]:
     Raises:
         UsageError: the file's header is unreadable (not a sample log, or torn).
     """
-    lines = Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+    lines = read_bytes(path, "Sample log", MAX_LOG_BYTES).decode(
+        "utf-8", errors="replace").splitlines()
     try:
         header = json.loads(lines[0])
     except (ValueError, IndexError):
