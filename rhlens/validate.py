@@ -132,9 +132,23 @@ def output_file(path: str | Path, arg: str, sidecars: Sequence[str] = ()) -> Pat
 
 
 def same_file(a: str | Path | None, b: str | Path | None) -> bool:
-    """Whether two paths name the same file (neither need exist)."""
+    """Whether two paths name the same file (neither need exist): the same name, one reached
+    through ``..`` or a symlink (also one that points to a file not yet written), or two hard
+    links of one file.
+
+    >>> same_file("a/../b.json", "b.json")
+    True
+    """
     if not a or not b:
         return False
-    return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
+    try:
+        return os.path.samefile(a, b)  # both exist: compares the files themselves (hard links)
+    except OSError:
+        return Path(os.path.realpath(a)) == Path(os.path.realpath(b))
+
+
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` (through symlinks) lies inside ``folder``."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 

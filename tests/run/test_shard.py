@@ -8,6 +8,7 @@ refused with one line, before anything is written.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,16 @@ def test_merge_does_not_replace_out_without_force(files, shards, cli, one_error)
     assert err.endswith("exists; pass --force to replace it, or another --out.")
     assert merged.read_text() == "keep"
     assert "overwrite the shard" in one_error("merge", "--out", shards[0], *shards)
+    # nor through a link: a symlink to a shard, or a hard link of a shard's log as the merged log
+    log = Path(f"{shards[1]}.samples.jsonl")
+    before = log.read_bytes(), shards[0].read_bytes()
+    (files / "link.json").symlink_to(shards[0])
+    assert "overwrite the shard" in one_error("merge", "--out", files / "link.json", "--force",
+                                              *shards)
+    os.link(log, files / "h.json.samples.jsonl")
+    assert "overwrite the shard" in one_error("merge", "--out", files / "h.json", "--force",
+                                              *shards)
+    assert (log.read_bytes(), shards[0].read_bytes()) == before
     assert cli("merge", "--out", merged, "--force", *shards)[0] == 0
     assert load_scores(merged).shape == (2, 4)
 
