@@ -46,11 +46,44 @@ def count(value: int, arg: str, minimum: int = 0, maximum: int | None = None) ->
     return value
 
 
+def seed(value: int, arg: str = "seed") -> int:
+    """A seed torch takes: a whole number in ``[-2**63, 2**64 - 1]`` (a larger one would fail
+    only after the model loaded, in torch's words)."""
+    return count(value, arg, minimum=-(2**63), maximum=2**64 - 1)
+
+
+def seed_list(text: str, arg: str = "seeds") -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``, each a :func:`seed`."""
+    return [seed(s, arg) for s in int_list(text, arg)]
+
+
 def finite(value: float, arg: str) -> float:
     """``value`` when it is a finite number."""
     if not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise UsageError(f"{arg} must be a finite number, got {value!r}.", arg=arg)
     return float(value)
+
+
+def number_list(value, arg: str, what: str) -> list:
+    """``value`` as a list, when it is a list-like of numbers (a range, a tuple, an array),
+    not one number or a string: ``Grid(lengths=160)`` is told to write ``[160]``.
+
+    >>> number_list((500, 1000), "lengths", "prompt lengths in tokens")
+    [500, 1000]
+    >>> number_list("0.5", "depths", "needle depths in [0, 1]")
+    Traceback (most recent call last):
+    ...
+    rhlens.errors.UsageError: depths must be a list of needle depths in [0, 1], e.g. [0.5]; got '0.5'.
+    """
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        example = value if isinstance(value, numbers.Real) else 0.5
+        raise UsageError(f"{arg} must be a list of {what}, e.g. [{example}]; got {value!r}.",
+                         arg=arg)
+    items = list(value)
+    for x in items:
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise UsageError(f"{arg} must be a list of {what}; {x!r} is not a number.", arg=arg)
+    return items
 
 
 def int_list(text: str, arg: str, minimum: int | None = None) -> list[int]:

@@ -18,10 +18,11 @@ from ..validate import (
     count,
     finite,
     inside,
-    int_list,
     k_list,
     output_file,
     same_file,
+    seed,
+    seed_list,
 )
 
 _LOG = ".samples.jsonl"
@@ -129,8 +130,8 @@ def check_niah_args(args) -> dict[str, Any]:
     if args.skip_needles is not None:
         count(args.skip_needles, "skip_needles")
     finite(args.threshold, "threshold")
-    count(args.seed, "seed", minimum=-(2**63))
-    seeds = int_list(args.seeds, "seeds")
+    seed(args.seed, "seed")
+    seeds = seed_list(args.seeds, "seeds")
     ks = k_list(args.sweep_k) if args.sweep_k is not None else None
     if (args.mask_top or args.mask_random or ks is not None) and not args.scores:
         raise UsageError("Masking needs --scores (make one with `rhlens score`).")
@@ -190,7 +191,8 @@ def check_patch_args(args) -> dict[str, Any]:
     if args.skip_needles is not None:
         count(args.skip_needles, "skip_needles")
     finite(args.threshold, "threshold")
-    seeds = int_list(args.seeds, "seeds")
+    seeds = seed_list(args.seeds, "seeds")
+    seed(args.pair_seed, "pair_seed")
     ks = k_list(args.ks, "ks")
     if isinstance(ks, list) and not any(k > 0 for k in ks):
         raise UsageError("ks has no group size above 0: nothing to patch.", arg="ks")

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
+from .available import DTYPES, device_name, dtype_name
 from .bridge import (
     bridge_from_hf,
     embedded_tokenizer,
@@ -68,6 +70,25 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
     return dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
 
 
+def _check_arguments(name: Any, device: Any, dtype: Any) -> None:
+    """What the command line checks of its flags, for a call from Python: a name that is a
+    string, a device torch knows, a floating dtype (an ``int8`` or a ``tpu`` is refused, not
+    quietly replaced by the default)."""
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise UsageError(f"name must be a model name ({EMBEDDED!r}, 'tiny-llama', a Hugging Face "
+                         f"id, a local checkpoint directory or a .gguf file), got {name!r}.",
+                         arg="name")
+    if device is not None and not isinstance(device, (str, torch.device)):
+        raise UsageError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.", arg="device")
+    if device is not None:
+        device_name(str(device))
+    if isinstance(dtype, str):
+        dtype_name(dtype)
+    elif dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise UsageError(f"dtype must be a floating dtype ({', '.join(DTYPES)}), got "
+                         f"{dtype!r}.", arg="dtype")
+
+
 def load_model(
     name: str = EMBEDDED,
     device: str | None = None,
@@ -104,6 +125,8 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    _check_arguments(name, device, dtype)
+    name = os.fspath(name)  # a local checkpoint may come as a Path
     quiet_transformers()
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import UsageError
 from ..files import MAX_LOG_BYTES, read_bytes
-from ..validate import check_grid
+from ..validate import check_grid, count, number_list
 from .haystack import Needle, load_haystack, load_needles
 from .prompts import PROMPT_STYLES, PromptStyle, Sample, build_sample
 
@@ -69,8 +69,12 @@ class Grid:
         elif isinstance(needles, (str, Path)):
             needles = load_needles(needles)
         object.__setattr__(self, "needles", tuple(needles))
-        object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
-        object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
+        lengths = number_list(self.lengths, "lengths", "prompt lengths in tokens")
+        # a whole number only: int(160.7) would quietly run another grid than the one asked for
+        lengths = [int(n) if isinstance(n, float) and n.is_integer() else n for n in lengths]
+        object.__setattr__(self, "lengths", tuple(count(n, "lengths", minimum=1) for n in lengths))
+        object.__setattr__(self, "depths", tuple(
+            float(d) for d in number_list(self.depths, "depths", "needle depths in [0, 1]")))
         if not self.needles:
             raise UsageError("needles is empty: a grid needs at least one needle.", arg="needles")
         if self.prompt_style not in PROMPT_STYLES:

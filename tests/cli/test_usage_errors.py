@@ -263,3 +263,13 @@ def test_merge_usage_errors_are_one_line(files, one_error):
     (files / "bad.json.samples.jsonl").write_text("not json\n")
     err = one_error("merge", "--out", files / "m.json", files / "bad.json")
     assert "has no readable header" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", str(2**64)), ("--seed", str(-(2**63) - 1)),
+                                         ("--seeds", f"0,{2**70}")])
+def test_seeds_torch_cannot_take_are_named_before_the_model(files, no_model, one_error, niah_args,
+                                                            flag, value):
+    extra = ["--mask-random", "1"] if flag == "--seed" else ["--sweep-k", "1"]
+    line = one_error(*niah_args(files, files / "n.csv", flag, value, *extra))
+    assert line.startswith(f"rhlens niah: error: {flag} must be at")
+

