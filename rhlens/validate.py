@@ -126,6 +126,10 @@ def check_grid(lengths: Sequence[int], depths: Sequence[float], max_new_tokens: 
             raise UsageError(f"depths must lie in [0, 1], got {d!r}.", arg="depths")
     count(max_new_tokens, "max_new_tokens", minimum=1)
     longest = max(lengths)
+    if n_ctx and max_new_tokens >= n_ctx:  # no prompt length would do: the fault is here
+        raise UsageError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the "
+                         f"model's context of {n_ctx} tokens; decode far fewer tokens (the "
+                         "answer takes a few dozen).", arg="max_new_tokens")
     if n_ctx and longest + max_new_tokens > n_ctx:
         raise UsageError(
             f"lengths: a {longest}-token prompt plus {max_new_tokens} new tokens exceeds the "

@@ -102,7 +102,7 @@ def scores_to_json(per_sample: Iterable[torch.Tensor], n_layers: int, n_heads: i
 
 # --------------------------------------------------------------------------- score files
 
-_KEY = re.compile(r"(0|[1-9][0-9]*)-(0|[1-9][0-9]*)")
+_KEY = re.compile(r"(0|[1-9][0-9]{0,8})-(0|[1-9][0-9]{0,8})")  # no int() of 5000 digits
 
 
 def load_scores(
@@ -166,16 +166,30 @@ def load_scores(
         values = values if isinstance(values, list) else [values]
         for v in values:
             _check_score(v, name, key, mode)
-        out[l, h] = sum(values) / len(values) if values else 0.0
+        mean = sum(values) / len(values) if values else 0.0
+        if not math.isfinite(mean):  # finite scores whose sum overflows: their mean is not inf
+            mean = sum(v / len(values) for v in values)
+        if abs(mean) > _FLOAT32_MAX:
+            raise UsageError(f"{name}: head '{key}' scores {mean:.3g} on average, beyond what a "
+                             "score map holds (float32, up to 3.4e38); not a score file?")
+        out[l, h] = mean
     return out
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _check_score(v: Any, name: str, key: str, mode: str | None) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise UsageError(f"{name}: head '{key}' has {json.dumps(v)[:40]}; scores must be "
                          "numbers or lists of numbers.")
-    if not math.isfinite(v):
-        raise UsageError(f"{name}: head '{key}' has a non-finite score ({v}); a score file "
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an int of hundreds of digits has no float
+        finite = False
+    if not finite:
+        shown = str(v) if isinstance(v, float) else f"a {len(str(abs(v)))}-digit number"
+        raise UsageError(f"{name}: head '{key}' has a non-finite score ({shown}); a score file "
                          "holds finite numbers only.")
     if v < 0:
         raise UsageError(f"{name}: head '{key}' has a negative score ({v}); retrieval "
@@ -198,7 +212,10 @@ def _parse_score_json(text: str, name: str) -> Any:
         return dict(pairs)
 
     try:
-        return json.loads(text, object_pairs_hook=unique, parse_constant=no_constants)
+        # parse_int=float: a whole number of thousands of digits becomes inf (refused as not
+        # finite, naming the file) instead of Python's digit limit error, which names none
+        return json.loads(text, object_pairs_hook=unique, parse_constant=no_constants,
+                          parse_int=float)
     except json.JSONDecodeError as err:
         raise UsageError(f"{name} is not JSON: {err}") from err
     except RecursionError:

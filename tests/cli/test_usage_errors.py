@@ -273,3 +273,10 @@ def test_seeds_torch_cannot_take_are_named_before_the_model(files, no_model, one
     line = one_error(*niah_args(files, files / "n.csv", flag, value, *extra))
     assert line.startswith(f"rhlens niah: error: {flag} must be at")
 
+
+@pytest.mark.parametrize("command", ["score", "niah"])
+def test_max_new_tokens_beyond_the_context_is_blamed_on_itself(files, no_model, one_error,
+                                                               score_args, niah_args, command):
+    build = score_args if command == "score" else niah_args
+    line = one_error(*build(files, files / "o.out", "--max-new-tokens", str(10**9)))
+    assert line.startswith(f"rhlens {command}: error: --max-new-tokens 1000000000 leaves no room")

@@ -150,3 +150,27 @@ def test_fetch_has_a_size_cap_a_deadline_and_no_downgrade(files, server):
     req = urllib.request.Request("https://example.org/s.json")
     with pytest.raises(FetchError, match="may only redirect to https"):
         _NoDowngrade().redirect_request(req, None, 302, "Found", {}, "http://example.org/s.json")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"0-0": [1%s], "0-1": [0]}' % ("0" * 400), "non-finite score (inf)"),
+    ('{"0-0": [1%s], "0-1": [0]}' % ("0" * 5000), "non-finite score (inf)"),
+    ('{"0-0": [1e308, 1e308], "0-1": [0]}', "beyond what a score map holds"),
+    ('{"0-0": [1e39], "0-1": [0]}', "beyond what a score map holds"),
+    ('{"1%s-0": [0]}' % ("0" * 5000), "is not 'layer-head'"),
+])
+def test_numbers_that_overflow_are_one_line_naming_the_file(files, one_error, text, message):
+    """Huge numbers in a score file: one line naming the file, not an internal OverflowError,
+    Python's digit-limit message, or a map that quietly holds inf."""
+    bad = files / "huge.json"
+    bad.write_text(text)
+    line = one_error("plot", bad, "--out", files / "p.png")
+    assert f"{bad}" in line and message in line
+    assert not (files / "p.png").exists()
+
+
+def test_huge_python_ints_in_a_score_dict():
+    with pytest.raises(UsageError, match="non-finite score \\(a 401-digit number\\)"):
+        load_scores({"0-0": [10**400]})
+    with pytest.raises(UsageError, match="'0-0' scores 1.5e\\+308 on average"):
+        load_scores({"0-0": [1.5e308, 1.5e308]})  # the sum overflows, the mean does not
