@@ -146,6 +146,9 @@ def output_file(path: str | Path, arg: str, sidecars: Sequence[str] = ()) -> Pat
     written beside it (e.g. ``".samples.jsonl"``), which must not be folders either."""
     if not str(path).strip():
         raise UsageError(f"{arg} is an empty path.", arg=arg)
+    if str(path).endswith(("/", os.sep)):  # Path() drops the slash; the run would not
+        raise UsageError(f"{arg} {path} names a folder (it ends in /); name a file in it.",
+                         arg=arg)
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{arg} {path} is a folder; name a file in it.", arg=arg)

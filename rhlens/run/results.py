@@ -264,8 +264,10 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         old, new = req.full_url.split(":", 1)[0].lower(), newurl.split(":", 1)[0].lower()
         if new not in ("http", "https") or (old == "https" and new != "https"):
-            raise FetchError(f"{req.full_url} redirects to {newurl}: refused (an https address "
-                           "may only redirect to https).")
+            # the address's own answer, not a passing failure: a usage error (exit 2)
+            raise UsageError(f"{req.full_url} redirects to {newurl}: refused (redirects are "
+                             "followed only to http(s), and an https address may only redirect "
+                             "to https); download the file and pass its path.")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -276,8 +278,8 @@ def fetch_text(url: str, timeout: float = 60.0, max_bytes: int = MAX_SCORE_BYTES
     from https to http is refused).
 
     Raises:
-        UsageError: for an address that is not http(s), a 4xx answer, a body over
-            ``max_bytes`` or not UTF-8: the address is wrong.
+        UsageError: for an address that is not http(s), a 4xx answer, a redirect that is
+            not followed, a body over ``max_bytes`` or not UTF-8: the address is wrong.
         FetchError: the server could not be reached, answered 5xx, or was too slow.
     """
     scheme = url.split(":", 1)[0].lower()
@@ -310,6 +312,10 @@ def fetch_text(url: str, timeout: float = 60.0, max_bytes: int = MAX_SCORE_BYTES
         msg = f"{url} answered HTTP {err.code} {err.reason}"
         if 400 <= err.code < 500:
             raise UsageError(f"{msg}: check the address.") from None
+        if 300 <= err.code < 400:  # urllib refused the redirect (to file:, ftp:...): not transient
+            raise UsageError(f"{msg}, a redirect to {err.headers.get('Location')!r} that is not "
+                             "followed (only http(s), never https to http); download the file "
+                             "and pass its path.") from None
         raise FetchError(f"{msg}: try again later.") from None
     except urllib.error.URLError as err:
         raise FetchError(f"Cannot fetch {url}: {err.reason}; check the address and the "
