@@ -28,6 +28,18 @@ def _log_path(path: str | Path) -> tuple[str, str]:
     return text, text + _LOG
 
 
+def _check_part(path: str | Path, part: dict) -> None:
+    """The shard fields of a log's header hold what they should (an edited or damaged header
+    is one line naming the file, not a TypeError of the merge)."""
+    ints = {f: part.get(f) for f in ("index", "count", "n_samples")}
+    bad = [f for f, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if bad or not 0 <= part["index"] < part["count"] or not all(
+            isinstance(k, str) for k in part["keys"]):
+        what = f"its {bad[0]} is {ints[bad[0]]!r}" if bad else "its shard or keys do not fit"
+        raise UsageError(f"{path}: the shard named in its sample log's header is damaged "
+                         f"({what}); rerun this shard's command.")
+
+
 def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = False) -> dict:
     """Join the shards of one run into the files a single process writes for it.
 
@@ -61,6 +73,7 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
         if not isinstance(part, dict) or not isinstance(part.get("keys"), list):
             raise UsageError(f"{path} is not a shard's output (its sample log names no "
                              "shard); merge the files of a run with --shard i/n.")
+        _check_part(path, part)
         shards.append((str(path), output, log, header["settings"], part, records))
     first_path, _, _, settings, first, _ = shards[0]
     seen: dict[int, str] = {}
@@ -120,6 +133,12 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
     merged = [by_key[k] for k in order]
     summary = {"kind": first["kind"], "n_samples": n_samples, "n_shards": count,
                "out": str(out), "log": out_log}
+    flag = {"score": "passed", "patch": "skipped"}.get(first["kind"])
+    damaged = next((r for r in merged if flag and not isinstance(r.get(flag), bool)), None)
+    if damaged is not None:
+        raise UsageError(f"a record of the shards ({damaged['key'][:60]!r}) has {flag} "
+                         f"{damaged.get(flag)!r}, not true or false: a damaged log; rerun the "
+                         "shard that holds it.")
     if first["kind"] == "score":
         summary["n_passed"] = sum(bool(r["passed"]) for r in merged)
         if not summary["n_passed"]:
@@ -129,6 +148,11 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
                 "`rhlens score --help` for what to change.")
     elif first["kind"] == "patch":
         summary["n_skipped"] = sum(bool(r["skipped"]) for r in merged)
+    try:  # the output first: it is what reads the records' contents, and writes nothing on error
+        write_output(first["kind"], out, merged)
+    except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as err:
+        raise UsageError(f"the shards' records cannot be merged ({type(err).__name__}: "
+                         f"{str(err)[:120]}): a damaged log; rerun the shards. Nothing was "
+                         "written.") from None
     write_log(out_log, settings, merged)
-    write_output(first["kind"], out, merged)
     return summary
