@@ -48,6 +48,10 @@ class Needle:
         for name in ("text", "question", "answer"):
             if not getattr(self, name).strip():
                 raise ValueError(f"Needle.{name} must not be empty: {self!r}")
+        for name in ("text", "question", "answer_prefix"):  # checked when the file is read, not
+            if CONTEXT_MARKER in getattr(self, name):       # once the model has loaded
+                raise ValueError(f"Needle.{name} contains {CONTEXT_MARKER!r}, which marks where "
+                                 "the context goes in the prompt; remove it.")
         self.answer_chars()  # the answer must lie inside the text: the score reads it there
 
     def answer_chars(self) -> tuple[int, int]:
