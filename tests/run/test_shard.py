@@ -261,10 +261,12 @@ def _edit_log(log: Path, line: int, **changes) -> None:
 
 #: Fields of the right name and the wrong type, with what the error says.
 DAMAGED = [
-    (1, {"passed": "yes"}, "has passed 'yes', not true or false"),
-    (1, {"passed": None}, "has passed None, not true or false"),
-    (1, {"passed": True, "scores": [[0.1, 0.2], [0.3]]}, "cannot be merged"),
-    (1, {"passed": True, "scores": None}, "cannot be merged"),
+    # a record with a field of the wrong type is not finished: a resume redoes it
+    (1, {"passed": "yes"}, "has finished 3 of its 4 samples"),
+    (1, {"passed": None}, "has finished 3 of its 4 samples"),
+    (1, {"passed": True, "scores": [[0.1, 0.2], [0.3]]}, "has finished 3 of its 4 samples"),
+    (1, {"passed": True, "scores": None}, "has finished 3 of its 4 samples"),
+    (1, {"length": "160"}, "has finished 3 of its 4 samples"),
     (0, {"index": None}, "its index is None"),
     (0, {"count": "2"}, "its count is '2'"),
     (0, {"keys": [1, 2, 3, 4]}, "its shard or keys do not fit"),
