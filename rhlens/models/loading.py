@@ -129,10 +129,12 @@ def load_model(
     name = os.fspath(name)  # a local checkpoint may come as a Path
     quiet_transformers()
     device = resolve_device(device)
+    asked = dtype
     dtype = resolve_dtype(dtype, device)
 
     if name.startswith("tiny-") and name[5:] in ARCHITECTURES:
-        return tiny_model(name[5:])
+        # built on the CPU in float32 unless a dtype is asked for (then it is honoured)
+        return tiny_model(name[5:], dtype=resolve_dtype(asked, "cpu"))
     if is_standin(name):
         return tiny_paper_model(name[5:], **STANDIN_SHAPE)
     placement = _placement(device_map)

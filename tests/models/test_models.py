@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import einops
 import pytest
@@ -441,3 +442,20 @@ def test_load_model_refuses_what_it_would_ignore(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         load_model(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_a_tiny_model_runs_in_the_dtype_asked_for(files, cli, score_args, dtype):
+    """``--dtype float64`` on a tiny model ran in float32 and logged float32; now it runs, and
+    is logged, in the dtype asked for, with the same weights."""
+    from rhlens.models.loading import load_model
+
+    m = load_model("tiny-llama", dtype=dtype)
+    assert {p.dtype for p in m.original_model.parameters()} == {getattr(torch, dtype)}
+    ref = load_model("tiny-llama")
+    w, w32 = (next(x.original_model.parameters()) for x in (m, ref))
+    assert torch.allclose(w.float(), w32, atol=1e-2)  # the same draw, rounded
+    out = files / "s.json"
+    assert cli(*score_args(files, out, "--dtype", dtype))[0] == 0
+    header = json.loads(Path(f"{out}.samples.jsonl").read_text().splitlines()[0])
+    assert f'"dtype": "{dtype}"' in json.dumps(header)
