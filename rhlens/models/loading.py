@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,11 @@ def load_model(
 
             tok = AutoTokenizer.from_pretrained(target)
             hf = AutoModelForCausalLM.from_pretrained(target, **kwargs)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused what the .bin holds
+        raise ModelNotFoundError(
+            f"Cannot load model {name!r}: its pickled weights (pytorch_model*.bin) hold more than "
+            "tensors, and running such a pickle could run any code, so they are refused; load "
+            "a checkpoint saved as .safetensors (save_pretrained writes them).") from None
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(
             f"Cannot load model {name!r}: {err}\n"

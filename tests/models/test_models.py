@@ -459,3 +459,29 @@ def test_a_tiny_model_runs_in_the_dtype_asked_for(files, cli, score_args, dtype)
     assert cli(*score_args(files, out, "--dtype", dtype))[0] == 0
     header = json.loads(Path(f"{out}.samples.jsonl").read_text().splitlines()[0])
     assert f'"dtype": "{dtype}"' in json.dumps(header)
+
+
+class _NotATensor:
+    """Pickles as a call of ``os.getcwd``: what the safe unpickler refuses to run."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def test_a_checkpoint_whose_pickled_weights_are_refused_is_one_line(tiny_checkpoint, tmp_path,
+                                                                    files, one_error,
+                                                                    score_args):
+    """A .bin that torch's safe unpickler refuses: one line saying why and what to do, not
+    'internal error: UnpicklingError'."""
+    import shutil
+
+    ckpt = tmp_path / "pickled"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    (ckpt / "model.safetensors").unlink()
+    torch.save({"lm_head.weight": torch.zeros(1), "x": _NotATensor()}, ckpt / "pytorch_model.bin")
+    argv = score_args(files, files / "s.json")
+    argv[argv.index("--model") + 1] = ckpt
+    line = one_error(*argv)
+    assert "pickled weights" in line and ".safetensors" in line and "internal error" not in line
