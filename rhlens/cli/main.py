@@ -113,6 +113,19 @@ def one_line(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
     return re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(0)), text)
 
 
+def show_traceback() -> bool:
+    """Whether ``RHLENS_TRACEBACK`` asks for tracebacks: ``1``, ``yes``, ``true`` or ``on``
+    (``0``, ``no``, ``false``, ``off`` and empty do not, as a user setting ``=0`` means).
+
+    >>> os.environ["RHLENS_TRACEBACK"] = "0"; show_traceback()
+    False
+    >>> os.environ["RHLENS_TRACEBACK"] = "1"; show_traceback()
+    True
+    >>> del os.environ["RHLENS_TRACEBACK"]
+    """
+    return os.environ.get("RHLENS_TRACEBACK", "").strip().lower() in ("1", "yes", "true", "on")
+
+
 def run_command(args, flags: Mapping[str, str]) -> int:
     """``args.func(args)`` with every failure reported as one line and an exit code."""
     where = f"rhlens {args.command}: error:"
@@ -126,12 +139,12 @@ def run_command(args, flags: Mapping[str, str]) -> int:
         print(f"{where} {one_line(err, flags)}", file=sys.stderr)
         return EXIT_FAILURE
     except (OSError, RuntimeError, MemoryError) as err:  # disk full, CUDA out of memory...
-        if os.environ.get("RHLENS_TRACEBACK"):
+        if show_traceback():
             raise
         print(f"{where} {type(err).__name__}: {one_line(err)}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as err:  # noqa: BLE001 (a bug: one line, the traceback on request)
-        if os.environ.get("RHLENS_TRACEBACK"):
+        if show_traceback():
             raise
         print(f"{where} internal error: {type(err).__name__}: {one_line(err)} (set "
               "RHLENS_TRACEBACK=1 to see where; please report it)", file=sys.stderr)

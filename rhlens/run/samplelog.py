@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from ..files import MAX_LOG_BYTES, read_bytes
 from .results import atomic_write_text
 
 #: Version of the sample-log format: logs of other versions are not resumed.
@@ -96,6 +97,39 @@ def model_identity(model, samples_per_tensor: int = 64) -> dict[str, str]:
 # --------------------------------------------------------------------------- sample logs
 
 
+#: What each field a record may hold must be (a resume and a merge reuse the record as it is).
+_NUMBER = (int, float)
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "key": (str,), "needle": (str,), "answer": (str,), "expected": (str,), "length": (int,),
+    "depth": _NUMBER, "rouge": _NUMBER, "score": _NUMBER, "passed": (bool,), "skipped": (str,),
+    "scores": (list,), "rows": (list,),
+}
+
+
+def wrong_field(obj: dict, fields: Iterable[str]) -> str | None:
+    """The first of ``fields`` that ``obj`` holds with the wrong type (a ``null``, a string
+    for a bool, a ragged score map), or ``None`` when all are right.
+
+    >>> wrong_field({"key": "k", "passed": "yes"}, ["key", "passed"])
+    'passed'
+    >>> wrong_field({"scores": [[0.1, 0.2], [0.3]]}, ["scores"])
+    'scores'
+    """
+    for f in fields:
+        v = obj.get(f)
+        want = FIELD_TYPES.get(f)
+        if want is None:
+            continue
+        if not isinstance(v, want) or (isinstance(v, bool) and bool not in want):
+            return f
+        if f == "scores" and isinstance(v, list) and (not v or not all(
+                isinstance(r, list) and len(r) == len(v[0])
+                and all(isinstance(x, _NUMBER) and not isinstance(x, bool) for x in r)
+                for r in v)):
+            return f
+    return None
+
+
 def _note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
@@ -157,7 +191,8 @@ class SampleLog:
         )
 
     def _load(self) -> None:
-        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        lines = read_bytes(self.path, "Sample log", MAX_LOG_BYTES).decode(
+            "utf-8", errors="replace").splitlines()
         try:
             header = json.loads(lines[0])
         except (ValueError, IndexError):
@@ -184,6 +219,10 @@ class SampleLog:
             lacks = [f for f in self.required if f not in obj]
             if lacks or not isinstance(obj.get("key"), str):
                 dropped.append(f"line {i} (no {', '.join(map(repr, lacks or ['key']))})")
+                continue
+            wrong = wrong_field(obj, self.required)
+            if wrong:
+                dropped.append(f"line {i} (a wrong {wrong!r})")
                 continue
             if obj.pop("run", None) != self.run:
                 foreign += 1
@@ -250,7 +289,8 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, dict]]:
     Raises:
         UsageError: the file's header is unreadable (not a sample log, or torn).
     """
-    lines = Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+    lines = read_bytes(path, "Sample log", MAX_LOG_BYTES).decode(
+        "utf-8", errors="replace").splitlines()
     try:
         header = json.loads(lines[0])
     except (ValueError, IndexError):
@@ -265,7 +305,8 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, dict]]:
             obj = json.loads(line)
         except ValueError:
             continue
-        if isinstance(obj, dict) and isinstance(obj.get("key"), str) and obj.pop("run", None) == run:
+        if (isinstance(obj, dict) and isinstance(obj.get("key"), str)
+                and wrong_field(obj, obj) is None and obj.pop("run", None) == run):
             records[obj["key"]] = obj
     return header, records
 
