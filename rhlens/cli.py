@@ -297,7 +297,7 @@ def _models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import niah_cli, patch_cli
+    from . import detectors_cli, niah_cli, patch_cli
 
     parser = _Parser(
         prog="rhlens", description="Find, mask and patch retrieval heads (Wu et al. 2024).",
@@ -344,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "attribution", description=patch_cli.__doc__, **raw)
     patch_cli.add_arguments(p)
     p.set_defaults(func=patch_cli.run)
+
+    p = sub.add_parser("detectors", help="four head detectors held against masking and patching",
+                       description=detectors_cli.__doc__, **raw)
+    detectors_cli.add_arguments(p)
+    p.set_defaults(func=detectors_cli.run)
 
     p = sub.add_parser("plot", help="heatmap and sorted-score curve of a score file", **raw)
     p.add_argument("scores", help="score file, URL, or a published map's name (see `rhlens "

@@ -107,6 +107,8 @@ def load_scores(
     source: str | Path | dict,
     mode: str | None = None,
     shape: tuple[int, int] | None = None,
+    *,
+    signed: bool = False,
 ) -> torch.Tensor:
     """Mean score per head, ``[n_layers, n_heads]``, from a score file, URL or dict.
 
@@ -116,7 +118,9 @@ def load_scores(
     * keys are ``"layer-head"`` (whole numbers, no leading zeros, no duplicates);
     * values are numbers or lists of numbers, finite and ``>= 0``; with ``mode="paper"``
       also ``<= 1`` (``"sum"`` files, like the paper's published ones, may exceed 1);
-    * with ``shape`` (the model's ``(n_layers, n_heads)``), the map has that shape.
+    * with ``shape`` (the model's ``(n_layers, n_heads)``), the map has that shape;
+    * ``signed=True`` lets values be negative (maps of signed head detectors, e.g. logit
+      contributions, :mod:`rhlens.detectors`).
 
     A URL is fetched as :func:`fetch_text` does (https, or http when the address says so;
     a deadline and a size cap).
@@ -163,19 +167,19 @@ def load_scores(
     for (l, h), key, values in zip(keys, data, data.values()):
         values = values if isinstance(values, list) else [values]
         for v in values:
-            _check_score(v, name, key, mode)
+            _check_score(v, name, key, mode, signed)
         out[l, h] = sum(values) / len(values) if values else 0.0
     return out
 
 
-def _check_score(v: Any, name: str, key: str, mode: str | None) -> None:
+def _check_score(v: Any, name: str, key: str, mode: str | None, signed: bool = False) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise UsageError(f"{name}: head '{key}' has {json.dumps(v)[:40]}; scores must be "
                          "numbers or lists of numbers.")
     if not math.isfinite(v):
         raise UsageError(f"{name}: head '{key}' has a non-finite score ({v}); a score file "
                          "holds finite numbers only.")
-    if v < 0:
+    if v < 0 and not signed:
         raise UsageError(f"{name}: head '{key}' has a negative score ({v}); retrieval "
                          "scores are >= 0.")
     if mode == "paper" and v > 1 + 1e-9:
