@@ -46,7 +46,8 @@ from tqdm.auto import tqdm
 from .ablation import Mask, k_grid
 from .answers import niah_score
 from .decode import decode_conditions
-from .detectors import DETECTORS, DetectorRun, detect_heads
+from .detector_maps import DetectorRun, detect_heads
+from .detectors import DETECTORS
 from .grid import Grid
 from .haystack import Needle, load_needles
 from .heads import Head, head_names, top_heads
@@ -335,7 +336,7 @@ def compare_detectors(model, grid: Grid, held_out: Mapping[str, Grid], *,
                       out: str | Path | None = None, progress: bool = True,
                       **detect_options) -> DetectorComparison:
     """The whole comparison in one call (what ``rhlens detectors`` runs): the detectors' maps
-    on ``grid`` (:func:`rhlens.detectors.detect_heads`), then masking and group patching of
+    on ``grid`` (:func:`rhlens.detector_maps.detect_heads`), then masking and group patching of
     their top-K against shared controls on the ``held_out`` grids (``{needle set: grid}``,
     needles that ``grid`` does not use). ``ks`` default: :func:`default_ks`. With ``out`` (a
     prefix) every stage writes its files and resumes from its log."""
@@ -352,6 +353,8 @@ def compare_detectors(model, grid: Grid, held_out: Mapping[str, Grid], *,
     if out:
         atomic_write_text(f"{out}.groups.json", json.dumps({_name(g): head_names(h)
                                                             for g, h in groups.items()}, indent=1))
+    if not held_out:  # the maps only
+        return DetectorComparison(run, groups, pd.DataFrame(), pd.DataFrame())
     niah = mask_grids(model, held_out, groups, mask=mask, out=out, progress=progress)
     patch = patch_grids(model, held_out, groups, pairs=pairs, heads=heads,
                         force_answer=force_answer, batch_size=batch_size, out=out,

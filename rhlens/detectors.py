@@ -30,6 +30,8 @@ SDPA prefill never computes (reading them there would force the hooked eager att
 whole prompt). It runs its own prefill instead: SDPA up to the question, then only the question's
 ``|q|`` rows through the hooked attention (``|q| x n`` scores per layer, never ``n x n``).
 
+Maps over a grid, their files and figures: :mod:`rhlens.detector_maps`.
+
 Example::
 
     >>> rec = detect_sample(model, sample)                       # doctest: +SKIP
@@ -40,24 +42,17 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
 import einops
 import torch
-from tqdm.auto import tqdm
 
 from .answers import rouge1_recall
 from .attribution import head_dla
 from .decode import greedy_decode, model_device, new_cache, prefill
-from .grid import Grid
-from .heads import head_table
 from .patching import answer_ids
-from .prompts import PROMPT_STYLES, SCORE_SPANS, Sample, ScoreSpan, chat_parts
-from .results import atomic_write_text, load_scores, scores_to_json
-from .samplelog import SampleLog, model_identity
+from .prompts import PROMPT_STYLES, Sample, ScoreSpan, chat_parts
 from .scoring import ScoreMode, retrieval_scores
 from .sdpa import sdpa_attention
 
@@ -346,119 +341,3 @@ def check_detectors(detectors: Iterable[str]) -> tuple[str, ...]:
         raise ValueError(f"`detectors` must be some of {', '.join(DETECTORS)}; got "
                          f"{', '.join(bad) or 'none'}.")
     return tuple(d for d in DETECTORS if d in detectors)
-
-
-# --------------------------------------------------------------------------- a run over a grid
-
-
-@dataclass
-class DetectorRun:
-    """The outcome of :func:`detect_heads`: per detector, ``maps[d]`` ``[n_layers, n_heads]``
-    (mean over the pooled samples) and ``per_sample[d]`` ``[n_pooled, n_layers, n_heads]``;
-    ``records`` (one per sample) and the detectors' :data:`CARDS`."""
-
-    maps: dict[str, torch.Tensor]
-    per_sample: dict[str, torch.Tensor]
-    records: list[dict]
-
-    @property
-    def cards(self) -> dict[str, Card]:
-        return {d: CARDS[d] for d in self.maps}
-
-    def top_table(self, top: int = 10):
-        """Each detector's top heads side by side (``{detector}`` name, ``{detector}_value``)."""
-        import pandas as pd
-
-        cols = {}
-        for d, m in self.maps.items():
-            t = head_table(m).head(top)
-            cols[d], cols[f"{d}_value"] = list(t.name), list(t.score.round(4))
-        return pd.DataFrame(cols, index=pd.RangeIndex(1, top + 1, name="rank"))
-
-
-def _pool(records: list[dict], detectors: Sequence[str], n_layers: int, n_heads: int):
-    per_sample, maps = {}, {}
-    for d in detectors:
-        got = [r["maps"][d] for r in records if r["passed"] and r["maps"].get(d) is not None]
-        per_sample[d] = (torch.tensor(got, dtype=torch.float64) if got
-                         else torch.zeros(0, n_layers, n_heads, dtype=torch.float64))
-        maps[d] = per_sample[d].mean(0) if got else torch.full((n_layers, n_heads), float("nan"))
-    return maps, per_sample
-
-
-def detect_heads(model, grid: Grid, *, detectors: Sequence[str] = DETECTORS,
-                 score_span: ScoreSpan = "answer", read_span: ScoreSpan = "needle",
-                 score_mode: ScoreMode = "paper", steps: Steps = "answer",
-                 rouge_gate: float = 0.5, rouge_stemmer: bool = True, out: str | Path | None = None,
-                 progress: bool = True) -> DetectorRun:
-    """Every detector's map over ``grid``, pooled over the samples whose answer passes the
-    ROUGE gate (as the retrieval score and LOCOS pool; QRHead itself does not gate, here every
-    map pools the same samples so that they compare).
-
-    Args:
-        out: prefix of the files: ``{out}.{detector}.json`` (score files, rewritten atomically
-            after each sample), ``{out}.cards.json`` and the resume log
-            ``{out}.detect.samples.jsonl``, which refuses a run with other settings.
-
-    Raises:
-        rhlens.detect.NoPassingSampleError: no sample passed the gate.
-    """
-    from .detect import NoPassingSampleError
-
-    detectors = check_detectors(detectors)
-    for name, value in (("score_span", score_span), ("read_span", read_span)):
-        if value not in SCORE_SPANS:
-            raise ValueError(f"`{name}` must be one of {SCORE_SPANS}, got {value!r}.")
-    if steps not in STEPS:
-        raise ValueError(f"`steps` must be one of {STEPS}, got {steps!r}.")
-    samples = grid.samples(model.tokenizer, model.cfg.n_ctx)
-    settings = {**model_identity(model), "detectors": list(detectors), "score_span": score_span,
-                "read_span": read_span, "mode": score_mode, "steps": steps,
-                "rouge_gate": rouge_gate, "rouge_stemmer": bool(rouge_stemmer),
-                "max_new_tokens": grid.max_new_tokens, "prompt": grid.prompt_style}
-    log = (SampleLog(f"{out}.detect.samples.jsonl", settings, required=("maps", "rouge"))
-           if out else None)
-    if log is not None:
-        log.check_keys(s.key for s in samples)
-    shape = (model.cfg.n_layers, model.cfg.n_heads)
-    records: list[dict] = []
-    for sample in tqdm(samples, desc="detectors", unit="sample", disable=not progress):
-        if log is not None and sample.key in log:
-            record = log.records[sample.key]
-        else:
-            record = detect_sample(model, sample, detectors=detectors, score_span=score_span,
-                                   read_span=read_span, score_mode=score_mode, steps=steps,
-                                   max_new_tokens=grid.max_new_tokens, rouge_stemmer=rouge_stemmer)
-            record["passed"] = record["rouge"] > rouge_gate
-            if log is not None:
-                log.add(record)
-        records.append(record)
-        if out and any(r["passed"] for r in records):
-            write_maps(out, _pool(records, detectors, *shape)[1], settings)
-    if not any(r["passed"] for r in records):
-        raise NoPassingSampleError(
-            f"None of the {len(records)} samples passed the ROUGE-1 recall gate (> {rouge_gate});"
-            " no head can be scored. Try shorter `lengths`, or a negative `rouge_gate`.")
-    maps, per_sample = _pool(records, detectors, *shape)
-    return DetectorRun(maps, per_sample, records)
-
-
-def write_maps(out: str | Path, per_sample: dict[str, torch.Tensor], settings: dict) -> None:
-    """``{out}.{detector}.json`` score files and ``{out}.cards.json`` (cards, the run's
-    settings and how many samples each map pools)."""
-    for d, maps in per_sample.items():
-        n_layers, n_heads = maps.shape[1:]
-        atomic_write_text(f"{out}.{d}.json", json.dumps(scores_to_json(maps, n_layers, n_heads)))
-    cards = {d: {**asdict(CARDS[d]), "samples": int(m.shape[0])} for d, m in per_sample.items()}
-    atomic_write_text(f"{out}.cards.json", json.dumps({"cards": cards, "settings": settings},
-                                                      indent=1))
-
-
-def load_maps(out: str | Path, detectors: Sequence[str] = DETECTORS) -> dict[str, torch.Tensor]:
-    """The maps :func:`detect_heads` wrote under the prefix ``out`` (those that exist)."""
-    found = {d: Path(f"{out}.{d}.json") for d in check_detectors(detectors)}
-    found = {d: p for d, p in found.items() if p.exists()}
-    if not found:
-        raise FileNotFoundError(f"No detector maps {out}.<detector>.json; make them with "
-                                "`rhlens detectors`.")
-    return {d: load_scores(p, signed=CARDS[d].signed).double() for d, p in found.items()}

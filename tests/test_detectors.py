@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from rhlens.ablation import split_heads
-from rhlens.detectors import (CARDS, DETECTORS, answer_steps, check_detectors, detect_heads,
-                              detect_sample, load_maps, question_span, query_focus_score,
-                              split_values, write_contrast)
+from rhlens.detector_maps import detect_heads, load_maps, plot_maps
+from rhlens.detectors import (CARDS, DETECTORS, answer_steps, check_detectors, detect_sample,
+                              question_span, query_focus_score, split_values, write_contrast)
 from rhlens.errors import UsageError
 from rhlens.grid import Grid
 from rhlens.haystack import NEEDLES
@@ -186,8 +186,9 @@ def test_detect_heads_writes_score_files_and_resumes_only_the_same_run(tiny_llam
     assert cards["cards"]["logit_contribution"]["samples"] == 2
     assert (run.maps["logit_contribution"] < 0).any()  # signed values round-trip
     assert list(run.top_table(3).columns[:2]) == ["copy_paste", "copy_paste_value"]
+    assert len(plot_maps(run.maps).axes) == 2 * len(DETECTORS)  # a map and its colour bar each
 
-    import rhlens.detectors as det
+    import rhlens.detector_maps as det
 
     monkeypatch.setattr(det, "detect_sample", lambda *a, **k: pytest.fail("not resumed"))
     again = detect_heads(tiny_llama, grid, rouge_gate=-1, steps="decode", out=out,
