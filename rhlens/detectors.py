@@ -19,7 +19,9 @@ tokens, ``A^h`` head ``h``'s attention, and at each answer step ``t`` the genera
   ``w``, on the answer token's unembedding ``u_{y_t}``; summed over ``j`` it is the head's direct
   logit attribution, :func:`rhlens.attribution.head_dla`), contrasted between needle and
   off-needle prompt positions ``O``: ``mean_{j ∈ N} φ_t(j) − mean_{j ∈ O} φ_t(j)``, averaged
-  over the answer steps. In logits, signed. Writes.
+  over the answer steps. In logits, signed. Writes. (LOCOS describes the contrast as needle
+  against off-needle positions in one forward pass; the difference of the two means is this
+  module's reading of it. LOCOS tests its heads by mean-ablation; rhlens masks as the paper.)
 * ``needle_attention``: ``Σ_{j ∈ N} α_t(j)``, averaged over the same answer steps: the
   simplest baseline, ``logit_contribution`` without the OV projection. Reads.
 
@@ -98,7 +100,8 @@ CARDS: dict[str, Card] = {c.name: c for c in (
 
 def query_focus_score(rows: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
     """QRscore: ``rows`` ``[..., |q|, keys]`` (the question's attention rows) -> ``[...]``,
-    the mean over question tokens of the mass on ``span``.
+    the mean over question tokens of the mass on ``span``. With the one row of a decode step,
+    the needle attention of that step.
 
     >>> query_focus_score(torch.tensor([[[0.5, 0.25, 0.25], [0.0, 1.0, 0.0]]]), (1, 3))
     tensor([0.7500])
@@ -248,8 +251,7 @@ class _StepReader:
         if values.shape[1] != alpha.shape[-1] or alpha.shape[-1] != self.n_prompt + step:
             raise ValueError("logit_contribution needs the value of every key, but this model's "
                              "KV cache holds a window of them; leave it out of `detectors`.")
-        a, b = self.span
-        self.mass[layer].append(alpha[:, a:b].sum(-1))
+        self.mass[layer].append(query_focus_score(alpha[:, None], self.span))  # one row
         needle, off = split_values(alpha, values.to(alpha), self.span, self.n_prompt)
         self.needle[layer].append(needle)
         self.off[layer].append(off)

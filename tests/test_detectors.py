@@ -32,6 +32,11 @@ def test_query_focus_is_the_question_rows_mass_on_the_span_averaged_over_questio
     assert query_focus_score(rows, (1, 3)).tolist() == pytest.approx([0.75, 0.0])
 
 
+def test_needle_attention_is_one_rows_mass_on_the_needle():
+    alpha = torch.tensor([[0.1, 0.4, 0.4, 0.1], [0.7, 0.1, 0.0, 0.2]])  # 2 heads, one step
+    assert query_focus_score(alpha[:, None], (1, 3)).tolist() == pytest.approx([0.8, 0.1])
+
+
 def test_logit_contribution_by_hand_with_two_query_heads_sharing_one_value_group():
     """φ(j) = α(j) (v_j W_O) · d / s with W_O = I, d = (1, 0), s = 2; needle = keys 1, 2."""
     alpha = torch.tensor([[0.1, 0.4, 0.4, 0.1],      # head 0
