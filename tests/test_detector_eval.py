@@ -133,3 +133,37 @@ def test_the_command_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert after == before
     assert main([*args[:-2], "--seeds", "1", "--out", str(out)]) == 2  # another run: refused
     assert "other settings" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- chapter 10's checkers
+
+
+def _contrast(alpha, values, span, n_prompt, w_o, direction, scale, *, with_generated=False):
+    from rhlens.detectors import split_values, write_contrast
+
+    n_needle = span[1] - span[0]
+    needle, off = split_values(alpha, values, span, alpha.shape[1] if with_generated else n_prompt)
+    n_off = (alpha.shape[1] if with_generated else n_prompt) - n_needle
+    return write_contrast(needle[None], off[None], n_needle, n_off, w_o,
+                          torch.tensor([scale], dtype=w_o.dtype), direction[None])
+
+
+@pytest.mark.parametrize("name,reference,wrong", [
+    ("check_query_focus", lambda rows, span: rows[..., span[0]:span[1]].sum(-1).mean(-1),
+     lambda rows, span: rows[..., span[0]:span[1]].sum(-1).sum(-1)),
+    ("check_write_contrast", _contrast,
+     lambda *args: _contrast(*args, with_generated=True)),
+])
+def test_chapter_10_checkers_accept_the_reference_and_reject_a_wrong_answer(name, reference,
+                                                                           wrong, capsys):
+    from rhlens.exercises import ch10
+    from rhlens.exercises.check import ExerciseFailed
+
+    checker = getattr(ch10, name)
+    assert hasattr(checker, "__wrapped__")  # one line, not a traceback, for a stub
+    checker(reference)
+    assert capsys.readouterr().out.startswith("✓ ")
+    with pytest.raises(ExerciseFailed) as err:
+        checker(wrong)
+    first, *rest = str(err.value).splitlines()
+    assert first.startswith("✗ ") and rest[0].strip().startswith("hint: ")
