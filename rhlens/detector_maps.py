@@ -114,7 +114,8 @@ def detect_heads(model, grid: Grid, *, detectors: Sequence[str] = DETECTORS,
                 log.add(record)
         records.append(record)
         if out and any(r["passed"] for r in records):
-            write_maps(out, _pool(records, detectors, *shape)[1], settings)
+            write_maps(out, _pool(records, detectors, *shape)[1], settings,
+                       prompts=len(records), passed=sum(r["passed"] for r in records))
     if not any(r["passed"] for r in records):
         raise NoPassingSampleError(
             f"None of the {len(records)} samples passed the ROUGE-1 recall gate (> {rouge_gate});"
@@ -123,15 +124,17 @@ def detect_heads(model, grid: Grid, *, detectors: Sequence[str] = DETECTORS,
     return DetectorRun(maps, per_sample, records)
 
 
-def write_maps(out: str | Path, per_sample: dict[str, torch.Tensor], settings: dict) -> None:
+def write_maps(out: str | Path, per_sample: dict[str, torch.Tensor], settings: dict, *,
+               prompts: int, passed: int) -> None:
     """``{out}.{detector}.json`` score files and ``{out}.cards.json`` (cards, the run's
-    settings and how many samples each map pools)."""
+    settings, how many prompts were decoded and passed the gate, and how many samples each map
+    pools)."""
     for d, maps in per_sample.items():
         n_layers, n_heads = maps.shape[1:]
         atomic_write_text(f"{out}.{d}.json", json.dumps(scores_to_json(maps, n_layers, n_heads)))
     cards = {d: {**asdict(CARDS[d]), "samples": int(m.shape[0])} for d, m in per_sample.items()}
-    atomic_write_text(f"{out}.cards.json", json.dumps({"cards": cards, "settings": settings},
-                                                      indent=1))
+    atomic_write_text(f"{out}.cards.json", json.dumps(
+        {"cards": cards, "prompts": prompts, "passed": passed, "settings": settings}, indent=1))
 
 
 def load_maps(out: str | Path, detectors: Sequence[str] = DETECTORS) -> dict[str, torch.Tensor]:

@@ -189,6 +189,7 @@ def test_detect_heads_writes_score_files_and_resumes_only_the_same_run(tiny_llam
         assert json.loads((tmp_path / f"det.{d}.json").read_text()).keys() >= {"0-0", "1-3"}
     cards = json.loads((tmp_path / "det.cards.json").read_text())
     assert cards["cards"]["logit_contribution"]["samples"] == 2
+    assert cards["prompts"] == 2 and cards["passed"] == 2
     assert (run.maps["logit_contribution"] < 0).any()  # signed values round-trip
     assert list(run.top_table(3).columns[:2]) == ["copy_paste", "copy_paste_value"]
     assert len(plot_maps(run.maps).axes) == 2 * len(DETECTORS)  # a map and its colour bar each
