@@ -33,6 +33,8 @@ _EXPORTS = {
     "load_scores": "results",
     "copy_hits": "scoring", "retrieval_scores": "scoring",
     "head_table": "heads", "summarize": "heads",
+    "DETECTORS": "detectors", "detect_heads": "detector_maps",
+    "compare_detectors": "detector_eval",
 }
 
 try:
