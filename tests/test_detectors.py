@@ -218,10 +218,12 @@ def test_smollm2_detectors_agree_with_the_retrieval_score_and_read_the_needle(sm
     answer is found, and the heads that attend most to the needle read it from the question."""
     from rhlens.detect import score_sample
 
-    s = build_sample(smollm2.tokenizer, NEEDLES[1], HAY, 400, 0.5)
-    rec = detect_sample(smollm2, s, max_new_tokens=20)
-    assert "purple walrus seventeen" in rec["answer"] and rec["steps"]
-    ref = score_sample(smollm2, s, max_new_tokens=20)
+    from rhlens.haystack import default_haystack
+
+    s = build_sample(smollm2.tokenizer, NEEDLES[1], default_haystack(), 500, 0.5)
+    rec = detect_sample(smollm2, s, max_new_tokens=24)
+    assert "purple walrus seventeen" in rec["answer"] and len(rec["steps"]) >= 3
+    ref = score_sample(smollm2, s, max_new_tokens=24)
     assert torch.allclose(torch.tensor(rec["maps"]["copy_paste"]), torch.tensor(ref["scores"]))
     maps = {d: torch.tensor(m) for d, m in rec["maps"].items()}
     assert maps["query_focus"].max() > 0.3 and maps["needle_attention"].max() > 0.3
