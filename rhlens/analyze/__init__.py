@@ -1,1 +1,2 @@
-"""Analysing score maps: the paper's published maps and comparisons."""
+"""Analysing score maps: the paper's published maps, comparisons, and the head detectors' table
+against the interventions."""

@@ -1,5 +1,5 @@
-"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens patch``, ``rhlens merge``,
-``rhlens plot``, ``rhlens models``, ``rhlens published``.
+"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens patch``, ``rhlens detectors``,
+``rhlens merge``, ``rhlens plot``, ``rhlens models``, ``rhlens published``.
 
 ::
 
@@ -11,7 +11,8 @@
     rhlens merge --out scores.json scores.shard0of2.json scores.shard1of2.json
 
 Also ``python -m rhlens ...``. Each subcommand (one module each: :mod:`~rhlens.cli.score`,
-:mod:`~rhlens.cli.niah`, :mod:`~rhlens.cli.patch`, :mod:`~rhlens.cli.tools`) builds the library's
+:mod:`~rhlens.cli.niah`, :mod:`~rhlens.cli.patch`, :mod:`~rhlens.cli.detectors`,
+:mod:`~rhlens.cli.tools`) builds the library's
 run config from its flags (a :class:`~rhlens.score.detect.ScoreConfig`,
 :class:`~rhlens.intervene.niah.NiahConfig` or :class:`~rhlens.intervene.patch_sweep.PatchConfig`,
 which validate themselves) and calls the library; errors of the library name their arguments (a
@@ -38,7 +39,7 @@ from ..errors import (
     UsageError,
 )
 from ..models.registry import ModelNotFoundError
-from . import niah, patch, score, tools
+from . import detectors, niah, patch, score, tools
 from .args import Parser
 
 #: Library arguments whose flag has another name (a config field -> the flag that sets it).
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
          tools.add_merge_arguments, tools.merge, None),
         ("patch", "group and per-head activation patching, direct logit attribution",
          patch.add_arguments, patch.run, patch.__doc__),
+        ("detectors", "four head detectors held against masking and patching",
+         detectors.add_arguments, detectors.run, detectors.__doc__),
         ("plot", "heatmap and sorted-score curve of a score file", tools.add_plot_arguments,
          tools.plot, None),
         ("models", "list the model names rhlens knows", lambda p: None, tools.models, None),

@@ -121,7 +121,7 @@ def load_scores(
       also ``<= 1`` (``"sum"`` files, like the paper's published ones, may exceed 1);
     * with ``shape`` (the model's ``(n_layers, n_heads)``), the map has that shape;
     * ``signed=True`` lets values be negative (maps of signed head detectors, e.g. logit
-      contributions, :mod:`rhlens.detectors`).
+      contributions, :mod:`rhlens.score.detectors`).
 
     A URL is fetched as :func:`fetch_text` does (https, or http when the address says so;
     a deadline and a size cap).

@@ -8,11 +8,11 @@ from .check import checker, expect, passed
 @checker
 def check_query_focus(fn) -> None:
     """``fn(rows, span) -> [n_heads]``: QRHead's score from the question's attention rows
-    ``rows`` ``[n_heads, |q|, keys]`` (:func:`rhlens.detectors.query_focus_score` is the
+    ``rows`` ``[n_heads, |q|, keys]`` (:func:`rhlens.score.detectors.query_focus_score` is the
     reference)."""
     import torch
 
-    from ..detectors import query_focus_score
+    from ...score.detectors import query_focus_score
 
     hand = torch.tensor([[[0.1, 0.2, 0.3, 0.4], [0.0, 0.5, 0.5, 0.0]]])
     got = torch.as_tensor(fn(hand, (1, 3)), dtype=torch.float64)
@@ -36,10 +36,10 @@ def check_query_focus(fn) -> None:
 def check_write_contrast(fn) -> None:
     """``fn(alpha, values, span, n_prompt, w_o, direction, scale) -> [n_heads]``: LOCOS's
     needle-minus-off-needle mean logit contribution at one decode step (the reference is
-    :func:`rhlens.detectors.split_values` then :func:`rhlens.detectors.write_contrast`)."""
+    :func:`rhlens.score.detectors.split_values` then :func:`rhlens.score.detectors.write_contrast`)."""
     import torch
 
-    from ..detectors import split_values, write_contrast
+    from ...score.detectors import split_values, write_contrast
 
     def reference(alpha, values, span, n_prompt, w_o, direction, scale):
         needle, off = split_values(alpha, values, span, n_prompt)

@@ -13,15 +13,21 @@ and ``nonliteral`` (invented needles whose question shares no content word with 
 ``--eval-lengths`` x ``--eval-depths``: each detector's top-K masked (``OUT.niah.csv``) and
 patched (``OUT.patch.csv``) against K shared control heads per seed (``OUT.groups.json``), then
 a table with bootstrap intervals and each map's Spearman correlation with the per-head
-patching map. Every stage resumes from its ``.samples.jsonl`` log; a rerun with other settings
-stops and says so.
+patching map. The flags become a :class:`~rhlens.score.detector_maps.DetectorConfig` and an
+:class:`~rhlens.intervene.detector_eval.EvalConfig`, run by
+:func:`~rhlens.analyze.detectors.compare_detectors`. Every stage resumes from its
+``.samples.jsonl`` log; a rerun with other settings stops and says so.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from .cli import add_grid_args, add_model_args, add_rouge_args, grid_from_args, load_model_from_args
+from ..errors import UsageError
+from ..validate import check_grid, count, finite, int_list, k_list, output_file
+from .args import add_grid_args, add_model_args, add_rouge_args, grid_from_args, load_model_from_args
+from .checks import check_model_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,12 +65,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="detectors", help="prefix of every file the run writes")
 
 
-def check_detectors_args(args) -> dict:
-    """Everything of ``rhlens detectors`` that can be checked before the model loads."""
-    from .detectors import DETECTORS
-    from .detector_eval import NEEDLE_SETS
-    from .errors import UsageError
-    from .validate import check_grid, check_model_args, count, finite, int_list, k_list, output_file
+def _depths(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise UsageError(f"eval_depths must be a comma-separated list in [0, 1], got {text!r}.",
+                         arg="eval_depths")
+    return values
+
+
+def check_detectors_args(args) -> dict[str, Any]:
+    """Everything of ``rhlens detectors`` that can be checked before the model loads, besides
+    what the configs check themselves; returns the parsed lists and the model's facts."""
+    from ..niah.needle_sets import NEEDLE_SETS
+    from ..score.detectors import DETECTORS
 
     count(args.max_new_tokens, "max_new_tokens", minimum=1)
     count(args.batch_size, "batch_size", minimum=1)
@@ -73,9 +89,6 @@ def check_detectors_args(args) -> dict:
             count(getattr(args, name), name, minimum=1)
     finite(args.threshold, "threshold")
     finite(args.rouge_gate, "rouge_gate")
-    if args.rouge_gate >= 1:
-        raise UsageError(f"rouge_gate must be below 1, got {args.rouge_gate}; -1 keeps every "
-                         "sample.", arg="rouge_gate")
     detectors = DETECTORS if args.detectors.strip() == "all" else tuple(
         d.strip() for d in args.detectors.split(",") if d.strip())
     bad = [d for d in detectors if d not in DETECTORS]
@@ -91,7 +104,7 @@ def check_detectors_args(args) -> dict:
     lengths = int_list(args.eval_lengths, "eval_lengths", 1) if args.eval_lengths else args.lengths
     depths = _depths(args.eval_depths) if args.eval_depths else args.depths
     ks = k_list(args.ks, "ks")
-    if ks != "auto" and not any(k > 0 for k in ks):
+    if isinstance(ks, list) and not any(k > 0 for k in ks):
         raise UsageError("ks has no group size above 0: nothing to mask or patch.", arg="ks")
     seeds = int_list(args.seeds, "seeds")
     check_grid(args.lengths, args.depths, args.max_new_tokens)
@@ -105,29 +118,22 @@ def check_detectors_args(args) -> dict:
             "ks": ks, "seeds": seeds, "facts": facts}
 
 
-def _depths(text: str) -> list[float]:
-    from .errors import UsageError
-
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = []
-    if not values or any(not 0 <= v <= 1 for v in values):
-        raise UsageError(f"eval_depths must be a comma-separated list in [0, 1], got {text!r}.",
-                         arg="eval_depths")
-    return values
-
-
 def run(args) -> int:
     """four detectors' maps, masking and patching of their top-K; files under OUT"""
     import torch
 
-    from .detector_eval import compare_detectors, default_ks, load_needle_set
-    from .grid import held_out_needles
+    from ..analyze.detectors import compare_detectors
+    from ..intervene.detector_eval import default_ks
+    from ..niah.grid import held_out_needles
+    from ..niah.needle_sets import load_needle_set
+    from ..score.detector_maps import DetectorConfig
 
     checked = check_detectors_args(args)
     grid = grid_from_args(args)
-    used = {n.text for n in grid.needles}
+    config = DetectorConfig(grid, checked["detectors"], score_span=args.span,
+                            read_span=args.read_span, steps=args.steps,
+                            rouge_gate=args.rouge_gate, rouge_stemmer=args.stem is not False)
+    used = {n.text for n in grid.needle_list}
     held_out = {name: grid.replace(lengths=tuple(checked["lengths"]),
                                    depths=tuple(checked["depths"]),
                                    needles=tuple(held_out_needles(load_needle_set(name), used)))
@@ -137,11 +143,9 @@ def run(args) -> int:
     ks = default_ks(model.cfg.n_layers * model.cfg.n_heads) if checked["ks"] == "auto" \
         else checked["ks"]
     cmp = compare_detectors(
-        model, grid, held_out, detectors=checked["detectors"], ks=ks, seeds=checked["seeds"],
-        threshold=args.threshold, pairs=args.pairs, heads=not args.no_head_map,
-        force_answer=args.force_answer, rouge_gate=args.rouge_gate, batch_size=args.batch_size,
-        out=args.out, score_span=args.span, read_span=args.read_span, steps=args.steps,
-        rouge_stemmer=args.stem is not False)
+        model, config, held_out, ks=ks, seeds=checked["seeds"], threshold=args.threshold,
+        pairs=args.pairs, head_map=not args.no_head_map, force_answer=args.force_answer,
+        batch_size=args.batch_size, out=args.out)
     passed = sum(r["passed"] for r in cmp.run.records)
     print(f"\n{args.model}: {passed}/{len(cmp.run.records)} detection samples passed the ROUGE "
           "gate; top heads:")

@@ -8,15 +8,24 @@ import json
 import pytest
 import torch
 
-from rhlens.ablation import split_heads
-from rhlens.detector_maps import detect_heads, load_maps, plot_maps
-from rhlens.detectors import (CARDS, DETECTORS, answer_steps, check_detectors, detect_sample,
-                              question_span, query_focus_score, split_values, write_contrast)
 from rhlens.errors import UsageError
-from rhlens.grid import Grid
-from rhlens.haystack import NEEDLES
-from rhlens.prompts import build_sample
-from rhlens.scoring import retrieval_scores
+from rhlens.intervene.edit import split_heads
+from rhlens.niah.grid import Grid
+from rhlens.niah.haystack import NEEDLES
+from rhlens.niah.prompts import build_sample, question_span
+from rhlens.score.detector_maps import detect_heads, load_maps
+from rhlens.score.detectors import (
+    CARDS,
+    DETECTORS,
+    answer_steps,
+    check_detectors,
+    detect_sample,
+    query_focus_score,
+    split_values,
+    write_contrast,
+)
+from rhlens.score.scoring import retrieval_scores
+from rhlens.viz.detectors import plot_maps
 
 HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 
@@ -194,7 +203,7 @@ def test_detect_heads_writes_score_files_and_resumes_only_the_same_run(tiny_llam
     assert list(run.top_table(3).columns[:2]) == ["copy_paste", "copy_paste_value"]
     assert len(plot_maps(run.maps).axes) == 2 * len(DETECTORS)  # a map and its colour bar each
 
-    import rhlens.detector_maps as det
+    import rhlens.score.detector_maps as det
 
     monkeypatch.setattr(det, "detect_sample", lambda *a, **k: pytest.fail("not resumed"))
     again = detect_heads(tiny_llama, grid, rouge_gate=-1, steps="decode", out=out,
@@ -216,9 +225,8 @@ def test_a_sample_without_an_answer_step_is_left_out_of_the_step_maps(tiny_llama
 def test_smollm2_detectors_agree_with_the_retrieval_score_and_read_the_needle(smollm2):
     """On the embedded model: copy_paste is `rhlens score`'s number for the same sample; the
     answer is found, and the heads that attend most to the needle read it from the question."""
-    from rhlens.detect import score_sample
-
-    from rhlens.haystack import default_haystack
+    from rhlens.niah.haystack import default_haystack
+    from rhlens.score.detect import score_sample
 
     s = build_sample(smollm2.tokenizer, NEEDLES[1], default_haystack(), 500, 0.5)
     rec = detect_sample(smollm2, s, max_new_tokens=24)

@@ -2,12 +2,12 @@
 
 Each detector maps one NIAH sample to a ``[n_layers, n_heads]`` map; the mean over the samples
 whose answer passes the ROUGE gate is the detector's map, written in the public score-file format
-(``{"layer-head": [per-sample values]}``, :mod:`rhlens.results`) beside a card that says what it
+(``{"layer-head": [per-sample values]}``, :mod:`rhlens.run.results`) beside a card that says what it
 measures (:data:`CARDS`). With ``N`` the needle span (``Sample.span``), ``q`` the question's
 tokens, ``A^h`` head ``h``'s attention, and at each answer step ``t`` the generated token ``y_t``:
 
 * ``copy_paste`` (Wu et al. 2024, arXiv 2404.15574, Sec. 2): the retrieval score of
-  :mod:`rhlens.scoring`, ``|g_h ∩ k| / |k|``: the share of the answer span's tokens the head
+  :mod:`rhlens.score.scoring`, ``|g_h ∩ k| / |k|``: the share of the answer span's tokens the head
   copied (its most-attended key lies in ``k`` and holds the generated token). Reads.
 * ``query_focus`` (QRHead, Zhang et al. 2025, arXiv 2506.09944, QRscore):
   ``(1/|q|) Σ_{t_q ∈ q} Σ_{t_d ∈ N} A^h[t_q → t_d]``, the attention mass the question's tokens
@@ -17,7 +17,7 @@ tokens, ``A^h`` head ``h``'s attention, and at each answer step ``t`` the genera
   ``φ_t(j) = α_t(j) · (v_j W_O^h) · (w ⊙ u_{y_t}) / s_t`` (attention weight times the head's
   value-output vector, through the final norm with its scale ``s_t`` frozen and its weight
   ``w``, on the answer token's unembedding ``u_{y_t}``; summed over ``j`` it is the head's direct
-  logit attribution, :func:`rhlens.attribution.head_dla`), contrasted between needle and
+  logit attribution, :func:`rhlens.score.logit.head_dla`), contrasted between needle and
   off-needle prompt positions ``O``: ``mean_{j ∈ N} φ_t(j) − mean_{j ∈ O} φ_t(j)``, averaged
   over the answer steps. In logits, signed. Writes. (LOCOS describes the contrast as needle
   against off-needle positions in one forward pass; the difference of the two means is this
@@ -26,13 +26,14 @@ tokens, ``A^h`` head ``h``'s attention, and at each answer step ``t`` the genera
   simplest baseline, ``logit_contribution`` without the OV projection. Reads.
 
 **Passes.** ``copy_paste``, ``needle_attention`` and ``logit_contribution`` come from one greedy
-decode (:func:`rhlens.decode.greedy_decode`, its prompt prefilled with SDPA) with read-only
+decode (:func:`rhlens.run.decode.greedy_decode`, its prompt prefilled with SDPA) with read-only
 decode hooks. ``query_focus`` cannot join it: it reads the prompt's *prefill* rows, which the
 SDPA prefill never computes (reading them there would force the hooked eager attention over the
 whole prompt). It runs its own prefill instead: SDPA up to the question, then only the question's
 ``|q|`` rows through the hooked attention (``|q| x n`` scores per layer, never ``n x n``).
 
-Maps over a grid, their files and figures: :mod:`rhlens.detector_maps`.
+Maps over a grid and their files: :mod:`rhlens.score.detector_maps`; held against the
+interventions: :mod:`rhlens.intervene.detector_eval`, :mod:`rhlens.analyze.detectors`.
 
 Example::
 
@@ -44,19 +45,21 @@ Example::
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import einops
 import torch
 
-from .answers import rouge1_recall
-from .attribution import head_dla
-from .decode import greedy_decode, model_device, new_cache, prefill
-from .patching import answer_ids
-from .prompts import PROMPT_STYLES, Sample, ScoreSpan, chat_parts
+from ..errors import UsageError
+from ..niah.answers import rouge1_recall
+from ..niah.prompts import Sample, ScoreSpan, answer_ids, question_span
+from ..run.decode import greedy_decode, model_device, new_cache, prefill
+from ..run.hooks import act_name, every_layer, layer_of
+from ..run.sdpa import sdpa_attention
+from .logit import centres_output, final_norm_weight, head_dla
 from .scoring import ScoreMode, retrieval_scores
-from .sdpa import sdpa_attention
 
 Detector = Literal["copy_paste", "query_focus", "logit_contribution", "needle_attention"]
 DETECTORS: tuple[Detector, ...] = ("copy_paste", "query_focus", "logit_contribution",
@@ -138,7 +141,7 @@ def write_contrast(needle: torch.Tensor, off: torch.Tensor, n_needle: int, n_off
     ``needle``, ``off``: ``[m, n_heads, d_head]`` sums of :func:`split_values` at ``m`` steps;
     ``w_o`` ``[n_heads, d_head, d_model]``; ``scale`` ``[m]``; ``direction`` ``[m, d_model]``
     (``w ⊙ u_{y_t}``). Since ``φ`` is linear in ``α(j) v_j``, the mean of ``φ`` over ``N`` is the
-    head's direct logit attribution (:func:`rhlens.attribution.head_dla`) of ``Σ_N α v / |N|``.
+    head's direct logit attribution (:func:`rhlens.score.logit.head_dla`) of ``Σ_N α v / |N|``.
 
     >>> w_o = torch.eye(2)[None]; d = torch.tensor([[1.0, 0.0]])
     >>> write_contrast(torch.tensor([[[4.0, 0.0]]]), torch.tensor([[[6.0, 0.0]]]), 2, 3, w_o,
@@ -149,38 +152,6 @@ def write_contrast(needle: torch.Tensor, off: torch.Tensor, n_needle: int, n_off
 
 
 # --------------------------------------------------------------------------- where things are
-
-
-def _token_chars(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """``text``'s token ids and each token's character span."""
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    ends = [len(tokenizer.decode(ids[: j + 1])) for j in range(len(ids))]
-    return ids, list(zip([0] + ends[:-1], ends))
-
-
-def question_span(tokenizer, sample: Sample) -> tuple[int, int]:
-    """``(start, end)`` of the question's tokens in ``sample.input_ids`` (either prompt
-    layout of :func:`rhlens.prompts.chat_parts`).
-
-    Raises:
-        ValueError: the prompt does not end as a NIAH prompt of this tokenizer does.
-    """
-    ids = sample.input_ids.tolist()
-    question = sample.needle.question.strip()
-    for style in PROMPT_STYLES:
-        after = chat_parts(tokenizer, sample.needle, style=style)[1]
-        post, chars = _token_chars(tokenizer, after)
-        c0 = after.find(question)
-        if c0 < 0 or not post or ids[-len(post):] != post:
-            continue
-        inside = [i for i, (a, b) in enumerate(chars) if a < c0 + len(question) and b > c0]
-        start = len(ids) - len(post)
-        return start + inside[0], start + inside[-1] + 1
-    raise ValueError("Cannot find the question's tokens at the end of the prompt: build the "
-                     "sample with rhlens.prompts.build_sample and the model's own tokenizer.")
 
 
 def answer_steps(tokenizer, sample: Sample, tokens: torch.Tensor) -> list[int]:
@@ -209,12 +180,12 @@ def question_focus(model, sample: Sample, span: tuple[int, int]) -> torch.Tensor
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
 
     def read(pattern, hook):  # [1, head, |q|, keys]
-        out[int(hook.name.split(".")[1])] = query_focus_score(pattern[0].float(), span).cpu()
+        out[layer_of(hook.name)] = query_focus_score(pattern[0].float(), span).cpu()
 
     cache = new_cache(model)
     with sdpa_attention(model):
         prefill(model, ids[:q0], cache)
-    with model.hooks(fwd_hooks=[(lambda n: n.endswith("attn.hook_pattern"), read)]):
+    with model.hooks(fwd_hooks=[(every_layer("pattern"), read)]):
         prefill(model, ids[q0:q1], cache, chunk_size=q1 - q0)
     return out
 
@@ -226,7 +197,7 @@ class _StepReader:
 
     def __init__(self, model, span: tuple[int, int], n_prompt: int):
         self.model, self.span, self.n_prompt = model, span, n_prompt
-        self.cache = None
+        self.cache: Any = None  # the model's KV cache object, caught at each call
         self.mass: list[list] = [[] for _ in range(model.cfg.n_layers)]
         self.needle: list[list] = [[] for _ in range(model.cfg.n_layers)]
         self.off: list[list] = [[] for _ in range(model.cfg.n_layers)]
@@ -244,7 +215,7 @@ class _StepReader:
             handle.remove()
 
     def read(self, pattern: torch.Tensor, hook) -> None:
-        layer = int(hook.name.split(".")[1])
+        layer = layer_of(hook.name)
         alpha = pattern[0, :, -1].float()  # [head, keys]
         values = self.cache.layers[layer].values[0].float()  # [kv, keys, d]
         step = len(self.mass[layer])
@@ -260,16 +231,7 @@ class _StepReader:
         self.scale.append(scale.reshape(-1)[-1].float())
 
     def hooks(self) -> list:
-        return [(lambda n: n.endswith("attn.hook_pattern"), self.read),
-                ("ln_final.hook_scale", self.read_scale)]
-
-
-def _norm_weight(model) -> torch.Tensor | None:
-    """The final norm's elementwise weight ``[d_model]`` (``None`` when it has none)."""
-    for name, p in model.ln_final.named_parameters():
-        if name.endswith("weight") or name == "w":
-            return p.detach()
-    return None
+        return [(every_layer("pattern"), self.read), (act_name("scale"), self.read_scale)]
 
 
 def _contributions(model, reader: _StepReader, tokens: torch.Tensor, steps: list[int],
@@ -277,11 +239,11 @@ def _contributions(model, reader: _StepReader, tokens: torch.Tensor, steps: list
     """``[n_layers, n_heads]`` LOCOS contrast over ``steps`` from what ``reader`` kept."""
     w_u = model.W_U
     direction = w_u[:, tokens[steps].to(w_u.device)].T.float()  # [m, d_model]
-    weight = _norm_weight(model)
+    weight = final_norm_weight(model)
     if weight is not None:
         direction = direction * weight.float().to(direction.device)[None]
     scale = torch.stack([reader.scale[t] for t in steps]).to(direction)
-    centre = str(getattr(model.cfg, "normalization_type", "RMS") or "RMS").startswith("LN")
+    centre = centres_output(model)
     out = []
     for layer in range(model.cfg.n_layers):
         w_o = model.blocks[layer].attn.W_O.float()
@@ -340,6 +302,6 @@ def check_detectors(detectors: Iterable[str]) -> tuple[str, ...]:
     detectors = tuple(detectors)
     bad = [d for d in detectors if d not in DETECTORS]
     if bad or not detectors:
-        raise ValueError(f"`detectors` must be some of {', '.join(DETECTORS)}; got "
-                         f"{', '.join(bad) or 'none'}.")
+        raise UsageError(f"detectors must be some of {', '.join(DETECTORS)}; got "
+                         f"{', '.join(bad) or 'none'}.", arg="detectors")
     return tuple(d for d in DETECTORS if d in detectors)
