@@ -1,5 +1,5 @@
-"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens patch``, ``rhlens merge``,
-``rhlens plot``, ``rhlens card``, ``rhlens models``, ``rhlens published``.
+"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens patch``, ``rhlens detectors``,
+``rhlens merge``, ``rhlens plot``, ``rhlens card``, ``rhlens models``, ``rhlens published``.
 
 ::
 
@@ -13,7 +13,8 @@
     rhlens score ... --until-stable 10 --max-samples 80   # stop when the top 10 is stable
 
 Also ``python -m rhlens ...``. Each subcommand (one module each: :mod:`~rhlens.cli.score`,
-:mod:`~rhlens.cli.niah`, :mod:`~rhlens.cli.patch`, :mod:`~rhlens.cli.tools`) builds the library's
+:mod:`~rhlens.cli.niah`, :mod:`~rhlens.cli.patch`, :mod:`~rhlens.cli.detectors`,
+:mod:`~rhlens.cli.tools`) builds the library's
 run config from its flags (a :class:`~rhlens.score.detect.ScoreConfig`,
 :class:`~rhlens.intervene.niah.NiahConfig` or :class:`~rhlens.intervene.patch_sweep.PatchConfig`,
 which validate themselves) and calls the library; errors of the library name their arguments (a
@@ -40,7 +41,7 @@ from ..errors import (
     UsageError,
 )
 from ..models.registry import ModelNotFoundError
-from . import niah, patch, score, tools
+from . import detectors, niah, patch, score, tools
 from .args import Parser
 
 #: Library arguments whose flag has another name (a config field -> the flag that sets it).
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
          tools.add_merge_arguments, tools.merge, None),
         ("patch", "group and per-head activation patching, direct logit attribution",
          patch.add_arguments, patch.run, patch.__doc__),
+        ("detectors", "four head detectors held against masking and patching",
+         detectors.add_arguments, detectors.run, detectors.__doc__),
         ("plot", "heatmap and sorted-score curve of a score file", tools.add_plot_arguments,
          tools.plot, None),
         ("card", "print the map card of a score file: model, tokenizer, grid, measurement, "

@@ -113,6 +113,8 @@ def load_scores(
     source: str | Path | dict,
     mode: str | None = None,
     shape: tuple[int, int] | None = None,
+    *,
+    signed: bool = False,
 ) -> torch.Tensor:
     """Mean score per head, ``[n_layers, n_heads]``, from a score file, URL or dict.
 
@@ -122,7 +124,9 @@ def load_scores(
     * keys are ``"layer-head"`` (whole numbers, no leading zeros, no duplicates);
     * values are numbers or lists of numbers, finite and ``>= 0``; with ``mode="paper"``
       also ``<= 1`` (``"sum"`` files, like the paper's published ones, may exceed 1);
-    * with ``shape`` (the model's ``(n_layers, n_heads)``), the map has that shape.
+    * with ``shape`` (the model's ``(n_layers, n_heads)``), the map has that shape;
+    * ``signed=True`` lets values be negative (maps of signed head detectors, e.g. logit
+      contributions, :mod:`rhlens.score.detectors`).
 
     A URL is fetched as :func:`fetch_text` does (https, or http when the address says so;
     a deadline and a size cap).
@@ -142,11 +146,11 @@ def load_scores(
     else:
         name = str(source)
         data = _parse_score_json(_read(source), name)
-    return _mean_map(data, name, mode, shape)
+    return _mean_map(data, name, mode, shape, signed)
 
 
-def _mean_map(data: Any, name: str, mode: str | None, shape: tuple[int, int] | None
-              ) -> torch.Tensor:
+def _mean_map(data: Any, name: str, mode: str | None, shape: tuple[int, int] | None,
+              signed: bool = False) -> torch.Tensor:
     """:func:`load_scores` of parsed JSON ``data``, naming ``name`` in its errors."""
     if not isinstance(data, dict) or not data:
         raise UsageError(f"{name!r} holds no scores: expected {{'layer-head': [scores]}}.")
@@ -175,7 +179,7 @@ def _mean_map(data: Any, name: str, mode: str | None, shape: tuple[int, int] | N
     for (l, h), key, values in zip(keys, data, data.values()):
         values = values if isinstance(values, list) else [values]
         for v in values:
-            _check_score(v, name, key, mode)
+            _check_score(v, name, key, mode, signed)
         mean = sum(values) / len(values) if values else 0.0
         if not math.isfinite(mean):  # finite scores whose sum overflows: their mean is not inf
             mean = sum(v / len(values) for v in values)
@@ -219,7 +223,7 @@ def per_sample_scores(source: str | Path | dict) -> torch.Tensor:
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
-def _check_score(v: Any, name: str, key: str, mode: str | None) -> None:
+def _check_score(v: Any, name: str, key: str, mode: str | None, signed: bool = False) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise UsageError(f"{name}: head '{key}' has {json.dumps(v)[:40]}; scores must be "
                          "numbers or lists of numbers.")
@@ -231,7 +235,7 @@ def _check_score(v: Any, name: str, key: str, mode: str | None) -> None:
         shown = str(v) if isinstance(v, float) else f"a {len(str(abs(v)))}-digit number"
         raise UsageError(f"{name}: head '{key}' has a non-finite score ({shown}); a score file "
                          "holds finite numbers only.")
-    if v < 0:
+    if v < 0 and not signed:
         raise UsageError(f"{name}: head '{key}' has a negative score ({v}); retrieval "
                          "scores are >= 0.")
     if mode == "paper" and v > 1 + 1e-9:

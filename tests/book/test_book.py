@@ -274,7 +274,7 @@ def test_every_doc_link_points_at_a_page_of_the_toc(toc):
 
 # --- reading aids ---------------------------------------------------------------------------
 
-READING_AID_CHAPTERS = ["01", "02", "03", "04", "06", "07", "08", "09"]
+READING_AID_CHAPTERS = ["01", "02", "03", "04", "06", "07", "08", "09", "10"]
 
 
 @pytest.mark.parametrize("number", READING_AID_CHAPTERS)
