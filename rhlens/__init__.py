@@ -33,6 +33,7 @@ _EXPORTS = {
     "load_scores": "results",
     "copy_hits": "scoring", "retrieval_scores": "scoring",
     "head_table": "heads", "summarize": "heads",
+    "notebook": "runtime",
 }
 
 try:

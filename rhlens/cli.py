@@ -286,13 +286,16 @@ def _published(args) -> int:
 
 def _models(args) -> int:
     from .models import EMBEDDED, PAPER_MODELS
+    from .resources import memory_table
 
+    table = memory_table(args.tokens)           # checks --tokens before printing anything
     print(f"{EMBEDDED:26s} SmolLM2-135M-Instruct (embedded GGUF, offline, CPU)")
     for key, spec in PAPER_MODELS.items():
         print(f"{key:26s} {spec.hf_id}  ({spec.note})")
     print("tiny-llama, tiny-mistral, tiny-qwen2, tiny-mixtral: random weights, for smoke tests")
     print("tiny-<paper key> (e.g. tiny-mixtral-8x7b): a paper model's random-weight stand-in")
     print("...or any Hugging Face id, local checkpoint directory or .gguf file.")
+    print(f"\nWhat each paper model needs on a GPU:\n{table}")
     return 0
 
 
@@ -352,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default=None)
     p.set_defaults(func=_plot)
 
-    p = sub.add_parser("models", help="list the model names rhlens knows", **raw)
+    p = sub.add_parser("models", help="list the model names rhlens knows and the GPU memory "
+                                      "each paper model needs", **raw)
+    p.add_argument("--tokens", type=int, default=32768,
+                   help="prompt length the memory is computed at (default 32768)")
     p.set_defaults(func=_models)
 
     p = sub.add_parser("published", help="the paper's seven published score maps (offline)", **raw)
