@@ -14,12 +14,13 @@ demo: setup
 	$(VENV) && rhlens plot runs/scores.json --out runs/heads.png --title "SmolLM2-135M-Instruct"
 
 ## The test suite: unit tests and doctests, tiny models of every architecture, SmolLM2; then
-## the book build, which executes every chapter notebook once and fails on any cell error; then
-## every chapter's paper-model branch on tiny stand-ins of the paper's checkpoints
+## every chapter opened as Colab opens it (scripts/colab_chapters.sh): rhlens from a wheel in a
+## fresh environment, each notebook alone in an empty folder; first the book build, which
+## executes every chapter once that way and fails on any cell error, then every chapter's
+## paper-model branch on tiny stand-ins of the paper's checkpoints
 test: setup
 	$(VENV) && python -m pytest -q -p no:cacheprovider --doctest-modules rhlens tests
-	$(VENV) && ./scripts/build_book.sh
-	$(VENV) && ./scripts/standin_chapters.sh
+	$(VENV) && ./scripts/colab_chapters.sh --book
 
 ## Only the book (executes every chapter): _build/html/index.html
 book: setup

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Open every chapter as Colab does: no checkout, rhlens installed from a wheel, the notebook
+# alone in an empty folder.
+#
+# 1. Build a wheel from this working tree and install it, with the extras a chapter's set-up line
+#    asks for, into a fresh virtual environment. Torch is lent by ./.venv (Colab has its own
+#    torch too): a .pth file names a folder that holds links to torch's own files and nothing
+#    else, so nothing of the checkout is on the path. The check below proves it.
+# 2. Check that the wheel ships every data file a chapter names (`data.path("...")`).
+# 3. Copy each chapter notebook alone into an empty temporary folder and execute it there with
+#    that environment's kernel: chapters 02-09 on tiny random-weight stand-ins of their paper
+#    models (RHLENS_MODEL=tiny-<paper key>: their paper-model branch, each paper architecture at
+#    least once), chapter 01 on the CPU. A chapter that reads a file the wheel does not ship, or
+#    a path of the repository, fails.
+#
+#   scripts/colab_chapters.sh            # 01 on the CPU, 02-09 on their stand-ins
+#   scripts/colab_chapters.sh 04 07      # some chapters
+#   scripts/colab_chapters.sh --book     # first the book build with the same kernel, each chapter
+#                                        # in a temporary folder (every chapter on the embedded
+#                                        # SmolLM2, 01 included, from the wheel); then 02-09 on
+#                                        # their stand-ins. `make test` runs this: 01 runs once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+declare -A STANDIN=(
+  [02]=tiny-llama-2-7b-80k
+  [03]=tiny-mistral-7b-v0.2
+  [04]=tiny-qwen1.5-14b
+  [05]=tiny-mixtral-8x7b
+  [06]=tiny-qwen1.5-14b-chat
+  [07]=tiny-mistral-7b-instruct-v0.2
+  [08]=tiny-mixtral-8x7b
+  [09]=tiny-llama-2-7b-80k
+)
+book=0
+chapters=()
+for arg in "$@"; do
+  case "$arg" in
+    --book) book=1 ;;
+    [0-9][0-9]) chapters+=("$arg") ;;
+    *) echo "colab_chapters.sh: unknown argument '$arg': give chapter numbers (04 07) or --book" >&2
+       exit 2 ;;
+  esac
+done
+if [ ${#chapters[@]} -eq 0 ]; then
+  for nb in notebooks/[0-9][0-9]_*.ipynb; do
+    ch=$(basename "$nb" | cut -c1-2)
+    # The book build runs chapter 01 from the wheel in a temporary folder, on the CPU, already.
+    [ "$book" = 1 ] && [ -z "${STANDIN[$ch]:-}" ] && continue
+    chapters+=("$ch")
+  done
+fi
+for ch in "${chapters[@]}"; do
+  ls notebooks/${ch}_*.ipynb >/dev/null 2>&1 || { echo "no chapter $ch in notebooks/" >&2; exit 2; }
+done
+
+export RHLENS_STATIC=1 MPLBACKEND=Agg OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning}"
+unset PYTHONPATH RHLENS_MODEL
+# The build's Python (./.venv, as `make` sets it up): it builds the wheel and lends torch.
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+work=$(mktemp -d "${TMPDIR:-/tmp}/rhlens-colab.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+start=$(date +%s)
+
+# --- 1. wheel, fresh environment ------------------------------------------------------------
+mkdir -p "$work/src"
+tar --exclude=__pycache__ --exclude='*.egg-info' -cf - pyproject.toml README.md LICENSE rhlens \
+  | tar -xf - -C "$work/src"
+"$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" "$work/src" >/dev/null
+wheel=$(ls "$work"/dist/rhlens-*.whl)
+"$PY" -m venv "$work/venv"
+venv="$work/venv"
+site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+mkdir -p "$work/torch"
+"$PY" - "$work/torch" <<'EOF'
+import importlib.metadata as md, os, pathlib, sys
+dist = md.distribution("torch")
+root = pathlib.Path(dist.locate_file(""))
+names = {f.parts[0] for f in dist.files if f.parts[0] != ".."}
+for name in sorted(names):
+    os.symlink(root / name, pathlib.Path(sys.argv[1]) / name)
+EOF
+echo "$work/torch" > "$site/_torch_from_build.pth"
+"$venv/bin/python" -m pip install -q --no-compile "$wheel[colab,test]" 2>&1 \
+  | grep -v "is ignored: it is neither a file nor a directory" || true
+"$venv/bin/python" -c "import rhlens" 2>/dev/null || { echo "the wheel did not install" >&2; exit 1; }
+mkdir -p "$work/jupyter/kernels/python3"
+cat > "$work/jupyter/kernels/python3/kernel.json" <<EOF
+{"argv": ["$venv/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+ "display_name": "Python 3 (rhlens wheel)", "language": "python"}
+EOF
+export JUPYTER_PATH="$work/jupyter"
+installed=$(date +%s)
+echo "wheel $(basename "$wheel") installed in a fresh environment in $((installed - start)) s"
+
+# --- 2. the checkout is not on the path; the wheel ships what the chapters name -------------
+(cd "$work" && "$venv/bin/python" - "$venv" "$ROOT" "$ROOT"/notebooks/[0-9][0-9]_*.ipynb <<'EOF'
+import json, pathlib, re, sys
+import rhlens
+from rhlens import data
+venv, root, notebooks = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
+where = pathlib.Path(rhlens.__file__).resolve()
+if venv.resolve() not in where.parents:
+    sys.exit(f"rhlens imports from {where}, not from the wheel in {venv}")
+if any(str(root) == p or p.startswith(str(root) + "/") for p in sys.path):
+    sys.exit(f"the checkout {root} is on sys.path")
+missing = []
+for nb in notebooks:
+    code = "".join("".join(c["source"]) for c in json.loads(open(nb).read())["cells"]
+                   if c["cell_type"] == "code")
+    for name in sorted(set(re.findall(r"""data\.path\(\s*["']([^"']+)["']""", code))):
+        try:
+            data.path(name)
+        except FileNotFoundError:
+            missing.append(f"{pathlib.Path(nb).name} reads {name}")
+if missing:
+    sys.exit("the wheel does not ship: " + "; ".join(missing) + " (add it to rhlens/data/, "
+             "which pyproject.toml's package-data ships)")
+print(f"rhlens {rhlens.__version__} from {where.parent}; the chapters' data files are in the wheel")
+EOF
+)
+
+# --- 3. the book (optional), then each chapter alone ------------------------------------------
+if [ "$book" = 1 ]; then
+  # Sphinx runs in ./.venv (the API pages read this checkout); each chapter executes in a
+  # temporary folder (_config.yml: run_in_temp) with the kernel above ($JUPYTER_PATH's python3),
+  # i.e. from the wheel.
+  ./scripts/build_book.sh
+fi
+failed=()
+for ch in "${chapters[@]}"; do
+  nb=$(ls notebooks/${ch}_*.ipynb)
+  dir=$(mktemp -d "$work/chapter$ch.XXXX")
+  cp "$nb" "$dir/"
+  model=${STANDIN[$ch]:-}
+  what=${model:-the CPU}
+  t=$(date +%s)
+  if (cd "$dir" && env ${model:+RHLENS_MODEL=$model} "$venv/bin/python" -m pytest -q \
+        -p no:cacheprovider --rootdir "$dir" --nbmake --nbmake-timeout=900 "$(basename "$nb")"); then
+    echo "chapter $ch on $what: passed in $(( $(date +%s) - t )) s"
+  else
+    echo "chapter $ch on $what: FAILED after $(( $(date +%s) - t )) s"
+    failed+=("$ch")
+  fi
+done
+echo "Colab-style chapters in $(( $(date +%s) - start )) s (install $((installed - start)) s)"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed when opened alone from the wheel: chapters ${failed[*]}" >&2
+  exit 1
+fi
