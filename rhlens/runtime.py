@@ -137,9 +137,21 @@ class Runtime:
         return (self.plan.quant == "4bit") if self.plan else None
 
     def load(self, **kwargs):
-        """:func:`rhlens.load_model` with this machine's defaults (``kwargs`` override)."""
+        """:func:`rhlens.load_model` with this machine's defaults (``kwargs`` override).
+
+        Raises:
+            UsageError: the model does not fit this GPU even in 4 bit (before any download),
+                unless ``device_map`` spreads it over several.
+        """
         from .models import load_model
 
+        plan = self.plan
+        if plan and not plan.fits and "device_map" not in kwargs:
+            raise UsageError(
+                f"{self.model} needs about {resources.gb(plan.need.total)} even in 4 bit and this "
+                f"GPU reports {self.gpu_gb:.1f} GB: spread it over several GPUs with "
+                'RT.load(device_map="auto"), or choose a smaller model (`rhlens models`).',
+                arg="model")
         if self.load_in_4bit is not None:
             kwargs.setdefault("load_in_4bit", self.load_in_4bit)
         return load_model(self.model, **kwargs)

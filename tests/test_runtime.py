@@ -89,6 +89,8 @@ def test_an_80gb_card_runs_bf16_and_mixtral_does_not_fit_one():
     mixtral = chapter_runtime("mixtral-8x7b", paper="llama-2-7b-80k", env={}, gpu=h100)
     assert not mixtral.plan.fits and "does not fit" in mixtral.describe()
     assert 'device_map="auto"' in mixtral.describe() and "93.4 GB" in mixtral.describe()
+    with pytest.raises(UsageError, match=r'needs about 101\.9 GB even in 4 bit.*device_map="auto"'):
+        mixtral.load()                             # refused before any download
     # a card that holds Mixtral in bf16 loads it so, although its spec defaults to 4 bit
     big = chapter_runtime("mixtral-8x7b", paper="llama-2-7b-80k", env={}, gpu=("NVIDIA H200", 150.0))
     assert big.load_in_4bit is False and big.plan.fits

@@ -46,7 +46,8 @@ EXERCISE_NOTE = (
     "stub, so *Run all* stops at the first exercise you have not solved, with a one-line hint "
     "(`✗ ...: not attempted yet`). Solve it and run on, or skip ahead: select the cell after "
     "that exercise's check and choose *Runtime → Run after* (Jupyter: *Run → Run Selected Cell "
-    "and All Below*); a later cell that calls an unsolved function stops the same way.")
+    "and All Below*); the cells further down use the library's own functions, so *Run after* "
+    "stops only at the next unsolved exercise.")
 
 
 def source_of(cell: dict) -> str:
