@@ -62,12 +62,15 @@ class Config:
     """The fields of a checkpoint's ``config.json`` that its memory depends on.
 
     Attributes:
-        layers, heads, kv_heads: ``num_hidden_layers``, ``num_attention_heads``,
-            ``num_key_value_heads``.
-        d_model, d_mlp, vocab: ``hidden_size``, ``intermediate_size``, ``vocab_size``.
+        layers: ``num_hidden_layers``.
+        heads: ``num_attention_heads`` (query heads).
+        kv_heads: ``num_key_value_heads``.
+        d_model: ``hidden_size``.
+        d_mlp: ``intermediate_size``.
+        vocab: ``vocab_size``.
         head_dim: ``head_dim`` (``hidden_size / num_attention_heads`` when absent).
-        experts, experts_per_token: ``num_local_experts`` and ``num_experts_per_tok`` (1, 1
-            for a dense model).
+        experts: ``num_local_experts`` (1 for a dense model).
+        experts_per_token: ``num_experts_per_tok`` (1 for a dense model).
         qkv_bias: biases on the q, k, v projections (Qwen2).
         tied: ``tie_word_embeddings``.
         dtype: ``torch_dtype``, the dtype of the stored shards (what a download fetches).

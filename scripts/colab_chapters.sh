@@ -60,7 +60,8 @@ unset PYTHONPATH RHLENS_MODEL
 # The build's Python (./.venv, as `make` sets it up): it builds the wheel and lends torch.
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 work=$(mktemp -d "${TMPDIR:-/tmp}/rhlens-colab.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+cleanup() { local t=$(date +%s); rm -rf "$work"; echo "removed the environment in $(( $(date +%s) - t )) s"; }
+trap cleanup EXIT
 start=$(date +%s)
 
 # --- 1. wheel, fresh environment ------------------------------------------------------------
@@ -126,7 +127,7 @@ if [ "$book" = 1 ]; then
   # Sphinx runs in ./.venv (the API pages read this checkout); each chapter executes in a
   # temporary folder (_config.yml: run_in_temp) with the kernel above ($JUPYTER_PATH's python3),
   # i.e. from the wheel.
-  ./scripts/build_book.sh
+  PATH="$(dirname "$PY"):$PATH" ./scripts/build_book.sh
 fi
 failed=()
 for ch in "${chapters[@]}"; do
