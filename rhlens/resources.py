@@ -451,9 +451,10 @@ def expected_time(key: str, grid, passes: int = 1, folder: Path | None = None) -
 
     >>> from rhlens.grid import Grid
     >>> expected_time("llama-2-7b-80k", Grid([8000], [0.5], needles=1), folder=Path("/nonexistent"))
-    'llama-2-7b-80k: under a minute for 1 prompts on an H100 (an estimate from its peak rates; benchmarks/bench_gpu.py measures yours)'
+    'llama-2-7b-80k: under a minute for 1 prompt on an H100 (an estimate from its peak rates; benchmarks/bench_gpu.py measures yours)'
     """
-    prompts = passes * len(grid)
+    n = passes * len(grid)
+    prompts = f"{n} prompt{'' if n == 1 else 's'}"
 
     def about(minutes: float) -> str:
         return "under a minute" if minutes < 1 else f"about {minutes:.0f} min"
@@ -462,11 +463,11 @@ def expected_time(key: str, grid, passes: int = 1, folder: Path | None = None) -
     if results:
         r = results[0]
         minutes = passes * measured_minutes(r, grid)
-        return (f"{key}: {about(minutes)} for {prompts} prompts, from prefill and decode "
+        return (f"{key}: {about(minutes)} for {prompts}, from prefill and decode "
                 f"times measured on {r.get('gpu', 'a GPU')} by benchmarks/bench_gpu.py "
                 f"({Path(r['path']).name}; interpolated in prompt length)")
     minutes = passes * estimate_minutes(key, grid)
-    return (f"{key}: {about(minutes)} for {prompts} prompts on an H100 (an estimate from "
+    return (f"{key}: {about(minutes)} for {prompts} on an H100 (an estimate from "
             "its peak rates; benchmarks/bench_gpu.py measures yours)")
 
 
