@@ -59,11 +59,11 @@ export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning}"
 unset PYTHONPATH RHLENS_MODEL
 # The build's Python (./.venv, as `make` sets it up): it builds the wheel and lends torch.
 PY=${PYTHON:-$ROOT/.venv/bin/python}
-# CPU seconds (user + system) of every finished child so far: with wall time, what a step cost
-# on a machine that other jobs share.
-cpu() { times | tail -1 | awk '{split($1, u, /[ms]/); split($2, s, /[ms]/);
-                               printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2]}'; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/rhlens-colab.XXXXXX")
+# CPU=seconds (user + system) of every finished child so far: with wall time, what a step cost
+# on a machine that other jobs share. `times` runs in this shell (a $(...) subshell has no children).
+cpu() { times > "$work/times"; CPU=$(awk 'NR == 2 {split($1, u, /[ms]/); split($2, s, /[ms]/);
+                                        printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2]}' "$work/times"); }
 cleanup() { local t=$(date +%s); rm -rf "$work"; echo "removed the environment in $(( $(date +%s) - t )) s"; }
 trap cleanup EXIT
 start=$(date +%s)
@@ -97,8 +97,9 @@ cat > "$work/jupyter/kernels/python3/kernel.json" <<EOF
 EOF
 export JUPYTER_PATH="$work/jupyter"
 installed=$(date +%s)
+cpu; installed_cpu=$CPU
 echo "wheel $(basename "$wheel") installed in a fresh environment in $((installed - start)) s" \
-     "(CPU $(cpu) s)"
+     "(CPU $installed_cpu s)"
 
 # --- 2. the checkout is not on the path; the wheel ships what the chapters name -------------
 (cd "$work" && "$venv/bin/python" - "$venv" "$ROOT" "$ROOT"/notebooks/[0-9][0-9]_*.ipynb <<'EOF'
@@ -132,10 +133,11 @@ if [ "$book" = 1 ]; then
   # Sphinx runs in ./.venv (the API pages read this checkout); each chapter executes in a
   # temporary folder (_config.yml: run_in_temp) with the kernel above ($JUPYTER_PATH's python3),
   # i.e. from the wheel.
-  t=$(date +%s); c=$(cpu)
+  t=$(date +%s); cpu; c=$CPU
   PATH="$(dirname "$PY"):$PATH" ./scripts/build_book.sh
+  cpu
   echo "book build (every chapter on the embedded SmolLM2, chapter 01 on the CPU) in" \
-       "$(( $(date +%s) - t )) s (CPU $(( $(cpu) - c )) s)"
+       "$(( $(date +%s) - t )) s (CPU $(( CPU - c )) s)"
 fi
 failed=()
 for ch in "${chapters[@]}"; do
@@ -144,16 +146,17 @@ for ch in "${chapters[@]}"; do
   cp "$nb" "$dir/"
   model=${STANDIN[$ch]:-}
   what=${model:-the CPU}
-  t=$(date +%s); c=$(cpu)
+  t=$(date +%s); cpu; c=$CPU
   if (cd "$dir" && env ${model:+RHLENS_MODEL=$model} "$venv/bin/python" -m pytest -q \
         -p no:cacheprovider --rootdir "$dir" --nbmake --nbmake-timeout=900 "$(basename "$nb")"); then
-    echo "chapter $ch on $what: passed in $(( $(date +%s) - t )) s (CPU $(( $(cpu) - c )) s)"
+    cpu; echo "chapter $ch on $what: passed in $(( $(date +%s) - t )) s (CPU $(( CPU - c )) s)"
   else
-    echo "chapter $ch on $what: FAILED after $(( $(date +%s) - t )) s (CPU $(( $(cpu) - c )) s)"
+    cpu; echo "chapter $ch on $what: FAILED after $(( $(date +%s) - t )) s (CPU $(( CPU - c )) s)"
     failed+=("$ch")
   fi
 done
-echo "Colab-style chapters in $(( $(date +%s) - start )) s (CPU $(cpu) s; install" \
+cpu
+echo "Colab-style chapters in $(( $(date +%s) - start )) s (CPU $CPU s; install" \
      "$((installed - start)) s)"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed when opened alone from the wheel: chapters ${failed[*]}" >&2
