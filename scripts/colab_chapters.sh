@@ -19,6 +19,8 @@
 #                                        # in a temporary folder (every chapter on the embedded
 #                                        # SmolLM2, 01 included, from the wheel); then 02-09 on
 #                                        # their stand-ins. `make test` runs this: 01 runs once.
+#
+# RHLENS_CELL_TIMEOUT (seconds, default 900, as the book build's) bounds each cell.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -148,7 +150,7 @@ for ch in "${chapters[@]}"; do
   what=${model:-the CPU}
   t=$(date +%s); cpu; c=$CPU
   if (cd "$dir" && env ${model:+RHLENS_MODEL=$model} "$venv/bin/python" -m pytest -q \
-        -p no:cacheprovider --rootdir "$dir" --nbmake --nbmake-timeout=900 "$(basename "$nb")"); then
+        -p no:cacheprovider --rootdir "$dir" --nbmake --nbmake-timeout="${RHLENS_CELL_TIMEOUT:-900}" "$(basename "$nb")"); then
     cpu; echo "chapter $ch on $what: passed in $(( $(date +%s) - t )) s (CPU $(( CPU - c )) s)"
   else
     cpu; echo "chapter $ch on $what: FAILED after $(( $(date +%s) - t )) s (CPU $(( CPU - c )) s)"
