@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := . .venv/bin/activate
 
-.PHONY: setup demo test book bench exercises clean
+.PHONY: setup demo lint test book bench exercises clean
 
 setup:
 	@./scripts/setup.sh
@@ -13,14 +13,20 @@ demo: setup
 	    --needles 2 --out runs/scores.json
 	$(VENV) && rhlens plot runs/scores.json --out runs/heads.png --title "SmolLM2-135M-Instruct"
 
-## The test suite: unit tests and doctests, tiny models of every architecture, SmolLM2; then
+## The test suite: the lint (ruff) and the type check (mypy, on the package, settings in
+## pyproject.toml); unit tests and doctests, tiny models of every architecture, SmolLM2; then
 ## every chapter opened as Colab opens it (scripts/colab_chapters.sh): rhlens from a wheel in a
 ## fresh environment, each notebook alone in an empty folder; first the book build, which
 ## executes every chapter once that way and fails on any cell error, then every chapter's
 ## paper-model branch on tiny stand-ins of the paper's checkpoints
-test: setup
+test: setup lint
 	$(VENV) && python -m pytest -q -p no:cacheprovider --doctest-modules rhlens tests
 	$(VENV) && ./scripts/colab_chapters.sh --book
+
+## The lint and the type check (both configured in pyproject.toml)
+lint: setup
+	$(VENV) && ruff check rhlens tests scripts benchmarks
+	$(VENV) && mypy
 
 ## Only the book (executes every chapter): _build/html/index.html
 book: setup
