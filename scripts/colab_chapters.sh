@@ -8,32 +8,42 @@
 #    else, so nothing of the checkout is on the path. The check below proves it.
 # 2. Check that the wheel ships every data file a chapter names (`data.path("...")`).
 # 3. Copy each chapter notebook alone into an empty temporary folder and execute it there with
-#    that environment's kernel: chapters 02-09 on tiny random-weight stand-ins of their paper
-#    models (RHLENS_MODEL=tiny-<paper key>: their paper-model branch, each paper architecture at
-#    least once), chapter 01 on the CPU. A chapter that reads a file the wheel does not ship, or
-#    a path of the repository, fails.
+#    that environment's kernel, on what the table CHAPTERS below says: a chapter's paper-model
+#    branch on a tiny random-weight stand-in of a paper checkpoint, or the CPU. A chapter that
+#    reads a file the wheel does not ship, or a path of the repository, fails.
 #
-#   scripts/colab_chapters.sh            # 01 on the CPU, 02-09 on their stand-ins
+#   scripts/colab_chapters.sh            # every chapter, as the table says
 #   scripts/colab_chapters.sh 04 07      # some chapters
 #   scripts/colab_chapters.sh --book     # first the book build with the same kernel, each chapter
 #                                        # in a temporary folder (every chapter on the embedded
-#                                        # SmolLM2, 01 included, from the wheel); then 02-09 on
-#                                        # their stand-ins. `make test` runs this: 01 runs once.
+#                                        # SmolLM2, 01 included, from the wheel); then the chapters
+#                                        # on their stand-ins. `make test` runs this: 01 runs once.
 #
 # RHLENS_CELL_TIMEOUT (seconds, default 900, as the book build's) bounds each cell.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-declare -A STANDIN=(
-  [02]=tiny-llama-2-7b-80k
-  [03]=tiny-mistral-7b-v0.2
-  [04]=tiny-qwen1.5-14b
-  [05]=tiny-mixtral-8x7b
-  [06]=tiny-qwen1.5-14b-chat
-  [07]=tiny-mistral-7b-instruct-v0.2
-  [08]=tiny-mixtral-8x7b
-  [09]=tiny-llama-2-7b-80k
-)
+
+# The one table: every chapter and what it runs on in this job. `tiny-<paper key>` is that paper
+# checkpoint's random-weight stand-in (RHLENS_MODEL): the chapter takes its paper-model branch.
+# Together the stand-ins cover each paper architecture at least once: Llama-2-7B-80K's
+# dynamic-NTK RoPE, Mistral (sliding window off), Qwen1.5 (Qwen2, q/k/v biases), Mixtral (MoE).
+# `cpu`: the chapter loads no pretrained model (it trains its own) and runs as on a CPU runtime.
+# A new chapter adds its line here; a chapter without one stops the job (tests/book/test_book.py
+# checks the table against notebooks/).
+CHAPTERS='
+01  cpu
+02  tiny-llama-2-7b-80k
+03  tiny-mistral-7b-v0.2
+04  tiny-qwen1.5-14b
+05  tiny-mixtral-8x7b
+06  tiny-qwen1.5-14b-chat
+07  tiny-mistral-7b-instruct-v0.2
+08  tiny-mixtral-8x7b
+09  tiny-llama-2-7b-80k
+'
+declare -A ON=()
+while read -r ch model; do if [ -n "$ch" ]; then ON[$ch]=$model; fi; done <<< "$CHAPTERS"
 book=0
 chapters=()
 for arg in "$@"; do
@@ -45,16 +55,24 @@ for arg in "$@"; do
   esac
 done
 if [ ${#chapters[@]} -eq 0 ]; then
-  for nb in notebooks/[0-9][0-9]_*.ipynb; do
-    ch=$(basename "$nb" | cut -c1-2)
-    # The book build runs chapter 01 from the wheel in a temporary folder, on the CPU, already.
-    [ "$book" = 1 ] && [ -z "${STANDIN[$ch]:-}" ] && continue
-    chapters+=("$ch")
-  done
+  for nb in notebooks/[0-9][0-9]_*.ipynb; do chapters+=("$(basename "$nb" | cut -c1-2)"); done
 fi
 for ch in "${chapters[@]}"; do
   ls notebooks/${ch}_*.ipynb >/dev/null 2>&1 || { echo "no chapter $ch in notebooks/" >&2; exit 2; }
+  case "${ON[$ch]:-}" in
+    cpu|tiny-*) ;;
+    *) echo "colab_chapters.sh: chapter $ch has no line in the CHAPTERS table at the top of" \
+            "scripts/colab_chapters.sh: add '$ch  tiny-<paper key>' (its stand-in), or" \
+            "'$ch  cpu' for a chapter that loads no pretrained model" >&2
+       exit 2 ;;
+  esac
 done
+if [ "$book" = 1 ]; then
+  # The book build has run the CPU chapters from the wheel, each in a temporary folder.
+  runs=()
+  for ch in "${chapters[@]}"; do [ "${ON[$ch]}" = cpu ] || runs+=("$ch"); done
+  chapters=(${runs[@]+"${runs[@]}"})
+fi
 
 export RHLENS_STATIC=1 MPLBACKEND=Agg OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning}"
@@ -146,7 +164,7 @@ for ch in "${chapters[@]}"; do
   nb=$(ls notebooks/${ch}_*.ipynb)
   dir=$(mktemp -d "$work/chapter$ch.XXXX")
   cp "$nb" "$dir/"
-  model=${STANDIN[$ch]:-}
+  model=${ON[$ch]#cpu}
   what=${model:-the CPU}
   t=$(date +%s); cpu; c=$CPU
   if (cd "$dir" && env ${model:+RHLENS_MODEL=$model} "$venv/bin/python" -m pytest -q \

@@ -220,21 +220,85 @@ def test_no_notebook_reads_a_path_of_the_repository():
                            "read it with rhlens.data.path): " + "; ".join(offenders))
 
 
-def test_every_data_file_a_chapter_reads_ships_in_the_wheel():
-    """``data.path("name")`` in a chapter names a file of rhlens/data, which pyproject.toml's
-    package data ships (scripts/colab_chapters.sh checks the built wheel itself)."""
-    tomllib = pytest.importorskip("tomllib")    # Python 3.11+
+def _package_files() -> list[str]:
+    """Every file of the package that is not Python source: what the wheel must carry as data."""
+    package = ROOT / "rhlens"
+    return sorted(str(p.relative_to(ROOT)) for p in package.rglob("*")
+                  if p.is_file() and p.suffix not in {".py", ".pyc"} and "__pycache__" not in p.parts
+                  and not any(part.endswith(".egg-info") for part in p.parts))
 
-    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"]["rhlens"]
-    assert "data/*" in package_data
+
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory) -> set[str]:
+    """The file names inside a wheel built from this checkout, as scripts/colab_chapters.sh
+    builds it (a copy of the sources, no build isolation: offline, a few seconds)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    work = tmp_path_factory.mktemp("wheel")
+    src = work / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "rhlens", src / "rhlens",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(work / "dist"), str(src)], check=True, capture_output=True)
+    (wheel,) = (work / "dist").glob("rhlens-*.whl")
+    return set(zipfile.ZipFile(wheel).namelist())
+
+
+def test_every_data_file_a_chapter_reads_ships_in_the_wheel(wheel_names):
+    """``data.path("name")`` in a chapter or an exercise notebook names a file that the wheel
+    carries, as do the package's other data files (the published maps, ``py.typed``)."""
     named = set()
-    for _, nb in _chapter_notebooks():
-        for _, source in _code_cells(nb):
+    for path in [*(ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"),
+                 *(ROOT / "notebooks" / "exercises").glob("*.ipynb")]:
+        for _, source in _code_cells(json.loads(path.read_text())):
             named |= set(re.findall(r"""data\.path\(\s*["']([^"']+)["']""", source))
     assert {"ch04_ksweep.csv", "ch05_patch_smollm2-135m.csv"} <= named
-    missing = sorted(n for n in named if not (ROOT / "rhlens" / "data" / n).is_file())
-    assert not missing, f"chapters read data files that rhlens/data does not hold: {missing}"
+    missing = sorted(n for n in named if f"rhlens/data/{n}" not in wheel_names)
+    assert not missing, (f"chapters read data files the wheel does not ship: {missing} (put them "
+                         "in rhlens/data/, which pyproject.toml's package-data ships)")
+    files = _package_files()
+    assert "rhlens/data/published_heads.json" in files and "rhlens/py.typed" in files
+    unshipped = [f for f in files if f not in wheel_names]
+    assert not unshipped, f"package files the wheel leaves out (pyproject.toml package-data): {unshipped}"
+
+
+def _colab_table() -> dict[str, str]:
+    """``{chapter: what it runs on}`` of the CHAPTERS table in scripts/colab_chapters.sh."""
+    script = (ROOT / "scripts" / "colab_chapters.sh").read_text()
+    block = re.search(r"^CHAPTERS='\n(.*?)^'", script, re.S | re.M)
+    assert block, "scripts/colab_chapters.sh has no CHAPTERS='...' table"
+    rows = [line.split() for line in block.group(1).splitlines() if line.strip()]
+    assert all(len(r) == 2 for r in rows), "a CHAPTERS line is '<chapter> <model or cpu>'"
+    table = dict(rows)
+    assert len(table) == len(rows), "a chapter has two lines in CHAPTERS"
+    return table
+
+
+def test_the_colab_job_has_one_line_per_chapter_and_covers_every_architecture():
+    """Every chapter has its line in scripts/colab_chapters.sh: a paper checkpoint's stand-in
+    when its set-up names a paper model, ``cpu`` when it loads none; the stand-ins cover each of
+    the paper's architectures."""
+    from rhlens.models.registry import ARCHITECTURES, PAPER_MODELS, is_standin, paper_key
+
+    table = _colab_table()
+    chapters = {path.name[:2]: nb for path, nb in _chapter_notebooks()}
+    assert set(table) == set(chapters), (
+        f"chapters without a line in CHAPTERS: {sorted(set(chapters) - set(table))}; "
+        f"lines without a chapter: {sorted(set(table) - set(chapters))}")
+    for ch, model in table.items():
+        (_, setup), *_ = _code_cells(chapters[ch])
+        if "rhlens.notebook(paper=" in setup:
+            assert is_standin(model), f"chapter {ch}: {model!r} is not tiny-<paper key>"
+        else:
+            assert model == "cpu", f"chapter {ch} loads no pretrained model: its line says cpu"
+    covered = {PAPER_MODELS[paper_key(m)].arch for m in table.values() if m != "cpu"}
+    assert covered == set(ARCHITECTURES), f"no stand-in of {set(ARCHITECTURES) - covered}"
 
 
 def test_chapters_are_in_numeric_order(toc):
