@@ -2,10 +2,11 @@
 # Open every chapter as Colab does: no checkout, rhlens installed from a wheel, the notebook
 # alone in an empty folder.
 #
-# 1. Build a wheel from this working tree and install it, with the extras a chapter's set-up line
-#    asks for, into a fresh virtual environment. Torch is lent by ./.venv (Colab has its own
-#    torch too): a .pth file names a folder that holds links to torch's own files and nothing
-#    else, so nothing of the checkout is on the path. The check below proves it.
+# 1. Build a wheel from this working tree and install it (no dependencies, no index)
+#    into a fresh virtual environment, offline: its dependencies are lent by ./.venv, the build's
+#    environment that scripts/setup.sh makes (a .pth file names a folder of links to every
+#    installed package but rhlens, so nothing of the checkout is on the path; the check below
+#    proves it, and that the lent packages meet the wheel's requirements).
 # 2. Check that the wheel ships every data file a chapter names (`data.path("...")`).
 # 3. Copy each chapter notebook alone into an empty temporary folder and execute it there with
 #    that environment's kernel, on what the table CHAPTERS below says: a chapter's paper-model
@@ -97,18 +98,48 @@ wheel=$(ls "$work"/dist/rhlens-*.whl)
 "$PY" -m venv "$work/venv"
 venv="$work/venv"
 site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-mkdir -p "$work/torch"
-"$PY" - "$work/torch" <<'EOF'
-import importlib.metadata as md, os, pathlib, sys
-dist = md.distribution("torch")
-root = pathlib.Path(dist.locate_file(""))
-names = {f.parts[0] for f in dist.files if f.parts[0] != ".."}
-for name in sorted(names):
-    os.symlink(root / name, pathlib.Path(sys.argv[1]) / name)
+mkdir -p "$work/lent"
+# Lend every installed distribution of the build's environment but rhlens itself (its editable
+# hook would put the checkout on the path) and what the fresh environment already has (pip):
+# a link per top-level entry, in one folder that a .pth names. Installing nothing from an index
+# keeps the job offline and quick; the check below holds the wheel's requirements to what is lent.
+"$PY" - "$work/lent" "$site" <<'EOF'
+import importlib.metadata as md, os, pathlib, sys, sysconfig
+lent, fresh = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+build = pathlib.Path(sysconfig.get_paths()["purelib"])
+own = {f.parts[0] for f in md.distribution("rhlens").files or []}
+have = {p.name for p in fresh.iterdir()} | {"pip", "__pycache__"}
+for entry in sorted(build.iterdir()):
+    name = entry.name
+    if (name in own or name in have or name.endswith(".pth") or name.startswith("__editable__")
+            or name.lower().startswith(("rhlens", "pip-"))):
+        continue
+    os.symlink(entry, lent / name)
 EOF
-echo "$work/torch" > "$site/_torch_from_build.pth"
-"$venv/bin/python" -m pip install -q --no-compile "$wheel[colab,test]" 2>&1 \
-  | grep -v "is ignored: it is neither a file nor a directory" || true
+echo "$work/lent" > "$site/_lent_from_build.pth"
+"$venv/bin/python" -m pip install -q --no-compile --no-deps --no-index "$wheel"
+# The lent packages must meet what the wheel declares for a chapter run: its dependencies and
+# the test extra (nbmake, ipykernel). The GPU half of the `colab` extra (accelerate,
+# bitsandbytes, datasets) only matters on a GPU, which no chapter takes here.
+"$venv/bin/python" - <<'EOF'
+import importlib.metadata as md, sys
+from packaging.requirements import Requirement
+missing = []
+for line in md.requires("rhlens") or []:
+    req = Requirement(line)
+    if req.marker and not req.marker.evaluate({"extra": "test"}):
+        continue
+    try:
+        version = md.version(req.name)
+    except md.PackageNotFoundError:
+        missing.append(f"{req} (not installed)")
+        continue
+    if not req.specifier.contains(version, prereleases=True):
+        missing.append(f"{req} (found {version})")
+if missing:
+    sys.exit("the build environment (./.venv) lacks what the wheel needs: " + "; ".join(missing)
+             + " (run ./scripts/setup.sh)")
+EOF
 "$venv/bin/python" -c "import rhlens" 2>/dev/null || { echo "the wheel did not install" >&2; exit 1; }
 mkdir -p "$work/jupyter/kernels/python3"
 cat > "$work/jupyter/kernels/python3/kernel.json" <<EOF
