@@ -15,12 +15,13 @@ demo: setup
 
 ## The test suite: the lint (ruff) and the type check (mypy, on the package, settings in
 ## pyproject.toml); unit tests and doctests, tiny models of every architecture, SmolLM2; then
-## the book build, which executes every chapter notebook once and fails on any cell error; then
-## every chapter's paper-model branch on tiny stand-ins of the paper's checkpoints
+## every chapter opened as Colab opens it (scripts/colab_chapters.sh): rhlens from a wheel in a
+## fresh environment, each notebook alone in an empty folder; first the book build, which
+## executes every chapter once that way and fails on any cell error, then every chapter's
+## paper-model branch on tiny stand-ins of the paper's checkpoints
 test: setup lint
 	$(VENV) && python -m pytest -q -p no:cacheprovider --doctest-modules rhlens tests
-	$(VENV) && ./scripts/build_book.sh
-	$(VENV) && ./scripts/standin_chapters.sh
+	$(VENV) && ./scripts/colab_chapters.sh --book
 
 ## The lint and the type check (both configured in pyproject.toml)
 lint: setup

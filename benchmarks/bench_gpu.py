@@ -17,6 +17,10 @@ peak memory ratio <= 1.01.
     python benchmarks/bench_gpu.py --eager               # also time the old eager prefill
     python benchmarks/bench_gpu.py --tiny                # small GQA shape: smoke test, CPU is fine
 
+On a GPU the rows are also written to ``benchmarks/results/bench_gpu-<gpu>.json`` (``--out``):
+the chapters' set-up lines then print the times of Llama-2-7B-shaped models from these measured
+prefill and decode times instead of an estimate from peak rates (``rhlens.models.timing``).
+
 Same work on both sides: for 16 new tokens ``generate`` runs one prefill forward of ``n``
 tokens and 15 one-token forwards; rhlens prefills ``n - 1`` tokens and runs 16 one-token
 decode steps (the first feeds the prompt's last token).
@@ -25,8 +29,10 @@ decode steps (the first feeds the prompt's last token).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -89,6 +95,9 @@ def main(argv=None) -> None:
                    help="a 2-layer GQA shape instead of 7B, on CPU when no GPU (smoke test)")
     p.add_argument("--eager", action="store_true",
                    help="also time greedy_decode(prefill_attention='eager')")
+    p.add_argument("--out", default=None,
+                   help="results file (default on a GPU: benchmarks/results/bench_gpu-<gpu>.json; "
+                        "none for --tiny)")
     args = p.parse_args(argv)
     has_cuda = torch.cuda.is_available()
     if not has_cuda and not args.tiny:
@@ -116,6 +125,7 @@ def main(argv=None) -> None:
         rows[n].update(hf_s=m.seconds, hf_peak_gb=m.peak_gb)
 
     from rhlens.models.bridge import bridge_from_hf
+    from rhlens.models.timing import slug
     from rhlens.run.decode import greedy_decode
     from rhlens.run.gqa import grouped_layers
 
@@ -156,6 +166,24 @@ def main(argv=None) -> None:
             print(f"         (rhlens stopped at EOS after {r['steps']} tokens)")
     for n in lengths:
         print(json.dumps(rows[n]))
+    out = args.out or (None if args.tiny else
+                       Path(__file__).parent / "results" / f"bench_gpu-{slug(name)}.json")
+    if out:
+        shape_cfg = TINY if args.tiny else LLAMA2_7B
+        result = {"gpu": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                  "dtype": str(dtype).removeprefix("torch."), "new_tokens": args.new_tokens,
+                  "shape": shape,
+                  # the fields rhlens.models.timing matches against each paper model's config
+                  "config": {"layers": shape_cfg["num_hidden_layers"],
+                             "heads": shape_cfg["num_attention_heads"],
+                             "kv_heads": shape_cfg["num_key_value_heads"],
+                             "d_model": shape_cfg["hidden_size"],
+                             "d_mlp": shape_cfg["intermediate_size"],
+                             "vocab": shape_cfg["vocab_size"]},
+                  "rows": [rows[n] for n in lengths]}
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
     memory = "" if device == "cpu" else f", memory <= {MEMORY_TARGET}x"
     print(f"targets: time ratio <= {TIME_TARGET}{memory}: {'PASS' if ok else 'FAIL'}"
           + ("  (tiny shape: a smoke test, not the target measurement)" if args.tiny else ""))

@@ -56,6 +56,7 @@ _EXPORTS = {
     "DETECTORS": "score.detectors", "DetectorConfig": "score.detector_maps",
     "detect_heads": "score.detector_maps", "EvalConfig": "intervene.detector_eval",
     "compare_detectors": "analyze.detectors",
+    "notebook": "book.runtime",
 }
 
 try:

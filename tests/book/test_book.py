@@ -105,15 +105,200 @@ def test_exercise_numbers_run_in_order_and_no_title_repeats():
     assert len(titles) == len(set(titles)), "two exercises have the same title"
 
 
-def test_the_colab_badge_opens_the_exercise_notebook():
-    """A chapter with exercises links its Colab badge to its exercise notebook (stubs to fill)."""
-    for path, nb, found in _chapters():
-        if not found:
+def _badges(text: str) -> dict[str, str]:
+    """``{alt text: URL}`` of the Colab badges in markdown ``text``."""
+    return dict(re.findall(r"\[!\[([^\]]+)\]\(https://colab\.research\.google\.com/assets/"
+                           r"colab-badge\.svg\)\]\((https://colab\.research\.google\.com/github/[^)]*)\)",
+                           text))
+
+
+def test_two_badges_open_the_chapter_and_its_exercises():
+    """The chapter (solutions in: Run all runs to the end) and its exercise notebook (stubs),
+    each said; the exercise notebook says at its top where Run all stops and how to skip ahead,
+    and links back to the chapter."""
+    for path, nb, _ in _chapters():
+        badges = _badges("".join(nb["cells"][0]["source"]))
+        assert badges.get("Open the chapter in Colab", "").endswith(f"/notebooks/{path.name}"), \
+            f"{path.name}: no badge opening the chapter itself"
+        assert badges.get("Open the exercises in Colab", "").endswith(
+            f"/notebooks/exercises/{path.name}"), f"{path.name}: no badge opening its exercises"
+        exercise = json.loads((ROOT / "notebooks" / "exercises" / path.name).read_text())
+        top = "".join(exercise["cells"][0]["source"])
+        assert _badges(top) == {"Open the chapter in Colab": badges["Open the chapter in Colab"]}
+        for words in ("*Run all* stops at the first exercise you have not solved",
+                      "one-line hint", "skip ahead", "Run after"):
+            assert words in top, f"exercises/{path.name}: its top does not say {words!r}"
+
+
+# --- the set-up cell: one folded cell, the same on Colab and in CI ------------------------
+
+def _code_cells(nb: dict) -> list[tuple[int, str]]:
+    return [(i, "".join(c["source"])) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+
+
+def _chapter_notebooks():
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        yield path, json.loads(path.read_text())
+
+
+def test_every_chapter_opens_with_one_folded_set_up_cell():
+    install = '%pip install -q "rhlens[colab] @ git+'
+    for path, nb in _chapter_notebooks():
+        (first, source), *rest = _code_cells(nb)
+        meta = nb["cells"][first]["metadata"]
+        assert "hide-input" in meta.get("tags", []) and meta.get("cellView") == "form", path.name
+        assert meta.get("mystnb", {}).get("code_prompt_show") == "Show set-up", path.name
+        lines = source.splitlines()
+        assert lines[0].startswith("# @title Set-up") and len(lines) <= 8, path.name
+        assert 'if importlib.util.find_spec("rhlens") is None:' in source and install in source
+        assert "rhlens.notebook(" in source, f"{path.name}: the set-up does not call rhlens.notebook"
+        for plumbing in ("subprocess", "RHLENS_SOURCE", "model_menu", "chapter_runtime"):
+            assert plumbing not in source, f"{path.name}: {plumbing} is back in the set-up cell"
+        assert not any("%pip" in s or "rhlens.notebook(" in s for _, s in rest), path.name
+
+
+def test_the_set_up_line_sizes_memory_for_the_chapters_longest_prompt():
+    """``tokens=`` in ``rhlens.notebook(...)`` is what the GPU memory is computed for: it must be
+    at least every prompt length the chapter's paper branch asks for."""
+    for path, nb in _chapter_notebooks():
+        (_, setup), *rest = _code_cells(nb)
+        m = re.search(r"rhlens\.notebook\(paper=\"([\w.-]+)\", tokens=([\d_]+)\)", setup)
+        if path.name.startswith("01_"):
+            assert m is None and "rhlens.notebook()" in setup      # toy models only
             continue
-        title = "".join(nb["cells"][0]["source"])
-        link = re.search(r"\(https://colab\.research\.google\.com/github/[^)]*\)", title)
-        assert link and link.group(0).endswith(f"/notebooks/exercises/{path.name})"), \
-            f"{path.name}: the Colab badge should open notebooks/exercises/{path.name}"
+        assert m, f"{path.name}: rhlens.notebook(paper=..., tokens=...) not found"
+        tokens = int(m.group(2).replace("_", ""))
+        code = "\n".join(s for _, s in rest)
+        asked = [int(n) for group in re.findall(
+            r"RT\.(?:grid\(paper=(?:rhlens\.)?Grid\(|lengths\(paper=)\[([\d, _]+)\]", code)
+            for n in group.replace("_", "").split(",") if n.strip()]
+        assert asked, f"{path.name}: no paper-branch prompt lengths found"
+        assert tokens >= max(asked), f"{path.name}: tokens={tokens} < {max(asked)} asked for"
+
+
+#: A string literal naming a folder of this repository: a chapter opened alone (Colab, an
+#: installed wheel) has none of them beside it.
+REPO_PATH = re.compile(r"(^|[\s/'\"])(\.\./|notebooks/|rhlens/|tests/|benchmarks/|scripts/|"
+                       r"book/|shared/|data/)")
+
+
+def _string_literals(source: str) -> list[str]:
+    """The string literals of a code cell's Python (IPython ``%`` / ``!`` lines: as a whole)."""
+    import io
+    import tokenize
+
+    python, shell = [], []
+    for line in source.splitlines():
+        (shell if line.lstrip().startswith(("%", "!")) else python).append(line)
+    strings = list(shell)
+    for tok in tokenize.generate_tokens(io.StringIO("\n".join(python) + "\n").readline):
+        if tok.type == tokenize.STRING or tok.type == getattr(tokenize, "FSTRING_MIDDLE", -1):
+            strings.append(tok.string)
+    return strings
+
+
+def test_string_literals_are_told_apart_from_comments():
+    src = ('x = load("notebooks/data/a.csv")  # made by: rhlens score --out rhlens/data/a.csv\n'
+           '!ls ../data\ny = f"{z}/runs"\n')
+    found = [s for s in _string_literals(src) if REPO_PATH.search(s)]
+    assert found == ["!ls ../data", '"notebooks/data/a.csv"']
+
+
+def test_no_notebook_reads_a_path_of_the_repository():
+    """Chapters and exercise notebooks reach shipped files through ``rhlens.data.path`` only;
+    commands in comments (how a stored run was made, run from a checkout) may name paths."""
+    offenders = []
+    notebooks = [*sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+                 *sorted((ROOT / "notebooks" / "exercises").glob("*.ipynb"))]
+    assert len(notebooks) >= 18
+    for path in notebooks:
+        for i, source in _code_cells(json.loads(path.read_text())):
+            for literal in _string_literals(source):
+                if REPO_PATH.search(literal) and "git+https://" not in literal:
+                    offenders.append(f"{path.relative_to(ROOT)} cell {i}: {literal}")
+    assert not offenders, ("notebooks name repository paths (ship the file in rhlens/data and "
+                           "read it with rhlens.data.path): " + "; ".join(offenders))
+
+
+def _package_files() -> list[str]:
+    """Every file of the package that is not Python source: what the wheel must carry as data."""
+    package = ROOT / "rhlens"
+    return sorted(str(p.relative_to(ROOT)) for p in package.rglob("*")
+                  if p.is_file() and p.suffix not in {".py", ".pyc"} and "__pycache__" not in p.parts
+                  and not any(part.endswith(".egg-info") for part in p.parts))
+
+
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory) -> set[str]:
+    """The file names inside a wheel built from this checkout, as scripts/colab_chapters.sh
+    builds it (a copy of the sources, no build isolation: offline, a few seconds)."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    work = tmp_path_factory.mktemp("wheel")
+    src = work / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "rhlens", src / "rhlens",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(work / "dist"), str(src)], check=True, capture_output=True)
+    (wheel,) = (work / "dist").glob("rhlens-*.whl")
+    return set(zipfile.ZipFile(wheel).namelist())
+
+
+def test_every_data_file_a_chapter_reads_ships_in_the_wheel(wheel_names):
+    """``data.path("name")`` in a chapter or an exercise notebook names a file that the wheel
+    carries, as do the package's other data files (the published maps, ``py.typed``)."""
+    named = set()
+    for path in [*(ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"),
+                 *(ROOT / "notebooks" / "exercises").glob("*.ipynb")]:
+        for _, source in _code_cells(json.loads(path.read_text())):
+            named |= set(re.findall(r"""data\.path\(\s*["']([^"']+)["']""", source))
+    assert {"ch04_ksweep.csv", "ch05_patch_smollm2-135m.csv"} <= named
+    missing = sorted(n for n in named if f"rhlens/data/{n}" not in wheel_names)
+    assert not missing, (f"chapters read data files the wheel does not ship: {missing} (put them "
+                         "in rhlens/data/, which pyproject.toml's package-data ships)")
+    files = _package_files()
+    assert "rhlens/data/published_heads.json" in files and "rhlens/py.typed" in files
+    unshipped = [f for f in files if f not in wheel_names]
+    assert not unshipped, f"package files the wheel leaves out (pyproject.toml package-data): {unshipped}"
+
+
+def _colab_table() -> dict[str, str]:
+    """``{chapter: what it runs on}`` of the CHAPTERS table in scripts/colab_chapters.sh."""
+    script = (ROOT / "scripts" / "colab_chapters.sh").read_text()
+    block = re.search(r"^CHAPTERS='\n(.*?)^'", script, re.S | re.M)
+    assert block, "scripts/colab_chapters.sh has no CHAPTERS='...' table"
+    rows = [line.split() for line in block.group(1).splitlines() if line.strip()]
+    assert all(len(r) == 2 for r in rows), "a CHAPTERS line is '<chapter> <model or cpu>'"
+    table = dict(rows)
+    assert len(table) == len(rows), "a chapter has two lines in CHAPTERS"
+    return table
+
+
+def test_the_colab_job_has_one_line_per_chapter_and_covers_every_architecture():
+    """Every chapter has its line in scripts/colab_chapters.sh: a paper checkpoint's stand-in
+    when its set-up names a paper model, ``cpu`` when it loads none; the stand-ins cover each of
+    the paper's architectures."""
+    from rhlens.models.registry import ARCHITECTURES, PAPER_MODELS, is_standin, paper_key
+
+    table = _colab_table()
+    chapters = {path.name[:2]: nb for path, nb in _chapter_notebooks()}
+    assert set(table) == set(chapters), (
+        f"chapters without a line in CHAPTERS: {sorted(set(chapters) - set(table))}; "
+        f"lines without a chapter: {sorted(set(table) - set(chapters))}")
+    for ch, model in table.items():
+        (_, setup), *_ = _code_cells(chapters[ch])
+        if "rhlens.notebook(paper=" in setup:
+            assert is_standin(model), f"chapter {ch}: {model!r} is not tiny-<paper key>"
+        else:
+            assert model == "cpu", f"chapter {ch} loads no pretrained model: its line says cpu"
+    covered = {PAPER_MODELS[paper_key(m)].arch for m in table.values() if m != "cpu"}
+    assert covered == set(ARCHITECTURES), f"no stand-in of {set(ARCHITECTURES) - covered}"
 
 
 def test_chapters_are_in_numeric_order(toc):
@@ -138,6 +323,7 @@ def test_build_executes_every_chapter_and_fails_on_errors():
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     execute = config["execute"]
     assert execute["execute_notebooks"] == "force" and execute["allow_errors"] is False
+    assert execute["run_in_temp"] is True          # each chapter alone, in an empty folder
     assert config["sphinx"]["config"]["nb_execution_raise_on_error"] is True
     assert "sphinxcontrib.bibtex" in config["sphinx"]["extra_extensions"]
     assert config["bibtex_bibfiles"] == ["book/references.bib"]

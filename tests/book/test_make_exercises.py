@@ -120,3 +120,20 @@ def test_the_script_runs_and_reports_no_change():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_exercises.py")],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip().endswith("0 exercise notebook(s) changed")
+
+
+def test_the_title_cell_points_back_to_the_chapter_and_says_where_run_all_stops():
+    from rhlens.book.exercises.generate import EXERCISE_NOTE
+
+    svg = "https://colab.research.google.com/assets/colab-badge.svg"
+    url = "https://colab.research.google.com/github/o/r/blob/main/notebooks/"
+    title = _md(f"# 3. Title\n\n[![Open the chapter in Colab]({svg})]({url}03_x.ipynb) the "
+                f"chapter · [![Open the exercises in Colab]({svg})]({url}exercises/03_x.ipynb) "
+                "its exercises\n\n**Prerequisites:** none.")
+    out = exercise_notebook(_nb(title, STATEMENT, SOLUTION, CHECK))
+    text = source_of(out["cells"][0])
+    assert text == (f"# 3. Title\n\n[![Open the chapter in Colab]({svg})]({url}03_x.ipynb) "
+                    f"{EXERCISE_NOTE}\n\n**Prerequisites:** none.")
+    assert "exercises/03_x.ipynb" not in text and "Run all* stops" in text
+    plain = _md("# 3. Title\n\nNo badge here.")
+    assert exercise_notebook(_nb(plain))["cells"][0] == plain

@@ -6,8 +6,10 @@ A chapter states an exercise in a markdown cell whose first line is
 line ``# END SOLUTION``. The exercise notebook is the chapter with each marked region replaced
 by ``raise NotImplementedError("Exercise C.N: Title")`` at the marker's indentation (the
 ``def`` line stays, so the check call in the following cell still runs and fails with its
-hint), the ``hide-input`` tag dropped, and every output removed. Nothing else changes, so
-running the generator twice gives the same bytes.
+hint), the ``hide-input`` tag dropped, and every output removed. The title cell's Colab badges
+(the chapter, its exercises) become a badge to the chapter and a note (:data:`EXERCISE_NOTE`):
+*Run all* stops at the first unsolved exercise, and how to skip ahead. Nothing else changes,
+so running the generator twice gives the same bytes.
 
 >>> cell = {"cell_type": "code", "metadata": {"tags": ["solution", "hide-input"]},
 ...         "source": ["def f(x):\\n", "    # BEGIN SOLUTION\\n", "    return x\\n",
@@ -33,6 +35,19 @@ HEADING = re.compile(r"^###\s+(Exercise\s+(\d+)\.(\d+):\s*(.+?))\s*$")
 #: The second line: ``*Difficulty* 🔴🔴🔴⚪⚪ · *Importance* 🔵🔵🔵🔵⚪ · *About 20 min*``.
 RATING = re.compile(r"^\*Difficulty\* ([🔴⚪]{5}) · \*Importance\* ([🔵⚪]{5}) · "
                     r"\*About (\d+) min\*\s*$")
+
+
+#: The chapter's badge line: ``[![Open the chapter in Colab](svg)](url) ... · [![Open the
+#: exercises in Colab](svg)](url) ...`` (``scripts/set_repository.py`` keeps the URLs current).
+BADGES = re.compile(r"^\[!\[Open the chapter in Colab\]\(([^)\s]+)\)\]\(([^)\s]+)\).*$", re.M)
+#: What the exercise notebook says in place of the exercise badge.
+EXERCISE_NOTE = (
+    "the chapter, solutions included · **This is its exercise notebook**: each solution is a "
+    "stub, so *Run all* stops at the first exercise you have not solved, with a one-line hint "
+    "(`✗ ...: not attempted yet`). Solve it and run on, or skip ahead: select the cell after "
+    "that exercise's check and choose *Runtime → Run after* (Jupyter: *Run → Run Selected Cell "
+    "and All Below*); the cells further down use the library's own functions, so *Run after* "
+    "stops only at the next unsolved exercise.")
 
 
 def source_of(cell: dict) -> str:
@@ -140,11 +155,25 @@ def stub_cell(cell: dict, label: str) -> dict:
     return cell
 
 
+def title_cell(cell: dict) -> dict:
+    """The exercise notebook's version of a chapter's first cell: its badge line (see
+    :data:`BADGES`) becomes the chapter's badge and :data:`EXERCISE_NOTE`; a cell without one
+    is only cleaned."""
+    cell = clean_cell(cell)
+    text = source_of(cell)
+    m = BADGES.search(text)
+    if cell.get("cell_type") == "markdown" and m:
+        line = f"[![Open the chapter in Colab]({m.group(1)})]({m.group(2)}) {EXERCISE_NOTE}"
+        cell["source"] = as_lines(text[:m.start()] + line + text[m.end():])
+    return cell
+
+
 def exercise_notebook(nb: dict) -> dict:
     """The exercise notebook of chapter notebook ``nb`` (a new dict; ``nb`` is unchanged)."""
     out = copy.deepcopy(nb)
     labels = {ex["solution"]: ex["label"] for ex in exercises(nb) if ex["solution"] is not None}
-    out["cells"] = [stub_cell(c, labels[i]) if i in labels else clean_cell(c)
+    out["cells"] = [stub_cell(c, labels[i]) if i in labels
+                    else title_cell(c) if i == 0 else clean_cell(c)
                     for i, c in enumerate(nb["cells"])]
     return out
 
