@@ -102,17 +102,20 @@ _NUMBER = (int, float)
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "key": (str,), "needle": (str,), "answer": (str,), "expected": (str,), "length": (int,),
     "depth": _NUMBER, "rouge": _NUMBER, "score": _NUMBER, "passed": (bool,), "skipped": (str,),
-    "scores": (list,), "rows": (list,),
+    "scores": (list, dict), "rows": (list,),
 }
 
 
 def wrong_field(obj: dict, fields: Iterable[str]) -> str | None:
     """The first of ``fields`` that ``obj`` holds with the wrong type (a ``null``, a string
-    for a bool, a ragged score map), or ``None`` when all are right.
+    for a bool, a ragged score map), or ``None`` when all are right. ``scores`` is a score
+    map (a list of equal rows of numbers) or a number per condition (a dict, a masking run's).
 
     >>> wrong_field({"key": "k", "passed": "yes"}, ["key", "passed"])
     'passed'
     >>> wrong_field({"scores": [[0.1, 0.2], [0.3]]}, ["scores"])
+    'scores'
+    >>> wrong_field({"scores": {"top|5|0": 100.0, "none|0|-1": "x"}}, ["scores"])
     'scores'
     """
     for f in fields:
@@ -126,6 +129,9 @@ def wrong_field(obj: dict, fields: Iterable[str]) -> str | None:
                 isinstance(r, list) and len(r) == len(v[0])
                 and all(isinstance(x, _NUMBER) and not isinstance(x, bool) for x in r)
                 for r in v)):
+            return f
+        if f == "scores" and isinstance(v, dict) and not all(  # a score per condition (masking)
+                isinstance(x, _NUMBER) and not isinstance(x, bool) for x in v.values()):
             return f
     return None
 
