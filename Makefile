@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := . .venv/bin/activate
 
-.PHONY: setup demo test book bench exercises clean
+.PHONY: setup demo lint test book bench exercises clean
 
 setup:
 	@./scripts/setup.sh
@@ -13,13 +13,19 @@ demo: setup
 	    --needles 2 --out runs/scores.json
 	$(VENV) && rhlens plot runs/scores.json --out runs/heads.png --title "SmolLM2-135M-Instruct"
 
-## The test suite: unit tests and doctests, tiny models of every architecture, SmolLM2; then
+## The test suite: the lint (ruff) and the type check (mypy, on the package, settings in
+## pyproject.toml); unit tests and doctests, tiny models of every architecture, SmolLM2; then
 ## the book build, which executes every chapter notebook once and fails on any cell error; then
 ## every chapter's paper-model branch on tiny stand-ins of the paper's checkpoints
-test: setup
+test: setup lint
 	$(VENV) && python -m pytest -q -p no:cacheprovider --doctest-modules rhlens tests
 	$(VENV) && ./scripts/build_book.sh
 	$(VENV) && ./scripts/standin_chapters.sh
+
+## The lint and the type check (both configured in pyproject.toml)
+lint: setup
+	$(VENV) && ruff check rhlens tests scripts benchmarks
+	$(VENV) && mypy
 
 ## Only the book (executes every chapter): _build/html/index.html
 book: setup

@@ -3,7 +3,7 @@
 One random-weight model (32 layers, 32 heads, d_model 4096, MLP 11008, vocab 32000, bf16) is
 built on the GPU. First plain ``generate`` (transformers' SDPA attention, greedy, 16 new
 tokens) runs at every context length; then the same model is wrapped in a TransformerBridge
-and ``rhlens.decode.greedy_decode`` (SDPA prefill, hooked decode steps recording every query
+and ``rhlens.run.decode.greedy_decode`` (SDPA prefill, hooked decode steps recording every query
 head's attention row) runs at the same lengths, with the same number of new tokens. Peak
 memory is ``torch.cuda.max_memory_allocated`` over each call (weights included, one model in
 memory at a time). Targets: time ratio <= 1.05, peak memory ratio <= 1.01.
@@ -36,7 +36,7 @@ TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
 def build(shape: dict, max_len: int, device: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from rhlens.models import embedded_tokenizer
+    from rhlens.models.bridge import embedded_tokenizer
 
     tok = embedded_tokenizer()  # ids below 32000 are ordinary tokens of it
     config = LlamaConfig(**shape, max_position_embeddings=max_len, bos_token_id=tok.bos_token_id,
@@ -104,8 +104,8 @@ def main(argv=None) -> None:
             generate(prompts[n], args.new_tokens)
         rows[n].update(hf_s=m.seconds, hf_peak_gb=m.peak_gb)
 
-    from rhlens.decode import greedy_decode
-    from rhlens.models import bridge_from_hf
+    from rhlens.models.bridge import bridge_from_hf
+    from rhlens.run.decode import greedy_decode
 
     model = bridge_from_hf(hf, tok, "random-llama-2-7b-shape", device, dtype)
     greedy_decode(model, prompts[lengths[0]][:64], max_new_tokens=2, stop_at_newline=False)

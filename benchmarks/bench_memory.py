@@ -44,8 +44,8 @@ def _reset_peak() -> None:
 
 
 def _sample(model, length: int):
-    from rhlens.haystack import NEEDLES, default_haystack
-    from rhlens.prompts import build_sample
+    from rhlens.niah.haystack import NEEDLES, default_haystack
+    from rhlens.niah.prompts import build_sample
 
     return build_sample(model.tokenizer, NEEDLES[0], default_haystack(), length, 0.5)
 
@@ -56,8 +56,8 @@ def run_case(length: int, chunk_size: int, new_tokens: int = 4) -> dict:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     torch.set_grad_enabled(False)
-    from rhlens.decode import greedy_decode
-    from rhlens.models import load_model
+    from rhlens.models.loading import load_model
+    from rhlens.run.decode import greedy_decode
 
     model = load_model("smollm2-135m", device="cpu")
     sample = _sample(model, length)
@@ -107,8 +107,8 @@ def gpu_7b(lengths=(8192, 16384, 32768), chunk_size: int = 512) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from rhlens.decode import greedy_decode
-    from rhlens.models import bridge_from_hf, embedded_tokenizer
+    from rhlens.models.bridge import bridge_from_hf, embedded_tokenizer
+    from rhlens.run.decode import greedy_decode
 
     tok = embedded_tokenizer()
     config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,

@@ -1,8 +1,8 @@
 """P1: time of `rhlens score` per sample / plain Hugging Face `generate`, same prompts and tokens.
 
 Baseline: ``generate`` with transformers' default attention (SDPA), greedy, KV cache; HF with
-eager attention is a second column. rhlens (``rhlens.detect.score_sample``) prefills with SDPA
-too (:mod:`rhlens.sdpa`) and runs only the decode steps through TransformerLens hooks, reading
+eager attention is a second column. rhlens (``rhlens.score.detect.score_sample``) prefills with SDPA
+too (:mod:`rhlens.run.sdpa`) and runs only the decode steps through TransformerLens hooks, reading
 the attention row of every query head, then computes the retrieval scores and the ROUGE gate.
 Target: P1 <= 1.10 against SDPA.
 
@@ -24,11 +24,12 @@ import time
 
 import torch
 
-import rhlens.detect as detect
-from rhlens.detect import score_sample
-from rhlens.haystack import NEEDLES, default_haystack
-from rhlens.prompts import build_sample
-from rhlens.models import load_model, smollm2_gguf_path
+import rhlens.score.detect as detect
+from rhlens.models.bridge import smollm2_gguf_path
+from rhlens.models.loading import load_model
+from rhlens.niah.haystack import NEEDLES, default_haystack
+from rhlens.niah.prompts import build_sample
+from rhlens.score.detect import score_sample
 
 TARGET = 1.10
 MAX_NEW = 48

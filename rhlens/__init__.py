@@ -1,19 +1,33 @@
 """rhlens: find, mask and patch retrieval heads (Wu et al. 2024, arXiv 2404.15574).
 
-The package follows the paper's pipeline::
+The package reads as the paper's pipeline, one subpackage per step, each importing only from
+those before it::
 
-    haystack/prompts/grid -> decode -> scoring/detect -> ablation (Mask)/patching -> niah -> plotting
+    niah -> models -> run -> score -> intervene -> analyze -> apps -> viz -> book, toy -> cli
 
-One home per idea: :mod:`rhlens.heads` (naming, choosing and comparing heads),
-:mod:`rhlens.answers` (ROUGE, F1, answer classes), :mod:`rhlens.grid` (:class:`Grid`),
-:mod:`rhlens.ablation` (:class:`Mask`), :mod:`rhlens.decode` (every greedy decode).
+* :mod:`rhlens.niah`: needles, haystacks, prompts, the :class:`~rhlens.niah.grid.Grid` of
+  prompts, and how answers score;
+* :mod:`rhlens.models`: the paper's checkpoints and the embedded SmolLM2 as TransformerLens
+  bridges, their RoPE surgery, tiny random-weight stand-ins;
+* :mod:`rhlens.run`: greedy decoding, hook names, resumable sample logs, shards, result files,
+  and the one resumable sweep every experiment runs;
+* :mod:`rhlens.score`: the retrieval score, the detection run (:class:`~rhlens.score.detect.ScoreConfig`),
+  and the heads it ranks;
+* :mod:`rhlens.intervene`: the one head edit, masks, NIAH under masks
+  (:class:`~rhlens.intervene.niah.NiahConfig`), failure modes, activation patching
+  (:class:`~rhlens.intervene.patch_sweep.PatchConfig`) and direct logit attribution;
+* :mod:`rhlens.analyze`: score maps from any source, the paper's published maps, statistics,
+  comparisons;
+* :mod:`rhlens.apps`: downstream tasks under masks, KV-cache compression;
+* :mod:`rhlens.viz`: figures and explorers; :mod:`rhlens.book`: the chapters' runtime switch and
+  exercise checkers; :mod:`rhlens.toy`: toy models; :mod:`rhlens.cli`: the ``rhlens`` command.
 
 Names are imported on first use, so ``import rhlens`` (and the ``rhlens`` command's
 ``--help`` and usage errors) do not wait for torch.
 
 >>> import rhlens
 >>> rhlens.retrieval_scores.__module__
-'rhlens.scoring'
+'rhlens.score.scoring'
 """
 
 import importlib
@@ -21,18 +35,21 @@ from importlib.metadata import PackageNotFoundError, version
 
 #: ``name -> submodule`` of every name the package exports.
 _EXPORTS = {
-    "Mask": "ablation", "Grid": "grid",
-    "DecodeTrace": "decode", "greedy_decode": "decode",
-    "NoPassingSampleError": "detect", "ScoreRun": "detect",
-    "detect_retrieval_heads": "detect", "score_sample": "detect",
-    "NEEDLES": "haystack", "Needle": "haystack", "Sample": "prompts",
-    "build_sample": "prompts", "default_haystack": "haystack", "load_haystack": "haystack",
-    "load_needles": "haystack",
-    "PAPER_MODELS": "models", "load_model": "models", "tiny_model": "tiny",
-    "niah_score": "answers", "rouge1_recall": "answers",
-    "load_scores": "results",
-    "copy_hits": "scoring", "retrieval_scores": "scoring",
-    "head_table": "heads", "summarize": "heads",
+    "Mask": "intervene.mask", "Grid": "niah.grid",
+    "DecodeTrace": "run.decode", "greedy_decode": "run.decode",
+    "NoPassingSampleError": "errors", "ScoreRun": "score.detect",
+    "detect_retrieval_heads": "score.detect", "score_sample": "score.detect",
+    "ScoreConfig": "score.detect", "NiahConfig": "intervene.niah",
+    "PatchConfig": "intervene.patch_sweep",
+    "NEEDLES": "niah.haystack", "Needle": "niah.haystack", "Sample": "niah.prompts",
+    "build_sample": "niah.prompts", "default_haystack": "niah.haystack",
+    "load_haystack": "niah.haystack", "load_needles": "niah.haystack",
+    "PAPER_MODELS": "models.registry", "load_model": "models.loading",
+    "tiny_model": "models.tiny",
+    "niah_score": "niah.answers", "rouge1_recall": "niah.answers",
+    "load_scores": "run.results",
+    "copy_hits": "score.scoring", "retrieval_scores": "score.scoring",
+    "head_table": "score.heads", "summarize": "score.heads",
 }
 
 try:
@@ -49,7 +66,7 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     if not name.startswith("_"):
-        try:  # rhlens.haystack etc. without importing the submodule first
+        try:  # rhlens.niah.haystack etc. without importing the submodule first
             return importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError as err:
             if err.name != f"{__name__}.{name}":

@@ -4,7 +4,8 @@
   again unchanged fails again. Exit code 2.
 * :class:`RunError` (a ``RuntimeError``): the inputs are fine but the run could not finish
   (a download failed, nothing passed the ROUGE gate, the disk is full). Exit code 1. A
-  failed download is a :class:`FetchError`, also an ``OSError``.
+  failed download is a :class:`FetchError`, also an ``OSError``; a detection none of whose
+  samples passed the ROUGE gate a :class:`NoPassingSampleError`.
 
 A library error names the *argument* it is about (``needles must be at least 1``); the
 command line turns it into the flag (``--needles must be at least 1``).
@@ -50,3 +51,7 @@ class RunError(RuntimeError):
 class FetchError(RunError, OSError):
     """A download failed (unreachable, too slow, a server error). Also an ``OSError``, as
     urllib's own errors are, so ``except OSError`` keeps catching an offline machine."""
+
+
+class NoPassingSampleError(RunError):
+    """No sample's answer passed the ROUGE gate, so there is no score to average."""

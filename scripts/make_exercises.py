@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's rhlens, whatever is installed
 
-from rhlens.exercises.generate import write  # noqa: E402
+from rhlens.book.exercises.generate import write  # noqa: E402
 
 if __name__ == "__main__":
     changed = write(ROOT / "notebooks")

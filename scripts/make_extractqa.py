@@ -5,7 +5,7 @@ The paper's ExtractQA asks questions about recent news passages (with QA pairs w
 GPT-4), so that a model cannot answer from memory. rhlens does the same offline: each passage
 profiles an invented town (founder, river, mayor, export, dish...) among neutral sentences,
 and the question's answer is a verbatim span of it
-(:func:`rhlens.downstream.make_qa_items`). The file is deterministic: the same arguments
+(:func:`rhlens.apps.tasks.make_qa_items`). The file is deterministic: the same arguments
 write the same bytes, and a test checks that the shipped file is what this script writes.
 
 Usage::
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's rhlens, whatever is installed
 
-from rhlens.downstream import QA_DATA, make_qa_items, qa_items_json  # noqa: E402
+from rhlens.apps.tasks import QA_DATA, make_qa_items, qa_items_json  # noqa: E402
 
 #: The shipped file's arguments.
 N, SEED, FILLER = 100, 0, 14
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1 or args.filler < 0:
         p.error("--n must be at least 1 and --filler at least 0")
     items = make_qa_items(args.n, seed=args.seed, filler=args.filler)
-    text = qa_items_json(items, generator="rhlens.downstream.make_qa_items", n=args.n,
+    text = qa_items_json(items, generator="rhlens.apps.tasks.make_qa_items", n=args.n,
                          seed=args.seed, filler=args.filler, script="scripts/make_extractqa.py")
     args.out.write_text(text)
     print(f"wrote {len(items)} items to {args.out}")

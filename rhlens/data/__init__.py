@@ -2,7 +2,7 @@
 (on Colab, from an installed wheel, with no checkout beside it) finds what it loads.
 
 * ``published_heads.json``: figures derived from the paper's seven published score files
-  (:mod:`rhlens.published`);
+  (:mod:`rhlens.analyze.published`);
 * the book's precomputed runs (``ch04_*``, ``ch05_*``...), each made by the command given in
   this folder's ``README.md`` and beside the figure that shows it.
 

@@ -1,15 +1,15 @@
 """The toy chapters' measurements, all through the same code that scores a 7B model.
 
-* :func:`toy_retrieval_scores`: greedy-decode toy prompts with :func:`rhlens.decode.greedy_decode`
-  and score every head with :func:`rhlens.scoring.retrieval_scores` (needle span = the value
+* :func:`toy_retrieval_scores`: greedy-decode toy prompts with :func:`rhlens.run.decode.greedy_decode`
+  and score every head with :func:`rhlens.score.scoring.retrieval_scores` (needle span = the value
   tokens in the prompt);
-* :func:`masked_accuracy`: apply a :class:`rhlens.ablation.Mask` (uniform attention, as the
+* :func:`masked_accuracy`: apply a :class:`rhlens.intervene.mask.Mask` (uniform attention, as the
   paper, or zero output) at the decode positions and measure exact-value accuracy;
-  :func:`masking_effect`: top-K against random-K (:func:`rhlens.heads.random_heads`);
+  :func:`masking_effect`: top-K against random-K (:func:`rhlens.score.heads.random_heads`);
 * :func:`prev_token_induction_scores`: TransformerLens ``head_detector`` scores;
 * :func:`emergence`: retrieval, induction and previous-token scores at every checkpoint.
 
-Score maps compare with :func:`rhlens.heads.pearson`, like any other.
+Score maps compare with :func:`rhlens.analyze.statistics.pearson`, like any other.
 
 Example::
 
@@ -20,17 +20,21 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..ablation import Mask, MaskMode
-from ..decode import greedy_decode
-from ..heads import control_pool, head_name, head_names, random_heads, top_heads
-from ..scoring import ScoreMode, retrieval_scores
+from ..intervene.mask import Mask, MaskMode
+from ..run.decode import greedy_decode
+from ..score.heads import control_pool, head_name, head_names, random_heads, top_heads
+from ..score.scoring import ScoreMode, retrieval_scores
 from .task import ToyTask
 from .train import accuracy, hf_module, to_bridge
+
+if TYPE_CHECKING:
+    import pandas
 
 
 @dataclass
@@ -105,7 +109,7 @@ def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int]
     """Accuracy with the top-``k`` retrieval heads masked versus ``k`` random heads.
 
     Random heads are drawn (seeded, ``n_random`` draws per ``k``, or every subset when there are
-    fewer) from :func:`rhlens.heads.control_pool`: heads scoring ``<= retrieval_threshold``,
+    fewer) from :func:`rhlens.score.heads.control_pool`: heads scoring ``<= retrieval_threshold``,
     with ``same_layers`` only in the retrieval heads' layers. When the pool has fewer than
     ``k`` heads, the random columns are NaN.
 
@@ -131,13 +135,13 @@ def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int]
             draws = [random_heads(scores, k, seed + 1000 * k + j, retrieval_threshold,
                                   same_layers=same_layers)
                      for j in range(n_random)]
-        rand = [masked_accuracy(model, task, Mask(d, mask_mode), n=n) for d in draws]
+        rand = [masked_accuracy(model, task, Mask(tuple(d), mask_mode), n=n) for d in draws]
         rows.append({
             "k": k,
             "top_heads": head_names(top, sep=", "),
             "top_min_score": float(min(scores[hd] for hd in top)),
             "acc_none": base,
-            "acc_top": masked_accuracy(model, task, Mask(top, mask_mode), n=n),
+            "acc_top": masked_accuracy(model, task, Mask(tuple(top), mask_mode), n=n),
             "acc_random": sum(rand) / len(rand) if rand else float("nan"),
             "acc_random_min": min(rand) if rand else float("nan"),
             "random_draws": len(draws),
@@ -170,7 +174,7 @@ def prev_token_induction_scores(model, task: ToyTask, n: int = 8, seed: int = 20
 def _plain_state(hf) -> dict:
     """The Hugging Face module's weights under their plain names: once wrapped in a bridge,
     its ``state_dict`` keys gain ``._original_component`` segments (and bridge aliases)."""
-    plain = {}
+    plain: dict[str, torch.Tensor] = {}
     for key, value in hf.state_dict().items():
         plain.setdefault(key.replace("._original_component", ""), value)
     return plain
@@ -268,7 +272,7 @@ def first_step_copies(model, task: ToyTask, n: int = 32, seed: int = 1000) -> to
     return torch.stack(hits).float().mean(0)
 
 
-def retrieval_vs_induction(variants: dict, *, n: int = 32) -> "pandas.DataFrame":
+def retrieval_vs_induction(variants: dict, *, n: int = 32) -> pandas.DataFrame:
     """Each head's retrieval score beside its induction score, for several task variants.
 
     Args:
@@ -355,7 +359,7 @@ def match_heads(model_a, model_b, task: ToyTask, scores_a: torch.Tensor,
     """
     import pandas as pd
 
-    from ..heads import pearson
+    from ..analyze.statistics import pearson
 
     pa = torch.nn.functional.normalize(decode_patterns(model_a, task, layer, n), dim=1)
     pb = torch.nn.functional.normalize(decode_patterns(model_b, task, layer, n), dim=1)

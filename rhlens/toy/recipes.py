@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..results import atomic_write_bytes
+from ..run.results import atomic_write_bytes
 from . import task as task_module
 from . import train as train_module
 from .task import ALIAS_VOCAB, ToyTask

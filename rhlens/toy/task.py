@@ -233,7 +233,7 @@ class ToyTask:
     def haystack_len(self) -> int:
         return self.length - len(self.prefix) - (3 if self.chat else 1)
 
-    def with_(self, **changes) -> "ToyTask":
+    def with_(self, **changes) -> ToyTask:
         """A copy with some fields changed, e.g. ``task.with_(length=4 * task.length)``."""
         return replace(self, **changes)
 

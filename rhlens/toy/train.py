@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,7 @@ def build_model(config: ToyModelConfig = ATTN_ONLY_2L, vocab: Vocab = Vocab(), s
         num_attention_heads=config.n_heads,
         num_key_value_heads=config.n_heads,
         max_position_embeddings=config.max_len,
-        rope_theta=config.rope_theta,
+        rope_theta=config.rope_theta,  # type: ignore[call-arg]  # read from **kwargs
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=PAD,
@@ -81,8 +81,9 @@ def build_model(config: ToyModelConfig = ATTN_ONLY_2L, vocab: Vocab = Vocab(), s
             layer.mlp.down_proj.weight.data.zero_()
             for p in layer.mlp.parameters():
                 p.requires_grad_(False)
-    model.toy_config = config
-    model.toy_vocab = vocab
+    # what the toy analyses read back from the model
+    model.toy_config = config  # type: ignore[assignment]
+    model.toy_vocab = vocab  # type: ignore[assignment]
     return model
 
 

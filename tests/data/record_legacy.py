@@ -6,7 +6,7 @@ of ``score_sample`` over the whole needle sentence, with the unstemmed ROUGE gat
 
     git checkout b6bfa11 -- rhlens && python tests/data/record_legacy.py && git checkout HEAD -- rhlens
 
-``tests/test_oracle.py`` checks that ``score_span="needle"`` with ``rouge_stemmer=False``
+``tests/score/test_oracle.py`` checks that ``score_span="needle"`` with ``rouge_stemmer=False``
 reproduces every number in it exactly.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from rhlens.detect import score_sample
-from rhlens.grid import Grid
-from rhlens.models import load_model
-from rhlens.tiny import tiny_model
+from rhlens.models.loading import load_model
+from rhlens.models.tiny import tiny_model
+from rhlens.niah.grid import Grid
+from rhlens.score.detect import score_sample
 
 torch.set_grad_enabled(False)
 OUT = Path(__file__).with_name("legacy_needle_span.json")

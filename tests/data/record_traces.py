@@ -1,4 +1,4 @@
-"""Record the decode traces that ``tests/test_oracle.py`` scores with an independent oracle.
+"""Record the decode traces that ``tests/score/test_oracle.py`` scores with an independent oracle.
 
 For each model, greedy-decode a few NIAH prompts and keep what the retrieval score is a function
 of: the prompt's ids, the needle's and the answer's spans, the generated tokens and the key
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from rhlens.decode import greedy_decode
-from rhlens.grid import Grid
-from rhlens.models import load_model
-from rhlens.tiny import tiny_model
+from rhlens.models.loading import load_model
+from rhlens.models.tiny import tiny_model
+from rhlens.niah.grid import Grid
+from rhlens.run.decode import greedy_decode
 
 torch.set_grad_enabled(False)
 OUT = Path(__file__).with_name("decode_traces.json")

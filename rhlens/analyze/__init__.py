@@ -1,0 +1,1 @@
+"""Analysing score maps: the paper's published maps and comparisons."""

@@ -1,0 +1,1 @@
+"""Applications of retrieval heads: downstream tasks under masks, KV-cache compression."""

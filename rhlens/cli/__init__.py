@@ -1,0 +1,5 @@
+"""The ``rhlens`` command."""
+
+from .main import main
+
+__all__ = ["main"]

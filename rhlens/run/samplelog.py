@@ -1,0 +1,266 @@
+"""Resumable sample logs: a long sweep loses nothing when interrupted, and reuses only what
+is truly the same run.
+
+A sweep appends one JSON line per finished sample to ``<out>.samples.jsonl`` (flushed and
+fsync'ed). Rerunning the same command skips the samples already in the log. A sample's key
+holds a fingerprint of its prompt and answer (:attr:`rhlens.niah.prompts.Sample.key`), and the
+log's header the run's settings (the model and a fingerprint of its weights, dtype,
+device...: :func:`model_identity`), so a rerun reuses only samples that would come out the
+same. A log with a torn or empty header is repaired from the run's settings, keeping the
+finished samples that match.
+
+A shard's log (:mod:`rhlens.run.shard`) also names, beside the settings, which part of the grid it
+holds; that is not part of the run's identity, so the shards of one run log the same settings
+as a single process, and :func:`write_log` joins them into its log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UsageError
+from .results import atomic_write_text
+
+#: Version of the sample-log format: logs of other versions are not resumed.
+LOG_FORMAT = 2
+
+
+# --------------------------------------------------------------------------- run identity
+
+
+def text_digest(text: str | bytes) -> str:
+    """A short sha256 of ``text`` (16 hex digits)."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def tensor_digest(t: torch.Tensor | None) -> str | None:
+    """A short sha256 of a tensor's shape and values (``None`` for ``None``)."""
+    if t is None:
+        return None
+    t = t.detach().float().cpu().contiguous()
+    return text_digest(f"{tuple(t.shape)}".encode() + t.numpy().tobytes())
+
+
+def model_identity(model, samples_per_tensor: int = 64) -> dict[str, str]:
+    """What identifies a model's computation in a sample log: its name, dtype, device type
+    and a fingerprint of its weights.
+
+    The fingerprint hashes every parameter's name, shape and dtype and ``samples_per_tensor``
+    evenly spaced values of it: cheap even for a 7B model, and different as soon as a
+    checkpoint's weights change (fine-tuning moves nearly every value).
+    """
+    hf = getattr(model, "original_model", model)
+    h = hashlib.sha256()
+    device = None
+    for name, p in hf.named_parameters():
+        t = p.detach()
+        device = device or t.device
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        if t.device.type == "meta" or t.numel() == 0:
+            continue
+        flat = t.reshape(-1)
+        m = min(flat.numel(), samples_per_tensor)
+        idx = torch.arange(m, dtype=torch.int64) * (flat.numel() - 1) // max(m - 1, 1)
+        h.update(flat[idx.to(flat.device)].float().cpu().numpy().tobytes())
+    cfg = model.cfg
+    dtype = getattr(cfg, "dtype", None) or next(hf.parameters()).dtype
+    return {
+        "model": str(cfg.model_name),
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": (device or torch.device("cpu")).type,
+        "weights": h.hexdigest()[:16],
+    }
+
+
+# --------------------------------------------------------------------------- sample logs
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+class SampleLog:
+    """Append-only JSON-lines log of finished samples, used to resume a sweep.
+
+    The first line is a header with the run's settings; resuming with other settings raises,
+    rather than mixing two runs in one file. Every record also carries a digest of the
+    settings, so the log can be repaired: a torn last line (a crash mid-write), unreadable or
+    incomplete records (missing one of ``required``) are dropped and recomputed, and an
+    empty file or a damaged header is rewritten from the settings when the records show they
+    belong to this run. What was repaired is printed.
+    """
+
+    def __init__(self, path: str | Path, settings: dict[str, Any],
+                 required: Iterable[str] = ("key",), part: dict[str, Any] | None = None):
+        self.path = Path(path)
+        # which part of the grid a shard's log holds (:meth:`rhlens.run.shard.Shard.part`)
+        self.part = json.loads(json.dumps(part)) if part is not None else None
+        # as it reads back from the file; the format version refuses logs of older rhlens
+        self.settings = json.loads(json.dumps({"log_format": LOG_FORMAT, **settings}))
+        self.required = tuple(dict.fromkeys(("key", *required)))
+        self.run = text_digest(json.dumps(self.settings, sort_keys=True))
+        self.records: dict[str, dict] = {}
+        if self.path.is_dir():
+            raise UsageError(f"{self.path} is a folder, not a sample log; pass another --out.")
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._load()
+        else:
+            if self.path.exists():
+                _note(f"{self.path} was empty; wrote its header again.")
+            self._write_header()
+
+    def _header(self) -> dict[str, Any]:
+        return {"settings": self.settings, **({"shard": self.part} if self.part else {})}
+
+    def _write_header(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(self._header()) + "\n")
+
+    def _move_aside(self) -> Path:
+        """Rename the log to ``<log>.old`` (``.old2``... if taken) and start a new one."""
+        n, old = 1, self.path.with_name(self.path.name + ".old")
+        while old.exists():
+            n += 1
+            old = self.path.with_name(f"{self.path.name}.old{n}")
+        os.replace(self.path, old)
+        self._write_header()
+        return old
+
+    def _mismatch(self, theirs: Any) -> UsageError:
+        diffs = [f"{k} {theirs.get(k)!r} there, {self.settings.get(k)!r} here"
+                 for k in sorted(set(theirs) | set(self.settings))
+                 if theirs.get(k) != self.settings.get(k)]
+        return UsageError(
+            f"{self.path} was written by a run with other settings ({'; '.join(diffs)}); use "
+            "another --out, or delete the file to start over."
+        )
+
+    def _load(self) -> None:
+        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        try:
+            header = json.loads(lines[0])
+        except (ValueError, IndexError):
+            header = None
+        header_ok = isinstance(header, dict) and isinstance(header.get("settings"), dict)
+        if header_ok and "log_format" not in header["settings"]:
+            old = self._move_aside()
+            _note(f"{self.path} was written by an older rhlens, whose samples cannot be checked "
+                  f"against this run; moved it to {old.name} and starting over.")
+            return
+        if header_ok and header["settings"] != self.settings:
+            raise self._mismatch(header["settings"])
+        dropped: list[str] = []
+        foreign = 0
+        for i, line in enumerate(lines[1:], start=2):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                dropped.append(f"line {i} ({'torn' if i == len(lines) else 'not JSON'})")
+                continue
+            if not isinstance(obj, dict):
+                dropped.append(f"line {i} (not a record)")
+                continue
+            lacks = [f for f in self.required if f not in obj]
+            if lacks or not isinstance(obj.get("key"), str):
+                dropped.append(f"line {i} (no {', '.join(map(repr, lacks or ['key']))})")
+                continue
+            if obj.pop("run", None) != self.run:
+                foreign += 1
+                continue
+            self.records[obj["key"]] = obj
+        if not header_ok and foreign:
+            raise UsageError(
+                f"{self.path} has a damaged header and {foreign} of its samples come from a "
+                "run with other settings; use another --out, or delete the file to start over."
+            )
+        if foreign:
+            dropped.append(f"{foreign} record(s) of another run")
+        new_part = header_ok and self.part is not None and header.get("shard") != self.part
+        if header_ok and not dropped and not new_part:
+            return
+        repaired = [] if header_ok else ["rewrote its damaged header from this run's settings"]
+        if dropped:
+            repaired.append(f"dropped {', '.join(dropped)}, to be recomputed")
+        atomic_write_text(self.path, "".join(
+            json.dumps(obj) + "\n"
+            for obj in [self._header(), *({**r, "run": self.run} for r in self.records.values())]))
+        if repaired:
+            _note(f"repaired {self.path}: {', '.join(repaired)}; kept {len(self.records)} "
+                  "finished sample(s).")
+
+    def _append(self, obj: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(obj) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def check_keys(self, keys: Iterable[str]) -> None:
+        """Refuse to resume when the log holds a sample of the same grid point (needle text,
+        length, depth: a key less its last ``|``-field, the prompt's fingerprint) made from
+        another prompt or answer."""
+        made = {k.rsplit("|", 1)[0]: r for k, r in self.records.items()}
+        for key in keys:
+            base = key.rsplit("|", 1)[0]
+            if key not in self.records and base in made:
+                rec = made[base]
+                needle = str(rec.get("needle", base.split("|")[0]))
+                needle = needle if len(needle) <= 48 else needle[:45] + "..."
+                raise UsageError(
+                    f"{self.path} holds the sample of needle {needle!r} at length "
+                    f"{rec.get('length')}, depth {rec.get('depth')} made from another prompt "
+                    "or answer (the haystack, the needle file or the tokenizer changed); use "
+                    "another --out, or delete the file to start over."
+                )
+
+    def add(self, record: dict) -> None:
+        """Log one finished sample (a dict with a unique ``key``)."""
+        self._append({**record, "run": self.run})
+        self.records[record["key"]] = record
+
+
+def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, dict]]:
+    """The header (``{"settings": ..., "shard": ...}``) and the finished records of a sample
+    log, by key, as a resume would reuse them: lines that are torn, not records, or of
+    another run are left out.
+
+    Raises:
+        UsageError: the file's header is unreadable (not a sample log, or torn).
+    """
+    lines = Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+    try:
+        header = json.loads(lines[0])
+    except (ValueError, IndexError):
+        header = None
+    if not isinstance(header, dict) or not isinstance(header.get("settings"), dict):
+        raise UsageError(f"{path} has no readable header: not a sample log, or a damaged one "
+                         "(rerun its command to repair it).")
+    run = text_digest(json.dumps(header["settings"], sort_keys=True))
+    records: dict[str, dict] = {}
+    for line in lines[1:]:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("key"), str) and obj.pop("run", None) == run:
+            records[obj["key"]] = obj
+    return header, records
+
+
+def write_log(path: str | Path, settings: dict[str, Any], records: Iterable[dict]) -> None:
+    """Write (atomically) the sample log a run with ``settings`` (as a log's header holds
+    them) leaves after finishing ``records`` in that order, as :class:`SampleLog` writes it."""
+    run = text_digest(json.dumps(settings, sort_keys=True))
+    atomic_write_text(path, "".join(json.dumps(obj) + "\n" for obj in
+                                    [{"settings": settings}, *({**r, "run": run} for r in records)]))

@@ -1,0 +1,1 @@
+"""The retrieval score: per sample, per run (detection), and the heads it ranks."""

@@ -1,0 +1,220 @@
+"""Find retrieval heads: decode every NIAH sample of a grid and average the head scores.
+
+This is the paper's detection run: needles x context lengths x depths, greedy decoding, a
+retrieval score per query head per sample, and only samples whose answer has ROUGE-1 recall
+above 50% kept (as the public code does).
+
+By default it measures what the public code that made the seven published maps measures: the
+score reads the needle's *answer span* (``score_span="answer"``, the code's ``real_needle``) and
+the gate uses stemmed ROUGE-1 (``rouge_stemmer=True``). ``score_span="needle"`` reads the whole
+needle sentence, as the paper's prose describes it; a model that restates the question then
+earns score for copying the question's words out of the needle. ``score_mode="sum"`` adds the
+code's summing arithmetic, for files that compare with the published ones.
+
+A run is configured by a :class:`ScoreConfig` (the grid and how it is scored), validated when
+it is made; :class:`ScoreSweep` is the resumable sweep (:mod:`rhlens.run.sweep`) that runs it,
+and :func:`detect_retrieval_heads` the one call that does both.
+
+Example::
+
+    >>> from rhlens.niah.grid import Grid
+    >>> from rhlens.models.loading import load_model
+    >>> from rhlens.score.detect import detect_retrieval_heads
+    >>> model = load_model("smollm2-135m")                                 # doctest: +SKIP
+    >>> grid = Grid(lengths=[500, 1000], depths=[0.1, 0.5, 0.9], needles=2)
+    >>> run = detect_retrieval_heads(model, grid, out="scores.json")       # doctest: +SKIP
+    >>> run.scores.shape                                                    # doctest: +SKIP
+    torch.Size([30, 9])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import NoPassingSampleError, UsageError
+from ..niah.answers import rouge1_recall
+from ..niah.grid import Grid
+from ..niah.prompts import SCORE_SPANS, Sample, ScoreSpan
+from ..run.decode import greedy_decode
+from ..run.shard import Shard
+from ..run.sweep import Sweep
+from .heads import summarize
+from .scoring import SCORE_MODES, ScoreMode, retrieval_scores
+
+__all__ = ["RECORD_FIELDS", "NoPassingSampleError", "ScoreConfig", "ScoreRun", "ScoreSweep",
+           "detect_retrieval_heads", "score_sample"]
+
+#: Fields every logged sample of a score run has (a record lacking one is recomputed).
+RECORD_FIELDS = ("key", "needle", "length", "depth", "answer", "rouge", "scores", "passed")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """What a detection run measures: the prompts and how they are scored.
+
+    Attributes:
+        grid: the needles, lengths, depths, haystack and token budget (:class:`Grid`).
+        score_mode: ``"paper"`` or ``"sum"`` (see :mod:`rhlens.score.scoring`).
+        score_span: ``"answer"`` (default: the needle's answer span, as the public code) or
+            ``"needle"`` (the whole needle sentence).
+        rouge_gate: keep samples whose answer's ROUGE-1 recall is *above* this (0.5 in the
+            paper's code); a negative value keeps every sample.
+        rouge_stemmer: stem words before ROUGE-1, as the public code (default); ``False`` for
+            the unstemmed variant.
+
+    All of it but the grid's prompts is the run's identity (:func:`rhlens.run.sweep.run_identity`),
+    under the names the sample log has always used (``mode``, ``span``).
+
+    >>> ScoreConfig(Grid([160], [0.5], needles=1), rouge_gate=1.5)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rhlens.errors.UsageError: rouge_gate must be below 1 (a sample passes when ...), got 1.5; ...
+    """
+
+    grid: Grid
+    score_mode: ScoreMode = field(default="paper", metadata={"identity": "mode"})
+    score_span: ScoreSpan = field(default="answer", metadata={"identity": "span"})
+    rouge_gate: float = 0.5
+    rouge_stemmer: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.grid, Grid):
+            raise UsageError(f"grid must be a Grid, got {type(self.grid).__name__}.", arg="grid")
+        if self.score_mode not in SCORE_MODES:
+            raise UsageError(f"score_mode must be one of {SCORE_MODES}, got "
+                             f"{self.score_mode!r}.", arg="score_mode")
+        if self.score_span not in SCORE_SPANS:
+            raise UsageError(f"score_span must be one of {SCORE_SPANS}, got "
+                             f"{self.score_span!r}.", arg="score_span")
+        gate = self.rouge_gate
+        if isinstance(gate, bool) or not isinstance(gate, (int, float)) or not math.isfinite(gate):
+            raise UsageError(f"rouge_gate must be a finite number, got {gate!r}.",
+                             arg="rouge_gate")
+        if gate >= 1:
+            raise UsageError(f"rouge_gate must be below 1 (a sample passes when its ROUGE-1 "
+                             f"recall is above it), got {gate}; -1 keeps every sample.",
+                             arg="rouge_gate")
+        object.__setattr__(self, "rouge_gate", float(gate))
+        object.__setattr__(self, "rouge_stemmer", bool(self.rouge_stemmer))
+
+
+@dataclass
+class ScoreRun:
+    """The outcome of :func:`detect_retrieval_heads`.
+
+    Attributes:
+        scores: ``[n_layers, n_heads]`` mean score over the samples that passed the gate.
+        per_sample: ``[n_passed, n_layers, n_heads]``.
+        records: one dict per sample (``needle``, ``length``, ``depth``, ``answer``,
+            ``rouge``, ``passed``...), also as ``records_frame()``.
+    """
+
+    scores: torch.Tensor
+    per_sample: torch.Tensor
+    records: list[dict]
+
+    def records_frame(self):
+        """The sample records as a pandas DataFrame (without the score maps)."""
+        import pandas as pd
+
+        return pd.DataFrame([{k: v for k, v in r.items() if k != "scores"} for r in self.records])
+
+    def summary(self, top: int = 10) -> dict:
+        """Top heads and the shares of heads above 0.1, above 0.5 and at 0."""
+        return summarize(self.scores, top)
+
+
+def score_sample(
+    model, sample: Sample, *, score_mode: ScoreMode = "paper", max_new_tokens: int = 32,
+    mask=None, score_span: ScoreSpan = "answer", rouge_stemmer: bool = True,
+) -> dict:
+    """Decode one sample (with ``mask``, a :class:`rhlens.intervene.mask.Mask`, if given) and score
+    every head over ``sample.span(score_span)``; returns a JSON-ready record whose ``rouge`` is
+    the answer's ROUGE-1 recall (stemmed unless ``rouge_stemmer=False``)."""
+    span = sample.span(score_span)
+    trace = greedy_decode(model, sample.input_ids, max_new_tokens, mask=mask)
+    scores = retrieval_scores(trace.argmax, trace.tokens, sample.input_ids, span, score_mode)
+    return {
+        "key": sample.key,
+        "needle": sample.needle.text,
+        "length": sample.length,
+        "depth": sample.depth,
+        "answer": trace.text,
+        "rouge": rouge1_recall(sample.needle.answer, trace.text, rouge_stemmer),
+        "scores": scores.tolist(),
+    }
+
+
+class ScoreSweep(Sweep):
+    """The detection run as a resumable sweep: each sample decoded, scored, and gated."""
+
+    kind = "score"
+    required = RECORD_FIELDS
+    label = "retrieval score"
+    config: ScoreConfig
+
+    def measure(self, sample: Sample) -> dict:
+        c = self.config
+        record = score_sample(self.model, sample, score_mode=c.score_mode,
+                              max_new_tokens=c.grid.max_new_tokens, score_span=c.score_span,
+                              rouge_stemmer=c.rouge_stemmer)
+        record["passed"] = record["rouge"] > c.rouge_gate
+        return record
+
+    def status(self, records: Sequence[dict]) -> dict[str, str]:
+        passed = sum(bool(r["passed"]) for r in records)
+        return {"passed": f"{passed}/{len(records)}", "last": f"{records[-1]['rouge']:.2f}"}
+
+
+def detect_retrieval_heads(
+    model,
+    config: ScoreConfig | Grid,
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+    shard: Shard | None = None,
+    **options: Any,
+) -> ScoreRun:
+    """Run the detection grid and return mean retrieval scores per head.
+
+    Args:
+        model: a ``TransformerBridge`` (see :func:`rhlens.models.loading.load_model`).
+        config: a :class:`ScoreConfig`, or a :class:`Grid` and the config's other fields as
+            keywords (``score_mode``, ``score_span``, ``rouge_gate``, ``rouge_stemmer``).
+        out: score file to write (and ``<out>.samples.jsonl`` to resume from).
+        shard: run only this shard's samples (:meth:`rhlens.run.shard.Shard.select`); ``out``
+            is then the shard's own file (:meth:`~rhlens.run.shard.Shard.output`), and its log
+            names the shard, for :func:`rhlens.run.merge.merge_shards`.
+
+    Raises:
+        NoPassingSampleError: when no sample passes the gate (no empty score file is written).
+            A shard without a passing sample raises nothing (its ``scores`` are NaN): the
+            merge of all shards decides.
+    """
+    if isinstance(config, ScoreConfig):
+        if options:
+            raise UsageError(f"pass {', '.join(options)} in the ScoreConfig, not beside it.")
+    else:
+        config = ScoreConfig(config, **options)
+    records = ScoreSweep(model, config, out=out, shard=shard, progress=progress).run()
+    passed = [r for r in records if r["passed"]]
+    if not passed and shard is not None:
+        shape = (model.cfg.n_layers, model.cfg.n_heads)
+        return ScoreRun(scores=torch.full(shape, float("nan")), per_sample=torch.zeros(0, *shape),
+                        records=records)
+    if not passed:
+        answers = "\n".join(f"  {r['length']}/{r['depth']}: {r['answer']!r}" for r in records[:8])
+        raise NoPassingSampleError(
+            f"None of the {len(records)} samples passed the ROUGE-1 recall gate "
+            f"(> {config.rouge_gate}), so no head can be scored. The model's answers:\n{answers}\n"
+            "Try shorter `lengths`, a model that passes needle-in-a-haystack at these "
+            "lengths, or a negative `rouge_gate` (e.g. -1) to score every sample anyway."
+        )
+    per_sample = torch.tensor([r["scores"] for r in passed])
+    return ScoreRun(scores=per_sample.mean(0), per_sample=per_sample, records=records)

@@ -1,0 +1,1 @@
+"""Figures (static matplotlib) and the interactive explorers."""

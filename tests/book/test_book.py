@@ -1,0 +1,325 @@
+"""The book's table of contents: no dangling entry, no orphan chapter, citations resolve.
+
+These checks are structural and fast; the book build itself (scripts/build_book.sh)
+executes every notebook once and fails on any cell error or warning.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml  # a dependency of transformers
+
+ROOT = Path(__file__).resolve().parents[2]
+SUFFIXES = (".md", ".ipynb")
+
+
+def toc_files(toc: dict) -> list[str]:
+    """Every ``file:`` entry of a jb-book ``_toc.yml`` (root first), in order."""
+    files = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or ():
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections"))
+
+    for part in toc.get("parts", ()):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    return files
+
+
+def resolve(entry: str) -> Path | None:
+    """The file a toc entry points at (entries omit the suffix), or None."""
+    for suffix in ("", *SUFFIXES):
+        path = ROOT / f"{entry}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def toc():
+    return yaml.safe_load((ROOT / "_toc.yml").read_text())
+
+
+def test_toc_walker_finds_nested_entries():
+    toc = {"root": "a", "parts": [{"chapters": [{"file": "b", "sections": [{"file": "c"}]}]}]}
+    assert toc_files(toc) == ["a", "b", "c"]
+
+
+def test_every_toc_entry_exists(toc):
+    files = toc_files(toc)
+    assert files[0] == "book/intro"
+    missing = [f for f in files if resolve(f) is None]
+    assert not missing, f"_toc.yml points at files that do not exist: {missing}"
+    assert len(files) == len(set(files)), "an entry appears twice in _toc.yml"
+
+
+def test_every_notebook_is_in_the_toc(toc):
+    """Every chapter notebook (notebooks/*.ipynb; the exercise notebooks below it are not
+    pages of the book) is listed."""
+    listed = {resolve(f) for f in toc_files(toc)}
+    orphans = [p.name for p in sorted((ROOT / "notebooks").glob("*.ipynb")) if p not in listed]
+    assert not orphans, f"notebooks missing from _toc.yml (add them under 'Chapters'): {orphans}"
+
+
+def test_exercise_notebooks_stay_out_of_the_book(toc):
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert "notebooks/exercises" in config["exclude_patterns"]
+    assert not [f for f in toc_files(toc) if f.startswith("notebooks/exercises/")]
+
+
+def _chapters():
+    from rhlens.book.exercises.generate import exercises
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = json.loads(path.read_text())
+        yield path, nb, exercises(nb)
+
+
+def test_every_solution_is_folded_in_the_book():
+    """myst-nb folds a code cell tagged hide-input behind a toggle; every solution has the tag,
+    and every exercise that has a solution states its difficulty, importance and time."""
+    sphinx = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]["config"]
+    assert sphinx["nb_code_prompt_show"] == "Show solution"
+    for path, nb, found in _chapters():
+        for i, cell in enumerate(nb["cells"]):
+            tags = cell.get("metadata", {}).get("tags", [])
+            if "solution" in tags:
+                assert "hide-input" in tags and cell["cell_type"] == "code", (path.name, i)
+        for ex in found:
+            assert 1 <= ex["difficulty"] <= 5 and 1 <= ex["importance"] <= 5 and ex["minutes"] > 0
+            assert ex["chapter"] == int(path.name[:2]), (path.name, ex["label"])
+
+
+def test_exercise_numbers_run_in_order_and_no_title_repeats():
+    titles = []
+    for path, _nb, found in _chapters():
+        assert [ex["number"] for ex in found] == list(range(1, len(found) + 1)), path.name
+        titles += [ex["title"].lower() for ex in found]
+    assert len(titles) == len(set(titles)), "two exercises have the same title"
+
+
+def test_the_colab_badge_opens_the_exercise_notebook():
+    """A chapter with exercises links its Colab badge to its exercise notebook (stubs to fill)."""
+    for path, nb, found in _chapters():
+        if not found:
+            continue
+        title = "".join(nb["cells"][0]["source"])
+        link = re.search(r"\(https://colab\.research\.google\.com/github/[^)]*\)", title)
+        assert link and link.group(0).endswith(f"/notebooks/exercises/{path.name})"), \
+            f"{path.name}: the Colab badge should open notebooks/exercises/{path.name}"
+
+
+def test_chapters_are_in_numeric_order(toc):
+    chapters = [f for f in toc_files(toc) if f.startswith("notebooks/")]
+    numbers = [int(re.match(r"notebooks/(\d+)_", f).group(1)) for f in chapters]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers) and numbers, chapters
+
+
+def test_every_citation_is_in_the_bibliography():
+    keys = set(re.findall(r"@\w+\{([^,\s]+),", (ROOT / "book/references.bib").read_text()))
+    assert "wu2024retrieval" in keys
+    pages = [*ROOT.glob("book/*.md"), *ROOT.glob("notebooks/*.ipynb")]
+    cited = set()
+    for page in pages:
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", page.read_text()):
+            cited.update(k.strip() for k in group.split(","))
+    unknown = sorted(cited - keys)
+    assert not unknown, f"citations with no entry in book/references.bib: {unknown}"
+
+
+def test_build_executes_every_chapter_and_fails_on_errors():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    execute = config["execute"]
+    assert execute["execute_notebooks"] == "force" and execute["allow_errors"] is False
+    assert config["sphinx"]["config"]["nb_execution_raise_on_error"] is True
+    assert "sphinxcontrib.bibtex" in config["sphinx"]["extra_extensions"]
+    assert config["bibtex_bibfiles"] == ["book/references.bib"]
+    script = (ROOT / "scripts/build_book.sh").read_text()
+    assert "--warningiserror" in script and "RHLENS_STATIC=1" in script
+
+
+# --------------------------------------------------------------------------- install source
+
+
+def _set_repository():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("set_repository", ROOT / "scripts" / "set_repository.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_install_source_and_badges_agree_with_config():
+    """One source of truth for where rhlens installs from: _config.yml's repository. Every
+    set-up cell, Colab badge, README and intro install line must name it (fix with
+    `python scripts/set_repository.py`)."""
+    tool = _set_repository()
+    url, branch = tool.repository()
+    assert url.startswith("https://github.com/")
+    assert tool.disagreements() == []
+    install, badge = tool.expected(url, branch)
+    for path in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
+        text = path.read_text()
+        assert install in text, f"{path.name}: its set-up cell does not install from {install}"
+        assert badge in text, f"{path.name}: no Colab badge opening {badge}"
+
+
+def test_install_source_check_finds_a_stale_copy(monkeypatch):
+    tool = _set_repository()
+    monkeypatch.setattr(tool, "repository", lambda: ("https://github.com/someone/fork", "main"))
+    bad = tool.disagreements()
+    assert any("README.md" in b for b in bad) and any(".ipynb" in b for b in bad)
+    assert all("someone/fork" in b for b in bad)
+
+# --- roles: {term}, {cite}, {doc} ---------------------------------------------------------
+
+def _pages():
+    return [*sorted(ROOT.glob("book/**/*.md")), *sorted(ROOT.glob("notebooks/*.ipynb"))]
+
+
+def _markdown(page: Path) -> str:
+    """The text of a page that Sphinx parses as MyST: a .md file, or a notebook's markdown cells."""
+    if page.suffix == ".ipynb":
+        import json
+
+        cells = json.loads(page.read_text())["cells"]
+        return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return page.read_text()
+
+
+def glossary_terms() -> list[str]:
+    """The terms of book/glossary.md's ``{glossary}`` block, in file order."""
+    text = (ROOT / "book/glossary.md").read_text()
+    block = text.split("```{glossary}", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line and not line.startswith((" ", ":"))]
+
+
+def role_targets(role: str, text: str) -> list[str]:
+    """Targets of ``{role}`text``` or ``{role}`label <target>``` in MyST text."""
+    out = []
+    for body in re.findall(r"\{" + role + r"\}`([^`]+)`", text):
+        m = re.match(r"^(.*)<([^<>]+)>\s*$", body, re.S)
+        out.append((m.group(2) if m else body).strip())
+    return out
+
+
+def test_role_target_parsing():
+    text = "{term}`KV cache` and {term}`heads <Induction head>`, {doc}`../notebooks/01_toy_models`"
+    assert role_targets("term", text) == ["KV cache", "Induction head"]
+    assert role_targets("doc", text) == ["../notebooks/01_toy_models"]
+
+
+def test_glossary_is_sorted_and_has_no_duplicates():
+    terms = glossary_terms()
+    assert len(terms) >= 40
+    assert terms == sorted(terms, key=str.lower), "keep book/glossary.md in alphabetical order"
+    assert len({t.lower() for t in terms}) == len(terms)
+
+
+def test_glossary_defines_the_terms_the_chapters_rely_on():
+    defined = {t.lower() for t in glossary_terms()}
+    needed = ["induction head", "previous-token head", "phase change", "prefill", "chunked prefill",
+              "teacher forcing", "logit difference", "restored fraction", "counterfactual prompt",
+              "rouge-1 recall", "token f1", "extractqa", "moe", "sparse upcycling", "rope",
+              "dynamic ntk", "sliding window", "streaming heads", "control pool", "k grid",
+              "spearman correlation", "top-k overlap", "gguf", "attention sink", "stability",
+              "universality"]
+    missing = [t for t in needed if t not in defined]
+    assert not missing, f"book/glossary.md lacks: {missing}"
+
+
+def test_every_term_used_has_a_glossary_entry():
+    defined = {t.lower() for t in glossary_terms()}
+    unknown = {}
+    for page in _pages():
+        for target in role_targets("term", _markdown(page)):
+            if target.lower() not in defined:
+                unknown.setdefault(page.name, []).append(target)
+    assert not unknown, f"{{term}} roles without a glossary entry: {unknown}"
+    used = sum(len(role_targets("term", _markdown(p))) for p in _pages())
+    assert used >= 40, "chapters should link glossary terms with {term}"
+
+
+def test_every_cite_key_in_markdown_cells_is_in_the_bibliography():
+    keys = set(re.findall(r"@\w+\{([^,\s]+),", (ROOT / "book/references.bib").read_text()))
+    assert {"fu2024headkv", "xiao2024duoattention", "tang2024razorattention"} <= keys
+    unknown = {}
+    for page in _pages():
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", _markdown(page)):
+            for key in (k.strip() for k in group.split(",")):
+                if key not in keys:
+                    unknown.setdefault(page.name, []).append(key)
+    assert not unknown, f"citations with no entry in book/references.bib: {unknown}"
+
+
+def test_every_doc_link_points_at_a_page_of_the_toc(toc):
+    listed = {resolve(f) for f in toc_files(toc)}
+    broken = {}
+    for page in _pages():
+        for target in role_targets("doc", _markdown(page)):
+            base = (ROOT / target.lstrip("/")) if target.startswith("/") else (page.parent / target)
+            found = next((p for s in ("", *SUFFIXES) if (p := Path(f"{base}{s}")).is_file()), None)
+            if found is None or found.resolve() not in {p.resolve() for p in listed if p}:
+                broken.setdefault(page.name, []).append(target)
+    assert not broken, f"{{doc}} links to pages that are not in _toc.yml: {broken}"
+
+
+# --- reading aids ---------------------------------------------------------------------------
+
+READING_AID_CHAPTERS = ["01", "02", "03", "04", "06", "07", "08", "09"]
+
+
+@pytest.mark.parametrize("number", READING_AID_CHAPTERS)
+def test_chapter_opens_with_reading_aids_and_closes_with_a_check(number):
+    import json
+
+    (path,) = ROOT.glob(f"notebooks/{number}_*.ipynb")
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"]
+    first, last = "".join(cells[0]["source"]), "".join(cells[-1]["source"])
+    assert first.startswith(f"# {int(number)}. "), f"{path.name}: title must read '# {int(number)}. ...'"
+    for aid in ("**Prerequisites:**", "**Runtime:** CPU about", "**Headline result:**"):
+        assert aid in first, f"{path.name}: the first cell lacks {aid}"
+    assert "RUNTIME_CPU" not in first, f"{path.name}: the CPU runtime is a placeholder"
+    assert "## Summary" in last and "## Check your understanding" in last
+    answers = last.count("```{admonition} Answer")
+    assert 2 <= answers <= 4 and last.count(":class: dropdown") == answers
+
+
+def test_chapter_titles_are_numbered_one_way():
+    import json
+
+    for path in sorted(ROOT.glob("notebooks/*.ipynb")):
+        title = "".join(json.loads(path.read_text())["cells"][0]["source"]).splitlines()[0]
+        number = int(path.name.split("_")[0])
+        assert title.startswith(f"# {number}. "), f"{path.name}: {title!r}"
+
+
+# --- API reference --------------------------------------------------------------------------
+
+def test_api_reference_has_a_page_per_subpackage_and_builds_with_autodoc(toc):
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    extensions = config["sphinx"]["extra_extensions"]
+    assert {"sphinx.ext.autodoc", "sphinx.ext.autosummary", "sphinx.ext.napoleon"} <= set(extensions)
+    files = set(toc_files(toc))
+    assert "book/api/index" in files
+    package = ROOT / "rhlens"
+    tops = sorted(p.stem for p in package.glob("*.py") if p.stem not in {"__init__", "__main__"})
+    tops += sorted(p.name for p in package.iterdir() if (p / "__init__.py").is_file())
+    for top in tops:
+        page = ROOT / "book/api" / f"{top}.md"
+        assert page.is_file() and f"book/api/{top}" in files, f"no API page for rhlens.{top}"
+        text = page.read_text()
+        assert f".. automodule:: rhlens.{top}\n" in text
+        modules = [] if not (package / top).is_dir() else [
+            "rhlens." + ".".join(p.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
+            for p in (package / top).rglob("*.py") if p.name != "__init__.py" or p.parent != package / top]
+        for module in modules:  # every module of the subpackage has its section on the page
+            assert f".. automodule:: {module}\n" in text, f"book/api/{top}.md lacks {module}"
