@@ -91,7 +91,8 @@ def flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def one_line(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
     """The error as one line, the library's argument names written as the CLI's flags: the
-    argument a :class:`UsageError` names (``arg``) at its start, and any `` `argument` ``.
+    argument a :class:`UsageError` names (``arg``) at its start, and any argument written
+    between backticks elsewhere in the message.
 
     >>> one_line(UsageError("needles must be at least 1.", arg="needles"), {"needles": "--needles"})
     '--needles must be at least 1.'

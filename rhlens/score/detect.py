@@ -47,7 +47,7 @@ from ..run.sweep import Sweep
 from .heads import summarize
 from .scoring import SCORE_MODES, ScoreMode, retrieval_scores
 
-__all__ = ["RECORD_FIELDS", "NoPassingSampleError", "ScoreConfig", "ScoreRun", "ScoreSweep",
+__all__ = ["RECORD_FIELDS", "ScoreConfig", "ScoreRun", "ScoreSweep",
            "detect_retrieval_heads", "score_sample"]
 
 #: Fields every logged sample of a score run has (a record lacking one is recomputed).
