@@ -1,16 +1,21 @@
 """GPU: rhlens greedy_decode / HF generate (SDPA) on a random Llama-2-7B-shaped model, up to 80K.
 
 One random-weight model (32 layers, 32 heads, d_model 4096, MLP 11008, vocab 32000, bf16) is
-built on the GPU. First plain ``generate`` (transformers' SDPA attention, greedy, 16 new
-tokens) runs at every context length; then the same model is wrapped in a TransformerBridge
-and ``rhlens.run.decode.greedy_decode`` (SDPA prefill, hooked decode steps recording every query
-head's attention row) runs at the same lengths, with the same number of new tokens. Peak
-memory is ``torch.cuda.max_memory_allocated`` over each call (weights included, one model in
-memory at a time). Targets: time ratio <= 1.05, peak memory ratio <= 1.01.
+built on the GPU; ``--shape mistral-7b`` gives it Mistral-7B's dimensions instead (8 KV heads
+shared by 32 query heads, MLP 14336), where rhlens' decode steps run grouped-query attention
+without copying the shared KV heads (:mod:`rhlens.run.gqa`; under Llama-2's multi-head attention
+there is nothing to group, and the bridge's attention runs). First plain ``generate``
+(transformers' SDPA attention, greedy, 16 new tokens) runs at every context length; then the
+same model is wrapped in a TransformerBridge and ``rhlens.run.decode.greedy_decode`` (SDPA prefill,
+hooked decode steps recording every query head's attention row) runs at the same lengths,
+with the same number of new tokens. Peak memory is ``torch.cuda.max_memory_allocated`` over
+each call (weights included, one model in memory at a time). Targets: time ratio <= 1.05,
+peak memory ratio <= 1.01.
 
     python benchmarks/bench_gpu.py                       # 8K, 32K, 81,856 tokens (H100/H200)
+    python benchmarks/bench_gpu.py --shape mistral-7b    # grouped-query attention (4 per KV head)
     python benchmarks/bench_gpu.py --eager               # also time the old eager prefill
-    python benchmarks/bench_gpu.py --tiny                # small shape: smoke test, CPU is fine
+    python benchmarks/bench_gpu.py --tiny                # small GQA shape: smoke test, CPU is fine
 
 Same work on both sides: for 16 new tokens ``generate`` runs one prefill forward of ``n``
 tokens and 15 one-token forwards; rhlens prefills ``n - 1`` tokens and runs 16 one-token
@@ -29,8 +34,11 @@ TIME_TARGET = 1.05
 MEMORY_TARGET = 1.01
 LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
              "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000}
+MISTRAL_7B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000}
+SHAPES = {"llama-2-7b": LLAMA2_7B, "mistral-7b": MISTRAL_7B}
 TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 32000}
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32000}
 
 
 def build(shape: dict, max_len: int, device: str, dtype: torch.dtype):
@@ -74,8 +82,11 @@ def main(argv=None) -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=None,
                    help="context lengths (default 8192 32768 81856; --tiny: 256 512 1024)")
     p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="llama-2-7b",
+                   help="the 7B shape: Llama-2's multi-head attention (default) or Mistral's "
+                        "grouped-query attention")
     p.add_argument("--tiny", action="store_true",
-                   help="a 2-layer shape instead of 7B, on CPU when no GPU (smoke test)")
+                   help="a 2-layer GQA shape instead of 7B, on CPU when no GPU (smoke test)")
     p.add_argument("--eager", action="store_true",
                    help="also time greedy_decode(prefill_attention='eager')")
     args = p.parse_args(argv)
@@ -87,8 +98,8 @@ def main(argv=None) -> None:
     dtype = torch.bfloat16 if has_cuda else torch.float32
     lengths = args.lengths or ([256, 512, 1024] if args.tiny else [8192, 32768, 81856])
     torch.set_grad_enabled(False)
-    hf, tok = build(TINY if args.tiny else LLAMA2_7B, max(lengths) + args.new_tokens + 64,
-                    device, dtype)
+    hf, tok = build(TINY if args.tiny else SHAPES[args.shape],
+                    max(lengths) + args.new_tokens + 64, device, dtype)
     vocab = hf.config.vocab_size
     prompts = {n: torch.randint(100, vocab - 100, (n,), generator=torch.Generator().manual_seed(n))
                for n in lengths}
@@ -106,8 +117,11 @@ def main(argv=None) -> None:
 
     from rhlens.models.bridge import bridge_from_hf
     from rhlens.run.decode import greedy_decode
+    from rhlens.run.gqa import grouped_layers
 
-    model = bridge_from_hf(hf, tok, "random-llama-2-7b-shape", device, dtype)
+    shape = "tiny 2-layer" if args.tiny else args.shape
+    model = bridge_from_hf(hf, tok, f"random-{shape.replace(' ', '-')}-shape", device, dtype)
+    grouped = len(grouped_layers(model))
     greedy_decode(model, prompts[lengths[0]][:64], max_new_tokens=2, stop_at_newline=False)
     for n in lengths:
         with Meter(device) as m:
@@ -122,8 +136,8 @@ def main(argv=None) -> None:
             rows[n].update(eager_s=m.seconds, eager_peak_gb=m.peak_gb)
 
     name = torch.cuda.get_device_name() if has_cuda else "CPU"
-    shape = "tiny 2-layer" if args.tiny else "Llama-2-7B"
-    print(f"{shape} shape, random weights, {dtype}, {name}, {args.new_tokens} new tokens")
+    print(f"{shape} shape, random weights, {dtype}, {name}, {args.new_tokens} new tokens; "
+          f"decode steps: grouped attention in {grouped} of {model.cfg.n_layers} layers")
     print(f"{'context':>8} {'HF SDPA s':>10} {'rhlens s':>9} {'ratio':>6} {'(prefill':>9} "
           f"{'decode)':>8} {'HF GB':>7} {'rhlens GB':>9} {'ratio':>6}")
     ok = True

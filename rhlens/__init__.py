@@ -12,10 +12,12 @@ those before it::
 * :mod:`rhlens.run`: greedy decoding, hook names, resumable sample logs, shards, result files,
   and the one resumable sweep every experiment runs;
 * :mod:`rhlens.score`: the retrieval score, the detection run (:class:`~rhlens.score.detect.ScoreConfig`),
-  and the heads it ranks;
+  the heads it ranks, and three other head detectors
+  (:class:`~rhlens.score.detector_maps.DetectorConfig`);
 * :mod:`rhlens.intervene`: the one head edit, masks, NIAH under masks
   (:class:`~rhlens.intervene.niah.NiahConfig`), failure modes, activation patching
-  (:class:`~rhlens.intervene.patch_sweep.PatchConfig`) and direct logit attribution;
+  (:class:`~rhlens.intervene.patch_sweep.PatchConfig`), direct logit attribution, and the
+  detectors held against masking and patching (:class:`~rhlens.intervene.detector_eval.EvalConfig`);
 * :mod:`rhlens.analyze`: score maps from any source, the paper's published maps, statistics,
   comparisons;
 * :mod:`rhlens.apps`: downstream tasks under masks, KV-cache compression;
@@ -50,6 +52,10 @@ _EXPORTS = {
     "load_scores": "run.results",
     "copy_hits": "score.scoring", "retrieval_scores": "score.scoring",
     "head_table": "score.heads", "summarize": "score.heads",
+    "read_card": "run.card", "head_intervals": "score.uncertainty", "UntilStable": "score.stopping",
+    "DETECTORS": "score.detectors", "DetectorConfig": "score.detector_maps",
+    "detect_heads": "score.detector_maps", "EvalConfig": "intervene.detector_eval",
+    "compare_detectors": "analyze.detectors",
 }
 
 try:

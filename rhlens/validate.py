@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import UsageError
+from .files import kind_of
 
 # --------------------------------------------------------------------------- plain values
 
@@ -45,11 +46,44 @@ def count(value: int, arg: str, minimum: int = 0, maximum: int | None = None) ->
     return value
 
 
+def seed(value: int, arg: str = "seed") -> int:
+    """A seed torch takes: a whole number in ``[-2**63, 2**64 - 1]`` (a larger one would fail
+    only after the model loaded, in torch's words)."""
+    return count(value, arg, minimum=-(2**63), maximum=2**64 - 1)
+
+
+def seed_list(text: str, arg: str = "seeds") -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``, each a :func:`seed`."""
+    return [seed(s, arg) for s in int_list(text, arg)]
+
+
 def finite(value: float, arg: str) -> float:
     """``value`` when it is a finite number."""
     if not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise UsageError(f"{arg} must be a finite number, got {value!r}.", arg=arg)
     return float(value)
+
+
+def number_list(value, arg: str, what: str) -> list:
+    """``value`` as a list, when it is a list-like of numbers (a range, a tuple, an array),
+    not one number or a string: ``Grid(lengths=160)`` is told to write ``[160]``.
+
+    >>> number_list((500, 1000), "lengths", "prompt lengths in tokens")
+    [500, 1000]
+    >>> number_list("0.5", "depths", "needle depths in [0, 1]")
+    Traceback (most recent call last):
+    ...
+    rhlens.errors.UsageError: depths must be a list of needle depths in [0, 1], e.g. [0.5]; got '0.5'.
+    """
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        example = value if isinstance(value, numbers.Real) else 0.5
+        raise UsageError(f"{arg} must be a list of {what}, e.g. [{example}]; got {value!r}.",
+                         arg=arg)
+    items = list(value)
+    for x in items:
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise UsageError(f"{arg} must be a list of {what}; {x!r} is not a number.", arg=arg)
+    return items
 
 
 def int_list(text: str, arg: str, minimum: int | None = None) -> list[int]:
@@ -92,6 +126,10 @@ def check_grid(lengths: Sequence[int], depths: Sequence[float], max_new_tokens: 
             raise UsageError(f"depths must lie in [0, 1], got {d!r}.", arg="depths")
     count(max_new_tokens, "max_new_tokens", minimum=1)
     longest = max(lengths)
+    if n_ctx and max_new_tokens >= n_ctx:  # no prompt length would do: the fault is here
+        raise UsageError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the "
+                         f"model's context of {n_ctx} tokens; decode far fewer tokens (the "
+                         "answer takes a few dozen).", arg="max_new_tokens")
     if n_ctx and longest + max_new_tokens > n_ctx:
         raise UsageError(
             f"lengths: a {longest}-token prompt plus {max_new_tokens} new tokens exceeds the "
@@ -108,6 +146,9 @@ def output_file(path: str | Path, arg: str, sidecars: Sequence[str] = ()) -> Pat
     written beside it (e.g. ``".samples.jsonl"``), which must not be folders either."""
     if not str(path).strip():
         raise UsageError(f"{arg} is an empty path.", arg=arg)
+    if str(path).endswith(("/", os.sep)):  # Path() drops the slash; the run would not
+        raise UsageError(f"{arg} {path} names a folder (it ends in /); name a file in it.",
+                         arg=arg)
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{arg} {path} is a folder; name a file in it.", arg=arg)
@@ -115,8 +156,10 @@ def output_file(path: str | Path, arg: str, sidecars: Sequence[str] = ()) -> Pat
         raise UsageError(f"{arg} {path} exists and is not a regular file.", arg=arg)
     for suffix in sidecars:
         side = Path(f"{p}{suffix}")
-        if side.exists() and not side.is_file():
-            raise UsageError(f"{arg} {path}: {side}, written beside it, is a folder.", arg=arg)
+        if side.exists() and not side.is_file():  # a folder, or a FIFO that would block a resume
+            raise UsageError(f"{arg} {path}: {side}, written beside it, is "
+                             f"{kind_of(side.stat().st_mode)}; remove it or choose another "
+                             f"--{arg.replace('_', '-')}.", arg=arg)
     folder = p.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -129,9 +172,23 @@ def output_file(path: str | Path, arg: str, sidecars: Sequence[str] = ()) -> Pat
 
 
 def same_file(a: str | Path | None, b: str | Path | None) -> bool:
-    """Whether two paths name the same file (neither need exist)."""
+    """Whether two paths name the same file (neither need exist): the same name, one reached
+    through ``..`` or a symlink (also one that points to a file not yet written), or two hard
+    links of one file.
+
+    >>> same_file("a/../b.json", "b.json")
+    True
+    """
     if not a or not b:
         return False
-    return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
+    try:
+        return os.path.samefile(a, b)  # both exist: compares the files themselves (hard links)
+    except OSError:
+        return Path(os.path.realpath(a)) == Path(os.path.realpath(b))
+
+
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` (through symlinks) lies inside ``folder``."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 

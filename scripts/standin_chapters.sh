@@ -19,6 +19,7 @@ declare -A STANDIN=(
   [07]=tiny-mistral-7b-instruct-v0.2
   [08]=tiny-mixtral-8x7b
   [09]=tiny-llama-2-7b-80k
+  [10]=tiny-llama-2-7b-80k
 )
 chapters=("$@")
 [ ${#chapters[@]} -eq 0 ] && chapters=($(printf '%s\n' "${!STANDIN[@]}" | sort))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..score.heads import head_table, sparsity
+from .cards import warn_if_incomparable, warn_pair
 from .maps import ScoreSource, as_map, paired_maps
 from .statistics import null_pearson, pearson, spearman, top_k_overlap
 
@@ -32,10 +33,13 @@ from .statistics import null_pearson, pearson, spearman, top_k_overlap
 def compare_scores(maps: dict[str, ScoreSource], k: int = 20):
     """Pairwise table (pandas) of every pair in ``maps``: Pearson, Spearman, top-``k`` overlap.
 
-    Pairs of different shapes get NaN (no head-by-head comparison exists).
+    Pairs of different shapes get NaN (no head-by-head comparison exists). Score files whose
+    map cards differ in a field that changes scores raise a
+    :class:`~rhlens.analyze.cards.MapCardWarning` (as every comparison here does).
     """
     import pandas as pd
 
+    warn_if_incomparable(maps)
     loaded = {name: as_map(src) for name, src in maps.items()}
     rows = []
     names = list(loaded)
@@ -76,6 +80,7 @@ def correlation_matrix(maps: dict[str, ScoreSource], method: str = "pearson"):
     if method not in ("pearson", "spearman"):
         raise ValueError(f"method must be 'pearson' or 'spearman', got {method!r}.")
     fn = pearson if method == "pearson" else spearman
+    warn_if_incomparable(maps)
     loaded = {name: as_map(src) for name, src in maps.items()}
     names = list(loaded)
     table = pd.DataFrame(float("nan"), index=names, columns=names)
@@ -98,6 +103,7 @@ def family_table(maps: dict[str, ScoreSource], families: dict[str, str], n_null:
     """
     import pandas as pd
 
+    warn_if_incomparable(maps)
     loaded = {name: as_map(src) for name, src in maps.items()}
     names = list(loaded)
     rows = []
@@ -169,6 +175,7 @@ def stability_table(runs: dict[str, ScoreSource], k: int = 10, n_null: int = 100
     """
     import pandas as pd
 
+    warn_if_incomparable(runs)
     loaded = {name: as_map(src) for name, src in runs.items()}
     names = list(loaded)
     rows = []
@@ -247,6 +254,7 @@ def same_family_test(a: ScoreSource, b: ScoreSource, threshold: float = 0.8,
     >>> same_family_test(a, a * 0.8).verdict
     'same family'
     """
+    warn_pair(a, b)
     x, y = paired_maps(a, b)
     if x.std() == 0 or y.std() == 0:
         raise ValueError("A score map is constant (e.g. all zeros): no sample passed, or the "

@@ -201,6 +201,63 @@ def share_range(threshold: float = 0.1) -> tuple[float, float]:
     return min(shares), max(shares)
 
 
+#: What the paper says about sparsity, and where (arXiv 2404.15574). Its three statements do not
+#: fully agree: the abstract names no threshold, §3.1 counts a head above 0.1 as a retrieval
+#: head, the caption of Fig. 1 counts heads above 0.5. Each is ``(where, what the paper says,
+#: the sparsity share it is measured by)``; "> 0.5 is a strong head" is rhlens's wording, not
+#: one of them.
+SPARSITY_STATEMENTS: tuple[tuple[str, str, str], ...] = (
+    ("abstract", 'only a small portion ("less than 5%") of heads are retrieval heads; no threshold named',
+     "share_above_0.1"),
+    ("§3.1", "a head scoring above 0.1 is a retrieval head; about 3–6% of heads are",
+     "share_above_0.1"),
+    ("§3.1", "45–73% of heads score exactly 0", "share_zero"),
+    ("Fig. 1 caption", "less than 5% of heads are active more than half the time (score > 0.5)",
+     "share_above_0.5"),
+)
+
+_MEASURED = {"share_above_0.1": "share > 0.1", "share_above_0.5": "share > 0.5",
+             "share_zero": "share = 0"}
+
+
+def sparsity_range(key: str = "share_above_0.1") -> tuple[float, float]:
+    """Smallest and largest :func:`~rhlens.score.heads.sparsity` share ``key`` (``share_above_0.1``,
+    ``share_above_0.5`` or ``share_zero``) over the seven maps, as fractions.
+
+    >>> [round(100 * x, 1) for x in sparsity_range("share_zero")]
+    [49.4, 73.2]
+    """
+    if key not in _MEASURED:
+        raise ValueError(f"key must be one of {', '.join(_MEASURED)}, got {key!r}.")
+    shares = [sparsity(published(n).scores)[key] for n in NAMES]
+    return min(shares), max(shares)
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.2f}%" if x < 0.1 else f"{100 * x:.1f}%"
+
+
+def sparsity_statements(maps: dict | None = None):
+    """The paper's three statements on sparsity side by side (:data:`SPARSITY_STATEMENTS`):
+    where it says it, what it says, the share that measures it, the range of that share over
+    the seven published files, and its value in each map of ``maps`` (name -> score map).
+
+    >>> sparsity_statements().iloc[3, 1:].tolist()
+    ['less than 5% of heads are active more than half the time (score > 0.5)', 'share > 0.5', '0.06%–0.68%']
+    """
+    import pandas as pd
+
+    rows = []
+    for where, says, key in SPARSITY_STATEMENTS:
+        lo, hi = sparsity_range(key)
+        row = {"where": where, "the paper says": says, "measured as": _MEASURED[key],
+               "published files (7)": f"{_percent(lo)}–{_percent(hi)}"}
+        for name, src in (maps or {}).items():
+            row[name] = _percent(sparsity(src)[key])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def activation_table(nearly: float = 0.95, above: float = 0.0):
     """How often each model's heads fire, from the per-head sample counts.
 

@@ -6,8 +6,11 @@ and bootstrap intervals over samples or pairs.
 * the head-shuffle null (:func:`head_shuffle_null`, :func:`null_pearson`): a statistic of two
   maps after the heads of the second are permuted at random, i.e. of two maps with the same
   scores that share no heads;
-* percentile bootstrap intervals (:func:`bootstrap`, :func:`bootstrap_ci`), and both together
-  for a patching map against another map (:func:`map_correlation`).
+* percentile bootstrap intervals over pairs or samples (:func:`bootstrap_ci`), and both together
+  for a patching map against another map (:func:`map_correlation`). They rest on the one
+  bootstrap of :mod:`rhlens.score.bootstrap` (:func:`bootstrap`, :func:`percentile_interval`,
+  re-exported here), which also gives every head of a detection its interval
+  (:mod:`rhlens.score.uncertainty`).
 
 ``tests/analyze/test_statistics.py`` checks each against scipy.
 
@@ -21,12 +24,13 @@ and bootstrap intervals over samples or pairs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..score.bootstrap import bootstrap, percentile_interval
 from ..score.heads import top_heads
 from .maps import ScoreSource, paired_maps
 
@@ -115,20 +119,6 @@ def null_pearson(a: ScoreSource, b: ScoreSource, n: int = 1000, seed: int = 0) -
 
 
 # --------------------------------------------------------------------------- bootstrap
-
-
-def bootstrap(stat: Callable[[np.ndarray], float], n: int, *, n_boot: int = 1000,
-              rng: np.random.Generator | int = 0) -> np.ndarray:
-    """``stat(indices)`` for ``n_boot`` resamples, with replacement, of the indices of ``n``
-    items (samples, pairs): the statistic's bootstrap distribution. ``[n_boot]``."""
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    return np.array([stat(gen.integers(0, n, n)) for _ in range(n_boot)], dtype=float)
-
-
-def percentile_interval(draws: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The central ``level`` interval of bootstrap ``draws`` (percentile method)."""
-    a = (1 - level) / 2
-    return float(np.quantile(draws, a)), float(np.quantile(draws, 1 - a))
 
 
 def bootstrap_ci(values, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,

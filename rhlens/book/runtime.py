@@ -313,3 +313,37 @@ def model_menu(choices: Sequence[str] | None = None) -> str:
         many = ' (device_map="auto" over two 80 GB GPUs)' if bf16 > 80 else ""
         lines.append(f"{key:26s} bf16 >= {bf16} GB{many}, 4-bit >= {q4} GB")
     return "\n".join(lines)
+
+
+def glue(name: str, value: Any, display: bool = False) -> Any:
+    """Record ``value`` under ``name`` for the book's ``{glue:text}`name``` roles, and return it.
+
+    A chapter's prose quotes its own output through these names, so the built page cannot
+    drift from what the cells computed (tests/book/test_book.py checks every name a page quotes is
+    glued by it). This is myst-nb's ``glue`` where myst-nb is installed (the book build);
+    elsewhere, on Colab or in a plain kernel, there is no page to paste into and it records
+    nothing, so a chapter runs without the book's dependencies.
+
+    Numpy and torch scalars are glued as Python numbers: the role formats the stored text, and
+    ``np.float64(0.25)`` is not a number it can read.
+
+    >>> import numpy, torch
+    >>> glue("ch00_share", numpy.float64(0.25)), glue("ch00_n", torch.tensor(3))
+    (0.25, 3)
+    """
+    import numpy
+    import torch
+
+    if isinstance(value, numpy.generic) or (isinstance(value, torch.Tensor) and value.dim() == 0):
+        value = value.item()
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:  # no book to paste into
+        return value
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return value
+    if get_ipython() is not None:  # outside a kernel there is no output to store it in
+        myst_glue(name, value, display=display)
+    return value

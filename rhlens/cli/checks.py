@@ -6,13 +6,27 @@ a score file, head counts against a score map). Each raises
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
 from ..models.available import device_map_name, device_name, dtype_name, model_facts, model_name
-from ..validate import check_grid, count, finite, int_list, k_list, output_file, same_file
+from ..run.shard import Shard
+from ..validate import (
+    check_grid,
+    count,
+    finite,
+    inside,
+    k_list,
+    output_file,
+    same_file,
+    seed,
+    seed_list,
+)
+
+_LOG = ".samples.jsonl"
 
 
 def check_shape(shape: tuple[int, ...], facts: dict[str, int], source: str) -> None:
@@ -22,6 +36,52 @@ def check_shape(shape: tuple[int, ...], facts: dict[str, int], source: str) -> N
         if tuple(shape) != want:
             raise UsageError(f"{source} scores {shape[0]} x {shape[1]} heads, but the model "
                              f"has {want[0]} x {want[1]}: wrong score file?", arg="scores")
+
+
+# --------------------------------------------------------------------------- own files
+
+
+def _read_files(args) -> list[tuple[Path, str]]:
+    """The local files a command reads, each with its name in an error: the haystack (each
+    text file of a haystack folder), the needle file, the score file and its sample log (read
+    for its mode and the needles to hold out)."""
+    found: list[tuple[Path, str]] = []
+    haystack = getattr(args, "haystack", None)
+    if haystack and os.path.isdir(haystack):
+        found += [(p, f"the haystack (--haystack) file {p}") for p in sorted(Path(haystack).rglob("*"))
+                  if p.suffix in (".txt", ".md") and p.is_file()]
+    elif haystack:
+        found.append((Path(haystack), f"the haystack (--haystack) {haystack}"))
+    if getattr(args, "needle_file", None):
+        found.append((Path(args.needle_file), f"the needle file (--needle-file) {args.needle_file}"))
+    if getattr(args, "scores", None):
+        found.append((Path(args.scores), f"the score file {args.scores}"))
+        found.append((Path(f"{args.scores}{_LOG}"),
+                      f"the score file's sample log {args.scores}{_LOG}"))
+    return [(p, what) for p, what in found if os.path.lexists(p)]
+
+
+def check_own_files(args, outputs: Sequence[tuple[str, str | Path | None, str]]) -> None:
+    """No file a command writes (``outputs``: ``(argument, path, its name in an error)``) may
+    replace a file it reads, a file of a local model, or another of its outputs, however the
+    path reaches it (``..``, a symlink, a hard link): checked before anything is read, so a
+    mistyped flag never destroys a haystack, a needle file or a score run's log."""
+    outs = [(arg, Path(path), name) for arg, path, name in outputs if path]
+    model = getattr(args, "model", None)
+    local_model = model and os.path.isdir(model)
+    for i, (arg, path, name) in enumerate(outs):
+        where = f"{arg} {path}" if name == f"--{arg.replace('_', '-')}" else f"{arg}: {name} {path}"
+        for src, what in _read_files(args):
+            if same_file(path, src):
+                raise UsageError(f"{where} would overwrite {what}, which this command reads; "
+                                 "name another file.", arg=arg)
+        if model and (local_model and inside(path, model) or same_file(path, model)):
+            raise UsageError(f"{where} would overwrite a file of the model (--model) {model}; "
+                             "write outside the model's folder.", arg=arg)
+        for _, other, other_name in outs[:i]:
+            if same_file(path, other):
+                raise UsageError(f"{where} would overwrite {other_name} {other}, which this "
+                                 "command writes too; name another file.", arg=arg)
 
 
 # --------------------------------------------------------------------------- commands
@@ -36,28 +96,50 @@ def check_model_args(args) -> dict[str, int]:
     return model_facts(args.model)
 
 
-def check_score_args(args) -> dict[str, int]:
+def check_score_args(args, shard: Shard | None = None) -> dict[str, int]:
     """Everything of ``rhlens score`` that can be checked before the model loads, besides what
-    :class:`~rhlens.score.detect.ScoreConfig` checks itself (the gate, the mode, the span)."""
+    :class:`~rhlens.score.detect.ScoreConfig` checks itself (the gate, the mode, the span);
+    ``shard``: the run's shard, from ``--shard`` or the launcher."""
     count(args.max_new_tokens, "max_new_tokens", minimum=1)
     if args.needles is not None:
         count(args.needles, "needles", minimum=1)
     check_grid(args.lengths, args.depths, args.max_new_tokens)
-    output_file(args.out, "out", sidecars=(".samples.jsonl",))
+    output_file(args.out, "out", sidecars=(_LOG, ".card.json"))
     if args.plot:
         output_file(args.plot, "plot")
-        if same_file(args.plot, args.out):
-            raise UsageError("plot must name another file than --out.", arg="plot")
+    check_own_files(args, [("out", args.out, "--out"), ("out", f"{args.out}{_LOG}",
+                                                          "--out (its sample log)"),
+                           ("plot", args.plot, "--plot")])
     facts = check_model_args(args)
     check_grid(args.lengths, args.depths, args.max_new_tokens, facts.get("n_ctx"))
+    check_until_stable_args(args, facts, shard)
     return facts
+
+
+def check_until_stable_args(args, facts: dict[str, int], shard: Shard | None = None) -> None:
+    """``--until-stable K`` with its ``--stability`` and ``--max-samples``: not the one without
+    the other, not with ``--shard``, and K at most the model's query heads (the rule's own
+    ranges are checked by :class:`~rhlens.score.stopping.UntilStable`)."""
+    k = getattr(args, "until_stable", None)
+    if k is None:
+        for flag in ("max_samples", "stability"):
+            if getattr(args, flag, None) is not None:
+                raise UsageError(f"{flag} goes with --until-stable K; add it, or drop "
+                                 f"--{flag.replace('_', '-')}.", arg=flag)
+        return
+    if shard is not None or getattr(args, "shard", None):
+        raise UsageError("until_stable needs every sample of the run in one process; drop "
+                         "--shard (or --until-stable).", arg="until_stable")
+    n_heads = facts.get("n_layers", 0) * facts.get("n_heads", 0)
+    if n_heads and k > n_heads:
+        raise UsageError(f"until_stable {k} exceeds the model's {n_heads} query heads.",
+                         arg="until_stable")
 
 
 def check_plot_args(args) -> None:
     """``rhlens plot``: the figure can be written and does not replace the score file."""
     output_file(args.out, "out")
-    if same_file(args.out, args.scores):
-        raise UsageError("out must name another file than the score file.", arg="out")
+    check_own_files(args, [("out", args.out, "--out")])
 
 
 def check_niah_args(args) -> dict[str, Any]:
@@ -71,8 +153,8 @@ def check_niah_args(args) -> dict[str, Any]:
     if args.skip_needles is not None:
         count(args.skip_needles, "skip_needles")
     finite(args.threshold, "threshold")
-    count(args.seed, "seed", minimum=-(2**63))
-    seeds = int_list(args.seeds, "seeds")
+    seed(args.seed, "seed")
+    seeds = seed_list(args.seeds, "seeds")
     ks = k_list(args.sweep_k) if args.sweep_k is not None else None
     if (args.mask_top or args.mask_random or ks is not None) and not args.scores:
         raise UsageError("Masking needs --scores (make one with `rhlens score`).")
@@ -82,16 +164,25 @@ def check_niah_args(args) -> dict[str, Any]:
         raise UsageError("--sweep-k chooses the masked heads itself; leave out --mask-top and "
                          "--mask-random.")
     check_grid(args.lengths, args.depths, args.max_new_tokens)
-    output_file(args.out, "out", sidecars=(".samples.jsonl",))
-    if same_file(args.out, args.scores):
-        raise UsageError("out must name another file than --scores.", arg="out")
+    output_file(args.out, "out", sidecars=(_LOG,))
     if args.plot:
         output_file(args.plot, "plot")
-        if same_file(args.plot, args.out) or same_file(args.plot, args.scores):
-            raise UsageError("plot must name another file than --out and --scores.", arg="plot")
+    outputs = [("out", args.out, "--out"), ("out", f"{args.out}{_LOG}", "--out (its sample log)"),
+               ("plot", args.plot, "--plot")]
+    for k in ks if isinstance(ks, list) else []:  # 'auto': checked once the scores are read
+        outputs += sweep_files(args.out, k, seeds)
+    check_own_files(args, outputs)
     facts = check_model_args(args)
     check_grid(args.lengths, args.depths, args.max_new_tokens, facts.get("n_ctx"))
     return {"facts": facts, "ks": ks, "seeds": seeds}
+
+
+def sweep_files(out: str, k: int, seeds: Sequence[int]) -> list[tuple[str, str, str]]:
+    """The files a ``--sweep-k`` run writes for one K (``OUT.kK.top.csv``,
+    ``OUT.kK.randomSEED.csv`` and their logs), as :func:`check_own_files` takes them."""
+    parts = [f"{out}.k{k}.top.csv"] + [f"{out}.k{k}.random{s}.csv" for s in seeds]
+    return [("sweep_k", f"{p}{log}", "the per-K files of --sweep-k") for p in parts
+            for log in ("", _LOG)]
 
 
 def check_head_counts(scores, mask_top: int = 0, mask_random: int = 0,
@@ -123,14 +214,15 @@ def check_patch_args(args) -> dict[str, Any]:
     if args.skip_needles is not None:
         count(args.skip_needles, "skip_needles")
     finite(args.threshold, "threshold")
-    seeds = int_list(args.seeds, "seeds")
+    seeds = seed_list(args.seeds, "seeds")
+    seed(args.pair_seed, "pair_seed")
     ks = k_list(args.ks, "ks")
     if isinstance(ks, list) and not any(k > 0 for k in ks):
         raise UsageError("ks has no group size above 0: nothing to patch.", arg="ks")
     check_grid(args.lengths, args.depths, args.max_new_tokens)
-    output_file(args.out, "out", sidecars=(".samples.jsonl",))
-    if same_file(args.out, args.scores):
-        raise UsageError("out must name another file than --scores.", arg="out")
+    output_file(args.out, "out", sidecars=(_LOG,))
+    check_own_files(args, [("out", args.out, "--out"), ("out", f"{args.out}{_LOG}",
+                                                          "--out (its sample log)")])
     from ..analyze.published import is_published  # imports torch: only for a missing file
 
     if not Path(args.scores).exists() and not is_published(args.scores):

@@ -1,5 +1,5 @@
-"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens patch``, ``rhlens merge``,
-``rhlens plot``, ``rhlens models``, ``rhlens published``.
+"""Command line: ``rhlens score``, ``rhlens niah``, ``rhlens patch``, ``rhlens detectors``,
+``rhlens merge``, ``rhlens plot``, ``rhlens card``, ``rhlens models``, ``rhlens published``.
 
 ::
 
@@ -9,9 +9,12 @@
     rhlens published --json              # the paper's seven published maps, offline
     rhlens score ... --shard 0/2 --out scores.json    # and 1/2: writes scores.shard0of2.json...
     rhlens merge --out scores.json scores.shard0of2.json scores.shard1of2.json
+    rhlens card scores.json                      # what made the map (scores.json.card.json)
+    rhlens score ... --until-stable 10 --max-samples 80   # stop when the top 10 is stable
 
 Also ``python -m rhlens ...``. Each subcommand (one module each: :mod:`~rhlens.cli.score`,
-:mod:`~rhlens.cli.niah`, :mod:`~rhlens.cli.patch`, :mod:`~rhlens.cli.tools`) builds the library's
+:mod:`~rhlens.cli.niah`, :mod:`~rhlens.cli.patch`, :mod:`~rhlens.cli.detectors`,
+:mod:`~rhlens.cli.tools`) builds the library's
 run config from its flags (a :class:`~rhlens.score.detect.ScoreConfig`,
 :class:`~rhlens.intervene.niah.NiahConfig` or :class:`~rhlens.intervene.patch_sweep.PatchConfig`,
 which validate themselves) and calls the library; errors of the library name their arguments (a
@@ -38,7 +41,7 @@ from ..errors import (
     UsageError,
 )
 from ..models.registry import ModelNotFoundError
-from . import niah, patch, score, tools
+from . import detectors, niah, patch, score, tools
 from .args import Parser
 
 #: Library arguments whose flag has another name (a config field -> the flag that sets it).
@@ -62,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
          tools.add_merge_arguments, tools.merge, None),
         ("patch", "group and per-head activation patching, direct logit attribution",
          patch.add_arguments, patch.run, patch.__doc__),
+        ("detectors", "four head detectors held against masking and patching",
+         detectors.add_arguments, detectors.run, detectors.__doc__),
         ("plot", "heatmap and sorted-score curve of a score file", tools.add_plot_arguments,
          tools.plot, None),
+        ("card", "print the map card of a score file: model, tokenizer, grid, measurement, "
+                 "versions, samples", tools.add_card_arguments, tools.card, None),
         ("models", "list the model names rhlens knows", lambda p: None, tools.models, None),
         ("published", "the paper's seven published score maps (offline)",
          tools.add_published_arguments, tools.published, None),
@@ -109,6 +116,19 @@ def one_line(err: BaseException, flags: Mapping[str, str] | None = None) -> str:
     return re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(0)), text)
 
 
+def show_traceback() -> bool:
+    """Whether ``RHLENS_TRACEBACK`` asks for tracebacks: ``1``, ``yes``, ``true`` or ``on``
+    (``0``, ``no``, ``false``, ``off`` and empty do not, as a user setting ``=0`` means).
+
+    >>> os.environ["RHLENS_TRACEBACK"] = "0"; show_traceback()
+    False
+    >>> os.environ["RHLENS_TRACEBACK"] = "1"; show_traceback()
+    True
+    >>> del os.environ["RHLENS_TRACEBACK"]
+    """
+    return os.environ.get("RHLENS_TRACEBACK", "").strip().lower() in ("1", "yes", "true", "on")
+
+
 def run_command(args, flags: Mapping[str, str]) -> int:
     """``args.func(args)`` with every failure reported as one line and an exit code."""
     where = f"rhlens {args.command}: error:"
@@ -122,12 +142,12 @@ def run_command(args, flags: Mapping[str, str]) -> int:
         print(f"{where} {one_line(err, flags)}", file=sys.stderr)
         return EXIT_FAILURE
     except (OSError, RuntimeError, MemoryError) as err:  # disk full, CUDA out of memory...
-        if os.environ.get("RHLENS_TRACEBACK"):
+        if show_traceback():
             raise
         print(f"{where} {type(err).__name__}: {one_line(err)}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as err:  # noqa: BLE001 (a bug: one line, the traceback on request)
-        if os.environ.get("RHLENS_TRACEBACK"):
+        if show_traceback():
             raise
         print(f"{where} internal error: {type(err).__name__}: {one_line(err)} (set "
               "RHLENS_TRACEBACK=1 to see where; please report it)", file=sys.stderr)

@@ -35,7 +35,7 @@ from .args import (
     save_figure,
     shard_from_args,
 )
-from .checks import check_head_counts, check_niah_args, check_shape
+from .checks import check_head_counts, check_niah_args, check_own_files, check_shape, sweep_files
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,6 +107,8 @@ def run(args) -> int:
         check_shape(tuple(scores.shape), checked["facts"], args.scores)
         ks = checked["ks"] if checked["ks"] != "auto" else k_grid(scores.numel())
         check_head_counts(scores, args.mask_top, args.mask_random, ks, args.threshold)
+        if checked["ks"] == "auto":  # the per-K files are known now
+            check_own_files(args, [f for k in ks for f in sweep_files(args.out, k, checked["seeds"])])
     grid = grid_from_args(args, held_out_needles(args))
     torch.set_grad_enabled(False)
     model = load_model_from_args(args)

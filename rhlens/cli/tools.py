@@ -1,6 +1,6 @@
 """The commands that load no model: ``rhlens merge`` (join the shards of a run), ``rhlens plot``
-(heatmap of a score file or a published map), ``rhlens published`` (the paper's seven maps) and
-``rhlens models`` (the names rhlens knows).
+(heatmap of a score file or a published map), ``rhlens card`` (what made a score file),
+``rhlens published`` (the paper's seven maps) and ``rhlens models`` (the names rhlens knows).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def merge(args) -> int:
             "niah": f"{done['n_samples']} NIAH samples",
             "patch": f"{done['n_samples']} patching pairs, {done.get('n_skipped')} not answered",
             }[done["kind"]]
-    print(f"merged {done['n_shards']} shards ({what}); wrote {done['out']} (and {done['log']})")
+    card = f", {done['out']}.card.json" if done["kind"] == "score" else ""
+    print(f"merged {done['n_shards']} shards ({what}); wrote {done['out']} (and {done['log']}"
+          f"{card})")
     return 0
 
 
@@ -41,16 +43,24 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
                                   "published`)")
     p.add_argument("--out", default="heads.png")
     p.add_argument("--title", default=None)
+    p.add_argument("--mark-uncertain", action="store_true",
+                   help="outline heads whose 95%% bootstrap interval over the file's samples "
+                        "crosses 0.1 (needs per-sample scores: a score file)")
 
 
 def plot(args) -> int:
     """heatmap and sorted-score curve of a score file"""
     from ..analyze.published import NAMES, is_published, load_published
-    from ..run.results import load_scores, score_file_mode
+    from ..run.results import load_scores, per_sample_scores, score_file_mode
+    from ..score.uncertainty import head_intervals
     from ..viz.plots import plot_scores
 
     check_plot_args(args)
-    if is_published(args.scores) and not Path(args.scores).exists():
+    published = is_published(args.scores) and not Path(args.scores).exists()
+    if published and args.mark_uncertain:
+        raise UsageError("mark_uncertain needs each sample's scores, and the published maps "
+                         "ship their means only; pass a score file.", arg="mark_uncertain")
+    if published:
         scores, title = load_published(args.scores), f"{args.scores} (published)"
     else:
         try:
@@ -58,9 +68,26 @@ def plot(args) -> int:
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} Or name a published map: {', '.join(NAMES)}.") from None
         title = Path(args.scores).stem
-    fig = plot_scores(scores, title=args.title or title)
+    uncertain = head_intervals(per_sample_scores(args.scores)).uncertain() \
+        if args.mark_uncertain else None
+    fig = plot_scores(scores, title=args.title or title, uncertain=uncertain)
     save_figure(fig, args.out, dpi=130)
     print(f"wrote {args.out}")
+    return 0
+
+
+def add_card_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scores", help="a score file written by `rhlens score` or `rhlens merge`")
+    p.add_argument("--json", action="store_true", help="print the card's JSON")
+
+
+def card(args) -> int:
+    """print the map card of a score file: model, tokenizer, grid, measurement, versions,
+    samples"""
+    from ..run.card import format_card, read_card
+
+    found = read_card(args.scores)
+    print(json.dumps(found, indent=1) if args.json else format_card(found, args.scores))
     return 0
 
 

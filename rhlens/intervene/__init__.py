@@ -1,2 +1,2 @@
-"""Interventions on heads: masks, NIAH with masks, failure modes, activation patching and direct
-logit attribution."""
+"""Interventions on heads: masks, NIAH with masks, failure modes, activation patching, direct
+logit attribution, and the head detectors held against masking and patching."""

@@ -11,8 +11,9 @@ output matrix) and contributes
 
 to the logit *difference* between the clean answer token and the counterfactual one (the
 same metric as :mod:`rhlens.intervene.patch`), averaged over the answer tokens ``t``, in the clean
-run. A head that copies the needle straight to the output has a large DLA; a head that moves
-it through later layers (which then write it) restores much by patching but has a small DLA.
+run (the formula alone: :func:`rhlens.score.logit.head_dla`). A head that copies the needle
+straight to the output has a large DLA; a head that moves it through later layers (which then
+write it) restores much by patching but has a small DLA.
 
 Example::
 
@@ -25,37 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from ..score.logit import centres_output, final_norm_weight, head_dla
 from .patch import PairRun
-
-
-def _final_norm_weight(model) -> torch.Tensor | None:
-    """The final norm's elementwise weight ``[d_model]`` (``None`` when it has none)."""
-    for name, p in model.ln_final.named_parameters():
-        if name.endswith("weight") or name in ("w", "weight"):
-            return p.detach()
-    return None
-
-
-def head_dla(z: torch.Tensor, w_o: torch.Tensor, scale: torch.Tensor,
-             direction: torch.Tensor) -> torch.Tensor:
-    """Direct logit attribution of heads, the formula alone.
-
-    Args:
-        z: ``[m, n_heads, d_head]`` head outputs (``hook_z``) at the ``m`` answer positions.
-        w_o: ``[n_heads, d_head, d_model]`` output matrices.
-        scale: ``[m]`` the final norm's scale at those positions (frozen from the run).
-        direction: ``[m, d_model]`` per position, the unembedding difference
-            ``W_U[:, clean] - W_U[:, cf]`` times the final norm's weight.
-
-    Returns:
-        ``[n_heads]``: each head's mean direct contribution to the logit difference.
-
-    >>> z = torch.ones(1, 1, 2); w_o = torch.eye(2)[None]; d = torch.tensor([[3.0, -1.0]])
-    >>> head_dla(z, w_o, torch.tensor([2.0]), d)
-    tensor([1.])
-    """
-    written = torch.einsum("mhd,hde->mhe", z, w_o)  # [m, n_heads, d_model]
-    return (torch.einsum("mhe,me->mh", written, direction) / scale[:, None]).mean(0)
 
 
 @torch.no_grad()
@@ -76,11 +48,11 @@ def direct_logit_attribution(model, run: PairRun) -> torch.Tensor:
     w_u = model.W_U  # [d_model, vocab]
     direction = (w_u[:, pair.clean_tokens.to(w_u.device)]
                  - w_u[:, pair.cf_tokens.to(w_u.device)]).T.float()  # [m, d_model]
-    weight = _final_norm_weight(model)
+    weight = final_norm_weight(model)
     if weight is not None:
         direction = direction * weight.float()[None]
     scale = run.scale[steps].to(direction)  # [m]
-    centre = str(getattr(model.cfg, "normalization_type", "RMS") or "RMS").startswith("LN")
+    centre = centres_output(model)
     out = []
     for layer, z in enumerate(run.z["clean"]):
         w_o = model.blocks[layer].attn.W_O.float()  # [n_heads, d_head, d_model]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..niah.prompts import Sample
+from ..niah.prompts import Sample, answer_ids
 from ..run.decode import greedy_decode
 
 #: Plain words used to build counterfactual answers (kept if they are one token).
@@ -35,11 +35,6 @@ def find_tokens(haystack: list[int], needle: list[int], start: int = 0) -> int:
         if haystack[i : i + len(needle)] == needle:
             return i
     return -1
-
-
-def answer_ids(tokenizer, answer: str) -> list[int]:
-    """Token ids of the answer as it appears after a space inside a sentence."""
-    return tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
 
 
 def counterfactual_tokens(tokenizer, original: Sequence[int], seed: int = 0) -> list[int]:

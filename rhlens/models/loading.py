@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import UsageError
+from .available import DTYPES, device_name, dtype_name
 from .bridge import (
     bridge_from_hf,
     embedded_tokenizer,
@@ -68,6 +71,25 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
     return dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
 
 
+def _check_arguments(name: Any, device: Any, dtype: Any) -> None:
+    """What the command line checks of its flags, for a call from Python: a name that is a
+    string, a device torch knows, a floating dtype (an ``int8`` or a ``tpu`` is refused, not
+    quietly replaced by the default)."""
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise UsageError(f"name must be a model name ({EMBEDDED!r}, 'tiny-llama', a Hugging Face "
+                         f"id, a local checkpoint directory or a .gguf file), got {name!r}.",
+                         arg="name")
+    if device is not None and not isinstance(device, (str, torch.device)):
+        raise UsageError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.", arg="device")
+    if device is not None:
+        device_name(str(device))
+    if isinstance(dtype, str):
+        dtype_name(dtype)
+    elif dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise UsageError(f"dtype must be a floating dtype ({', '.join(DTYPES)}), got "
+                         f"{dtype!r}.", arg="dtype")
+
+
 def load_model(
     name: str = EMBEDDED,
     device: str | None = None,
@@ -104,12 +126,16 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    _check_arguments(name, device, dtype)
+    name = os.fspath(name)  # a local checkpoint may come as a Path
     quiet_transformers()
     device = resolve_device(device)
+    asked = dtype
     dtype = resolve_dtype(dtype, device)
 
     if name.startswith("tiny-") and name[5:] in ARCHITECTURES:
-        return tiny_model(name[5:])
+        # built on the CPU in float32 unless a dtype is asked for (then it is honoured)
+        return tiny_model(name[5:], dtype=resolve_dtype(asked, "cpu"))
     if is_standin(name):
         return tiny_paper_model(name[5:], **STANDIN_SHAPE)
     placement = _placement(device_map)
@@ -159,6 +185,11 @@ def load_model(
 
             tok = AutoTokenizer.from_pretrained(target)
             hf = AutoModelForCausalLM.from_pretrained(target, **kwargs)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused what the .bin holds
+        raise ModelNotFoundError(
+            f"Cannot load model {name!r}: its pickled weights (pytorch_model*.bin) hold more than "
+            "tensors, and running such a pickle could run any code, so they are refused; load "
+            "a checkpoint saved as .safetensors (save_pretrained writes them).") from None
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(
             f"Cannot load model {name!r}: {err}\n"

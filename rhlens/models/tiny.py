@@ -25,6 +25,7 @@ def tiny_model(
     n_kv_heads: int = TINY_SHAPE["n_kv_heads"],
     d_model: int = TINY_SHAPE["d_model"],
     seed: int = 0,
+    dtype: torch.dtype = torch.float32,
     **config_overrides: Any,
 ):
     """A random-weight model of ``arch`` with the embedded tokenizer, for tests and demos.
@@ -38,7 +39,7 @@ def tiny_model(
     (2, 4)
     """
     config = _tiny_config(arch, n_layers, n_heads, n_kv_heads, d_model, **config_overrides)
-    return _tiny_from_config(config, f"tiny-{arch}", seed)
+    return _tiny_from_config(config, f"tiny-{arch}", seed, dtype)
 
 
 #: Config fields of the published checkpoints that change how they compute, copied into the
@@ -126,9 +127,10 @@ def _tiny_config(arch: str, n_layers: int, n_heads: int, n_kv_heads: int, d_mode
     return apply_config_overrides(config, rope) if rope else config
 
 
-def _tiny_from_config(config, name: str, seed: int):
+def _tiny_from_config(config, name: str, seed: int, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(config)
-    return bridge_from_hf(hf, embedded_tokenizer(), name, "cpu", torch.float32)
+    hf = AutoModelForCausalLM.from_config(config)  # drawn in float32: the same weights in any dtype
+    hf.to(dtype)
+    return bridge_from_hf(hf, embedded_tokenizer(), name, "cpu", dtype)

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
-from ..validate import check_grid
+from ..files import MAX_LOG_BYTES, read_bytes
+from ..validate import check_grid, count, number_list
 from .haystack import Needle, load_haystack, load_needles
 from .prompts import PROMPT_STYLES, PromptStyle, Sample, build_sample
 
@@ -68,8 +69,12 @@ class Grid:
         elif isinstance(needles, (str, Path)):
             needles = load_needles(needles)
         object.__setattr__(self, "needles", tuple(needles))
-        object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
-        object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
+        lengths = number_list(self.lengths, "lengths", "prompt lengths in tokens")
+        # a whole number only: int(160.7) would quietly run another grid than the one asked for
+        lengths = [int(n) if isinstance(n, float) and n.is_integer() else n for n in lengths]
+        object.__setattr__(self, "lengths", tuple(count(n, "lengths", minimum=1) for n in lengths))
+        object.__setattr__(self, "depths", tuple(
+            float(d) for d in number_list(self.depths, "depths", "needle depths in [0, 1]")))
         if not self.needles:
             raise UsageError("needles is empty: a grid needs at least one needle.", arg="needles")
         if self.prompt_style not in PROMPT_STYLES:
@@ -126,11 +131,14 @@ def needles_used_by(scores_path: str | Path) -> set[str]:
     if not log.exists():
         return set()
     used = set()
-    for line in log.read_text().splitlines()[1:]:
+    text = read_bytes(log, "Sample log", MAX_LOG_BYTES).decode("utf-8", errors="replace")
+    for line in text.splitlines()[1:]:
         try:
-            used.add(json.loads(line)["needle"])
-        except (json.JSONDecodeError, KeyError):
+            record = json.loads(line)
+        except ValueError:  # a torn or damaged line: its sample is redone by a resume anyway
             continue
+        if isinstance(record, dict) and isinstance(record.get("needle"), str):
+            used.add(record["needle"])
     return used
 
 

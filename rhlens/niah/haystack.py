@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import FetchError, UsageError
+from ..files import read_bytes
 
 CONTEXT_MARKER = "<<RHLENS_CONTEXT>>"
 INSTRUCTION = (
@@ -47,6 +48,10 @@ class Needle:
         for name in ("text", "question", "answer"):
             if not getattr(self, name).strip():
                 raise ValueError(f"Needle.{name} must not be empty: {self!r}")
+        for name in ("text", "question", "answer_prefix"):  # checked when the file is read, not
+            if CONTEXT_MARKER in getattr(self, name):       # once the model has loaded
+                raise ValueError(f"Needle.{name} contains {CONTEXT_MARKER!r}, which marks where "
+                                 "the context goes in the prompt; remove it.")
         self.answer_chars()  # the answer must lie inside the text: the score reads it there
 
     def answer_chars(self) -> tuple[int, int]:
@@ -258,7 +263,7 @@ def read_text(path: str | Path, what: str = "File") -> str:
     rhlens.errors.UsageError: Haystack ... is not text ...
     >>> os.unlink(f.name)
     """
-    data = Path(path).read_bytes()
+    data = read_bytes(path, what)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -324,7 +329,7 @@ def load_haystack(source: str | Path | None = None) -> str:
                 raise UsageError(f"The haystack folder {source!r} holds no .txt or .md file.",
                                  arg="haystack")
             text = "\n\n".join(read_text(p, "Haystack file") for p in files)
-        elif path.is_file():
+        elif path.exists():  # a file; anything else (a FIFO, a device) is refused by read_text
             text = read_text(path, "Haystack")
         else:
             raise FileNotFoundError(

@@ -257,3 +257,44 @@ def build_sample(
         depth=depth,
         answer_span=(start + a0, start + a1),
     )
+
+
+# --------------------------------------------------------------------------- where things are
+
+
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    """Token ids of the answer as it appears after a space inside a sentence (as a model
+    writes it in its reply)."""
+    return tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+
+
+def _token_chars(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """``text``'s token ids and each token's character span."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids = encode(tokenizer, text)
+    ends = [len(tokenizer.decode(ids[: j + 1])) for j in range(len(ids))]
+    return ids, list(zip([0] + ends[:-1], ends))
+
+
+def question_span(tokenizer, sample: Sample) -> tuple[int, int]:
+    """``(start, end)`` of the question's tokens in ``sample.input_ids`` (either layout of
+    :data:`PROMPT_STYLES`), end exclusive.
+
+    Raises:
+        ValueError: the prompt does not end as a NIAH prompt of this tokenizer does.
+    """
+    ids = sample.input_ids.tolist()
+    question = sample.needle.question.strip()
+    for style in PROMPT_STYLES:
+        after = chat_parts(tokenizer, sample.needle, style=style)[1]
+        post, chars = _token_chars(tokenizer, after)
+        c0 = after.find(question)
+        if c0 < 0 or not post or ids[-len(post):] != post:
+            continue
+        inside = [i for i, (a, b) in enumerate(chars) if a < c0 + len(question) and b > c0]
+        start = len(ids) - len(post)
+        return start + inside[0], start + inside[-1] + 1
+    raise ValueError("Cannot find the question's tokens at the end of the prompt: build the "
+                     "sample with rhlens.niah.prompts.build_sample and the model's own tokenizer.")

@@ -11,7 +11,11 @@ Nothing reads attention during the prefill unless ``prefill_hooks`` are given, s
 it runs with Hugging Face's SDPA attention (:func:`rhlens.run.sdpa.sdpa_attention`: no score
 matrix, the speed of plain ``generate``) into the same KV cache the hooked decode steps read.
 With ``prefill_hooks``, or ``prefill_attention="eager"``, it runs through the bridge's hooked
-eager attention in chunks (each chunk's scores are ``chunk x n``, never ``n x n``).
+eager attention in chunks (each chunk's scores are ``chunk x n``, never ``n x n``). Under
+grouped-query attention the decode steps read each shared KV head once, without copies
+(:func:`rhlens.run.gqa.grouped_decode_attention`, same hooks; ``decode_attention="eager"`` runs
+the bridge's own attention instead), and the steps skip the bridge's and the cache's work
+that no hook reads (:mod:`rhlens.run.lean`).
 
 Example::
 
@@ -32,6 +36,7 @@ from typing import Literal
 
 import torch
 
+from .gqa import grouped_decode_attention
 from .hooks import act_name, every_layer, layer_of
 from .sdpa import sdpa_attention
 
@@ -40,6 +45,9 @@ Hook = tuple[str | Callable[[str], bool], Callable]
 #: How the prompt is prefilled: ``"sdpa"`` (fast, no hooks) or ``"eager"`` (the bridge's hooked
 #: attention, chunked).
 PrefillAttention = Literal["sdpa", "eager"]
+#: How decode steps attend: ``"grouped"`` (GQA without ``repeat_kv`` copies, where it applies)
+#: or ``"eager"`` (the bridge's own attention). Both fire the same hooks.
+DecodeAttention = Literal["grouped", "eager"]
 #: Default prefill chunk of the eager path: each chunk materialises ``heads x chunk x n`` scores.
 EAGER_CHUNK = 512
 
@@ -124,6 +132,7 @@ def greedy_decode(
     *,
     mask=None,
     prefill_attention: PrefillAttention = "sdpa",
+    decode_attention: DecodeAttention = "grouped",
 ) -> DecodeTrace:
     """Greedy generation from ``input_ids`` (``[n]``) that records attention argmaxes.
 
@@ -145,7 +154,11 @@ def greedy_decode(
             and no hooks whenever ``prefill_hooks`` is empty; ``"eager"`` forces the bridge's
             hooked attention (the reference the SDPA path is tested against). With
             ``prefill_hooks`` the prefill is always eager, since only that path fires them.
-            The decode steps always run through the hooked eager attention.
+            The decode steps always run through the hooked attention (``decode_attention``).
+        decode_attention: ``"grouped"`` (default) computes grouped-query attention at the
+            decode steps without copying the shared keys and values
+            (:func:`rhlens.run.gqa.grouped_decode_attention`, same hooks, same rows up to float
+            rounding); ``"eager"`` runs the bridge's own attention (the reference).
 
     Returns:
         a :class:`DecodeTrace`.
@@ -156,6 +169,7 @@ def greedy_decode(
         raise ValueError(
             f"prefill_attention must be 'sdpa' or 'eager', not {prefill_attention!r}."
         )
+    _check_decode_attention(decode_attention)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of tokens, not {chunk_size}.")
     n_ctx = model.cfg.n_ctx
@@ -198,13 +212,17 @@ def greedy_decode(
     else:
         with model.hooks(fwd_hooks=list(prefill_hooks)) if prefill_hooks else contextlib.nullcontext():
             prefill(model, ids[:-1], cache, chunk_size)
+    from .lean import lean_bridge, reserve
+
+    reserve(cache, max_new_tokens)  # each decode step writes its key and value in place
     _sync(device)
     t1 = time.perf_counter()
 
     recorder = (every_layer("pattern"), read_pattern)
     generated: list[int] = []
     nxt = ids[-1:]
-    with model.hooks(fwd_hooks=[*decode_hooks, recorder]):
+    with model.hooks(fwd_hooks=[*decode_hooks, recorder]), lean_bridge(model), \
+            grouped_decode_attention(model, enabled=decode_attention == "grouped"):
         for t in range(max_new_tokens):
             step["t"] = t
             out, cache = model(nxt.unsqueeze(0), return_type="logits_and_cache",
@@ -226,6 +244,13 @@ def greedy_decode(
         rows=rows_cpu,
         timings={"prefill_s": t1 - t0, "decode_s": t2 - t1},
     )
+
+
+def _check_decode_attention(decode_attention) -> None:
+    if decode_attention not in ("grouped", "eager"):
+        raise ValueError(
+            f"decode_attention must be 'grouped' or 'eager', not {decode_attention!r}."
+        )
 
 
 def _sync(device: torch.device) -> None:
@@ -281,6 +306,8 @@ def decode_conditions(
     max_new_tokens: int = 16,
     stop_at_newline: bool = True,
     chunk_size: int | None = None,
+    *,
+    decode_attention: DecodeAttention = "grouped",
 ) -> dict[str, str]:
     """Greedy answers of ``input_ids`` (``[n]``) under every condition, in one batch.
 
@@ -288,7 +315,7 @@ def decode_conditions(
     (conditions act at decode steps only, as the paper masks); the cache is then repeated once per condition and
     decoding runs with :func:`batched_hooks` (each condition's hooks on its own row), as
     :func:`greedy_decode` would with ``decode_hooks=conditions[name]``, with the same stop
-    rule (:func:`stops`).
+    rule (:func:`stops`) and the same ``decode_attention``.
 
     Returns:
         ``{condition name: decoded text}``.
@@ -298,6 +325,7 @@ def decode_conditions(
     names = list(conditions)
     if not names:
         raise ValueError("conditions is empty: pass at least {'none': []}.")
+    _check_decode_attention(decode_attention)
     tok = model.tokenizer
     ids = input_ids.to(model_device(model))
     cache = new_cache(model)
@@ -306,10 +334,15 @@ def decode_conditions(
     batch = len(names)
     if batch > 1:
         cache.batch_repeat_interleave(batch)
+    from .lean import lean_bridge, reserve
+
+    reserve(cache, max_new_tokens)
     nxt = ids[-1:].repeat(batch, 1)
     generated: list[list[int]] = [[] for _ in names]
     done = [False] * batch
-    with model.hooks(fwd_hooks=batched_hooks([conditions[n] for n in names])):
+    hooks = batched_hooks([conditions[n] for n in names])
+    with model.hooks(fwd_hooks=hooks), lean_bridge(model), \
+            grouped_decode_attention(model, enabled=decode_attention == "grouped"):
         for _ in range(max_new_tokens):
             out, cache = model(nxt, return_type="logits_and_cache", past_key_values=cache)
             tokens = out[:, -1].argmax(-1)

@@ -3,7 +3,8 @@
 Every kind of run that writes a sample log merges the same way (a detection's score file, a NIAH
 run's or a patching run's CSV): the shards' logs are checked against each other, the records put
 back in the run's order, and the log and the output written as one process would have
-(:func:`rhlens.run.outputs.write_output`).
+(:func:`rhlens.run.outputs.write_output`); a score file also gets the map card a single process
+writes (:func:`rhlens.run.card.merged_card`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from ..errors import NoPassingSampleError, UsageError
 from ..validate import output_file, same_file
+from .card import SUFFIX as CARD_SUFFIX
+from .card import merged_card, write_card
 from .outputs import write_output
 from .samplelog import read_log, write_log
 from .shard import keys_digest
@@ -28,6 +31,18 @@ def _log_path(path: str | Path) -> tuple[str, str]:
     return text, text + _LOG
 
 
+def _check_part(path: str | Path, part: dict) -> None:
+    """The shard fields of a log's header hold what they should (an edited or damaged header
+    is one line naming the file, not a TypeError of the merge)."""
+    ints = {f: part.get(f) for f in ("index", "count", "n_samples")}
+    bad = [f for f, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if bad or not 0 <= part["index"] < part["count"] or not all(
+            isinstance(k, str) for k in part["keys"]):
+        what = f"its {bad[0]} is {ints[bad[0]]!r}" if bad else "its shard or keys do not fit"
+        raise UsageError(f"{path}: the shard named in its sample log's header is damaged "
+                         f"({what}); rerun this shard's command.")
+
+
 def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = False) -> dict:
     """Join the shards of one run into the files a single process writes for it.
 
@@ -35,7 +50,8 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
         paths: each shard's output (``scores.shard0of2.json``...) or its sample log; every
             shard of the split once, each finished.
         out: the merged score file (or CSV); its sample log ``<out>.samples.jsonl`` is
-            written too, so a later unsharded run with the same settings resumes from it.
+            written too, so a later unsharded run with the same settings resumes from it, and
+            a score file's map card ``<out>.card.json``.
         force: replace ``out`` (and its log) when they exist.
 
     Returns:
@@ -61,6 +77,7 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
         if not isinstance(part, dict) or not isinstance(part.get("keys"), list):
             raise UsageError(f"{path} is not a shard's output (its sample log names no "
                              "shard); merge the files of a run with --shard i/n.")
+        _check_part(path, part)
         shards.append((str(path), output, log, header["settings"], part, records))
     first_path, _, _, settings, first, _ = shards[0]
     seen: dict[int, str] = {}
@@ -111,7 +128,7 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
         if same_file(out, output) or same_file(out, log) or same_file(out_log, log):
             raise UsageError(f"out {out} would overwrite the shard {path}; pass another --out.",
                              arg="out")
-    output_file(out, "out", sidecars=(_LOG,))
+    output_file(out, "out", sidecars=(_LOG, CARD_SUFFIX) if first["kind"] == "score" else (_LOG,))
     if not force:
         there = [p for p in (out, out_log) if Path(p).exists()]
         if there:
@@ -129,6 +146,14 @@ def merge_shards(paths: Sequence[str | Path], out: str | Path, *, force: bool = 
                 "`rhlens score --help` for what to change.")
     elif first["kind"] == "patch":
         summary["n_skipped"] = sum(bool(r["skipped"]) for r in merged)
+    try:  # the output first: it is what reads the records' contents, and writes nothing on error
+        write_output(first["kind"], out, merged)
+    except (KeyError, TypeError, IndexError, ValueError, RuntimeError) as err:
+        raise UsageError(f"the shards' records cannot be merged ({type(err).__name__}: "
+                         f"{str(err)[:120]}): a damaged log; rerun the shards. Nothing was "
+                         "written.") from None
     write_log(out_log, settings, merged)
-    write_output(first["kind"], out, merged)
+    if first["kind"] == "score":
+        by_index = sorted(shards, key=lambda s: s[4]["index"])
+        write_card(out, merged_card([s[1] for s in by_index], settings, merged), merged)
     return summary

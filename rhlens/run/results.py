@@ -29,9 +29,10 @@ from typing import Any
 import torch
 
 from ..errors import FetchError, UsageError
+from ..files import MAX_BYTES, MAX_LOG_BYTES, open_regular, read_bytes
 
 #: Largest score file :func:`load_scores` fetches from a URL (the paper's are 1-8 MB).
-MAX_SCORE_BYTES = 64 * 2**20
+MAX_SCORE_BYTES = MAX_BYTES
 
 
 # --------------------------------------------------------------------------- writing
@@ -84,6 +85,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: Decimals a score file keeps of each per-sample score (enough for |k| up to 10^5 tokens).
+SCORE_DECIMALS = 6
+
+
 def head_key(layer: int, head: int) -> str:
     """``"16-19"`` for layer 16, head 19: the public score files' key."""
     return f"{layer}-{head}"
@@ -93,7 +98,7 @@ def scores_to_json(per_sample: Iterable[torch.Tensor], n_layers: int, n_heads: i
     """``{"layer-head": [score of sample 1, ...]}`` from ``[n_layers, n_heads]`` maps."""
     maps = list(per_sample)
     return {
-        head_key(l, h): [round(float(m[l, h]), 6) for m in maps]
+        head_key(l, h): [round(float(m[l, h]), SCORE_DECIMALS) for m in maps]
         for l in range(n_layers)
         for h in range(n_heads)
     }
@@ -101,13 +106,15 @@ def scores_to_json(per_sample: Iterable[torch.Tensor], n_layers: int, n_heads: i
 
 # --------------------------------------------------------------------------- score files
 
-_KEY = re.compile(r"(0|[1-9][0-9]*)-(0|[1-9][0-9]*)")
+_KEY = re.compile(r"(0|[1-9][0-9]{0,8})-(0|[1-9][0-9]{0,8})")  # no int() of 5000 digits
 
 
 def load_scores(
     source: str | Path | dict,
     mode: str | None = None,
     shape: tuple[int, int] | None = None,
+    *,
+    signed: bool = False,
 ) -> torch.Tensor:
     """Mean score per head, ``[n_layers, n_heads]``, from a score file, URL or dict.
 
@@ -117,7 +124,9 @@ def load_scores(
     * keys are ``"layer-head"`` (whole numbers, no leading zeros, no duplicates);
     * values are numbers or lists of numbers, finite and ``>= 0``; with ``mode="paper"``
       also ``<= 1`` (``"sum"`` files, like the paper's published ones, may exceed 1);
-    * with ``shape`` (the model's ``(n_layers, n_heads)``), the map has that shape.
+    * with ``shape`` (the model's ``(n_layers, n_heads)``), the map has that shape;
+    * ``signed=True`` lets values be negative (maps of signed head detectors, e.g. logit
+      contributions, :mod:`rhlens.score.detectors`).
 
     A URL is fetched as :func:`fetch_text` does (https, or http when the address says so;
     a deadline and a size cap).
@@ -137,6 +146,12 @@ def load_scores(
     else:
         name = str(source)
         data = _parse_score_json(_read(source), name)
+    return _mean_map(data, name, mode, shape, signed)
+
+
+def _mean_map(data: Any, name: str, mode: str | None, shape: tuple[int, int] | None,
+              signed: bool = False) -> torch.Tensor:
+    """:func:`load_scores` of parsed JSON ``data``, naming ``name`` in its errors."""
     if not isinstance(data, dict) or not data:
         raise UsageError(f"{name!r} holds no scores: expected {{'layer-head': [scores]}}.")
     keys = []
@@ -164,19 +179,63 @@ def load_scores(
     for (l, h), key, values in zip(keys, data, data.values()):
         values = values if isinstance(values, list) else [values]
         for v in values:
-            _check_score(v, name, key, mode)
-        out[l, h] = sum(values) / len(values) if values else 0.0
+            _check_score(v, name, key, mode, signed)
+        mean = sum(values) / len(values) if values else 0.0
+        if not math.isfinite(mean):  # finite scores whose sum overflows: their mean is not inf
+            mean = sum(v / len(values) for v in values)
+        if abs(mean) > _FLOAT32_MAX:
+            raise UsageError(f"{name}: head '{key}' scores {mean:.3g} on average, beyond what a "
+                             "score map holds (float32, up to 3.4e38); not a score file?")
+        out[l, h] = mean
     return out
 
 
-def _check_score(v: Any, name: str, key: str, mode: str | None) -> None:
+def per_sample_scores(source: str | Path | dict) -> torch.Tensor:
+    """``[n_samples, n_layers, n_heads]`` float64 from a score file (path or URL) or its dict:
+    the per-sample lists the public format keeps under each ``"layer-head"`` key, checked as
+    :func:`load_scores` checks them (for bootstrap intervals, :mod:`rhlens.score.uncertainty`).
+
+    Raises:
+        UsageError: the file holds no per-sample lists (a file of one mean per head) or
+            lists of unequal lengths.
+
+    >>> per_sample_scores({"0-0": [1.0, 0.5], "0-1": [0.0, 0.25]}).tolist()
+    [[[1.0, 0.0]], [[0.5, 0.25]]]
+    """
+    if isinstance(source, dict):
+        name, data = "score dict", source
+    else:
+        name = str(source)
+        data = _parse_score_json(_read(source), name)
+    n_layers, n_heads = _mean_map(data, name, None, None).shape  # keys, values, coverage
+    lengths = {len(v) if isinstance(v, list) else 0 for v in data.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise UsageError(f"{name} does not hold the same number of per-sample scores for "
+                         "every head, so it cannot be resampled; intervals need a score file "
+                         "written by `rhlens score` (or the public code).")
+    out = torch.zeros(lengths.pop(), n_layers, n_heads, dtype=torch.float64)
+    for key, values in data.items():
+        l, h = (int(x) for x in key.split("-"))
+        out[:, l, h] = torch.tensor(values, dtype=torch.float64)
+    return out
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _check_score(v: Any, name: str, key: str, mode: str | None, signed: bool = False) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise UsageError(f"{name}: head '{key}' has {json.dumps(v)[:40]}; scores must be "
                          "numbers or lists of numbers.")
-    if not math.isfinite(v):
-        raise UsageError(f"{name}: head '{key}' has a non-finite score ({v}); a score file "
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an int of hundreds of digits has no float
+        finite = False
+    if not finite:
+        shown = str(v) if isinstance(v, float) else f"a {len(str(abs(v)))}-digit number"
+        raise UsageError(f"{name}: head '{key}' has a non-finite score ({shown}); a score file "
                          "holds finite numbers only.")
-    if v < 0:
+    if v < 0 and not signed:
         raise UsageError(f"{name}: head '{key}' has a negative score ({v}); retrieval "
                          "scores are >= 0.")
     if mode == "paper" and v > 1 + 1e-9:
@@ -197,7 +256,10 @@ def _parse_score_json(text: str, name: str) -> Any:
         return dict(pairs)
 
     try:
-        return json.loads(text, object_pairs_hook=unique, parse_constant=no_constants)
+        # parse_int=float: a whole number of thousands of digits becomes inf (refused as not
+        # finite, naming the file) instead of Python's digit limit error, which names none
+        return json.loads(text, object_pairs_hook=unique, parse_constant=no_constants,
+                          parse_int=float)
     except json.JSONDecodeError as err:
         raise UsageError(f"{name} is not JSON: {err}") from err
     except RecursionError:
@@ -209,9 +271,9 @@ def score_file_mode(path: str | Path) -> str | None:
     ``rhlens score`` writes beside a score file; ``None`` when there is none (e.g. a published
     file) or it cannot be read."""
     log = Path(f"{path}.samples.jsonl")
-    try:
-        with open(log, encoding="utf-8", errors="replace") as f:
-            header = json.loads(f.readline())
+    try:  # a FIFO or a device there is not opened (it could block): it reads as no log
+        with open_regular(log, "Sample log", MAX_LOG_BYTES) as f:
+            header = json.loads(f.readline().decode("utf-8", errors="replace"))
     except (OSError, ValueError):
         return None
     settings = header.get("settings") if isinstance(header, dict) else None
@@ -234,7 +296,7 @@ def _read(source: str | Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"Score file {path} does not exist; make one with `rhlens score`.")
     try:
-        return path.read_bytes().decode("utf-8")
+        return read_bytes(path, "Score file").decode("utf-8")
     except UnicodeDecodeError as err:
         raise UsageError(f"Score file {path} is not UTF-8 text (byte {err.start}): "
                          "not a score file.") from None
@@ -246,8 +308,10 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         old, new = req.full_url.split(":", 1)[0].lower(), newurl.split(":", 1)[0].lower()
         if new not in ("http", "https") or (old == "https" and new != "https"):
-            raise FetchError(f"{req.full_url} redirects to {newurl}: refused (an https address "
-                           "may only redirect to https).")
+            # the address's own answer, not a passing failure: a usage error (exit 2)
+            raise UsageError(f"{req.full_url} redirects to {newurl}: refused (redirects are "
+                             "followed only to http(s), and an https address may only redirect "
+                             "to https); download the file and pass its path.")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -258,8 +322,8 @@ def fetch_text(url: str, timeout: float = 60.0, max_bytes: int = MAX_SCORE_BYTES
     from https to http is refused).
 
     Raises:
-        UsageError: for an address that is not http(s), a 4xx answer, a body over
-            ``max_bytes`` or not UTF-8: the address is wrong.
+        UsageError: for an address that is not http(s), a 4xx answer, a redirect that is
+            not followed, a body over ``max_bytes`` or not UTF-8: the address is wrong.
         FetchError: the server could not be reached, answered 5xx, or was too slow.
     """
     scheme = url.split(":", 1)[0].lower()
@@ -292,6 +356,10 @@ def fetch_text(url: str, timeout: float = 60.0, max_bytes: int = MAX_SCORE_BYTES
         msg = f"{url} answered HTTP {err.code} {err.reason}"
         if 400 <= err.code < 500:
             raise UsageError(f"{msg}: check the address.") from None
+        if 300 <= err.code < 400:  # urllib refused the redirect (to file:, ftp:...): not transient
+            raise UsageError(f"{msg}, a redirect to {err.headers.get('Location')!r} that is not "
+                             "followed (only http(s), never https to http); download the file "
+                             "and pass its path.") from None
         raise FetchError(f"{msg}: try again later.") from None
     except urllib.error.URLError as err:
         raise FetchError(f"Cannot fetch {url}: {err.reason}; check the address and the "

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from ..files import MAX_LOG_BYTES, read_bytes
 from .results import atomic_write_text
 
 #: Version of the sample-log format: logs of other versions are not resumed.
@@ -48,6 +49,18 @@ def tensor_digest(t: torch.Tensor | None) -> str | None:
         return None
     t = t.detach().float().cpu().contiguous()
     return text_digest(f"{tuple(t.shape)}".encode() + t.numpy().tobytes())
+
+
+def logged_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings as a sample log's header holds them: with the log's format version,
+    as JSON reads them back."""
+    return json.loads(json.dumps({"log_format": LOG_FORMAT, **settings}))
+
+
+def run_digest(settings: dict[str, Any]) -> str:
+    """The digest of a run that every record of its sample log carries (``settings`` as the
+    log's header holds them, :func:`logged_settings`)."""
+    return text_digest(json.dumps(settings, sort_keys=True))
 
 
 def model_identity(model, samples_per_tensor: int = 64) -> dict[str, str]:
@@ -84,6 +97,39 @@ def model_identity(model, samples_per_tensor: int = 64) -> dict[str, str]:
 # --------------------------------------------------------------------------- sample logs
 
 
+#: What each field a record may hold must be (a resume and a merge reuse the record as it is).
+_NUMBER = (int, float)
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "key": (str,), "needle": (str,), "answer": (str,), "expected": (str,), "length": (int,),
+    "depth": _NUMBER, "rouge": _NUMBER, "score": _NUMBER, "passed": (bool,), "skipped": (str,),
+    "scores": (list,), "rows": (list,),
+}
+
+
+def wrong_field(obj: dict, fields: Iterable[str]) -> str | None:
+    """The first of ``fields`` that ``obj`` holds with the wrong type (a ``null``, a string
+    for a bool, a ragged score map), or ``None`` when all are right.
+
+    >>> wrong_field({"key": "k", "passed": "yes"}, ["key", "passed"])
+    'passed'
+    >>> wrong_field({"scores": [[0.1, 0.2], [0.3]]}, ["scores"])
+    'scores'
+    """
+    for f in fields:
+        v = obj.get(f)
+        want = FIELD_TYPES.get(f)
+        if want is None:
+            continue
+        if not isinstance(v, want) or (isinstance(v, bool) and bool not in want):
+            return f
+        if f == "scores" and isinstance(v, list) and (not v or not all(
+                isinstance(r, list) and len(r) == len(v[0])
+                and all(isinstance(x, _NUMBER) and not isinstance(x, bool) for x in r)
+                for r in v)):
+            return f
+    return None
+
+
 def _note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
@@ -105,9 +151,9 @@ class SampleLog:
         # which part of the grid a shard's log holds (:meth:`rhlens.run.shard.Shard.part`)
         self.part = json.loads(json.dumps(part)) if part is not None else None
         # as it reads back from the file; the format version refuses logs of older rhlens
-        self.settings = json.loads(json.dumps({"log_format": LOG_FORMAT, **settings}))
+        self.settings = logged_settings(settings)
         self.required = tuple(dict.fromkeys(("key", *required)))
-        self.run = text_digest(json.dumps(self.settings, sort_keys=True))
+        self.run = run_digest(self.settings)
         self.records: dict[str, dict] = {}
         if self.path.is_dir():
             raise UsageError(f"{self.path} is a folder, not a sample log; pass another --out.")
@@ -145,7 +191,8 @@ class SampleLog:
         )
 
     def _load(self) -> None:
-        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        lines = read_bytes(self.path, "Sample log", MAX_LOG_BYTES).decode(
+            "utf-8", errors="replace").splitlines()
         try:
             header = json.loads(lines[0])
         except (ValueError, IndexError):
@@ -172,6 +219,10 @@ class SampleLog:
             lacks = [f for f in self.required if f not in obj]
             if lacks or not isinstance(obj.get("key"), str):
                 dropped.append(f"line {i} (no {', '.join(map(repr, lacks or ['key']))})")
+                continue
+            wrong = wrong_field(obj, self.required)
+            if wrong:
+                dropped.append(f"line {i} (a wrong {wrong!r})")
                 continue
             if obj.pop("run", None) != self.run:
                 foreign += 1
@@ -238,7 +289,8 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, dict]]:
     Raises:
         UsageError: the file's header is unreadable (not a sample log, or torn).
     """
-    lines = Path(path).read_bytes().decode("utf-8", errors="replace").splitlines()
+    lines = read_bytes(path, "Sample log", MAX_LOG_BYTES).decode(
+        "utf-8", errors="replace").splitlines()
     try:
         header = json.loads(lines[0])
     except (ValueError, IndexError):
@@ -246,14 +298,15 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, dict]]:
     if not isinstance(header, dict) or not isinstance(header.get("settings"), dict):
         raise UsageError(f"{path} has no readable header: not a sample log, or a damaged one "
                          "(rerun its command to repair it).")
-    run = text_digest(json.dumps(header["settings"], sort_keys=True))
+    run = run_digest(header["settings"])
     records: dict[str, dict] = {}
     for line in lines[1:]:
         try:
             obj = json.loads(line)
         except ValueError:
             continue
-        if isinstance(obj, dict) and isinstance(obj.get("key"), str) and obj.pop("run", None) == run:
+        if (isinstance(obj, dict) and isinstance(obj.get("key"), str)
+                and wrong_field(obj, obj) is None and obj.pop("run", None) == run):
             records[obj["key"]] = obj
     return header, records
 
@@ -261,6 +314,6 @@ def read_log(path: str | Path) -> tuple[dict[str, Any], dict[str, dict]]:
 def write_log(path: str | Path, settings: dict[str, Any], records: Iterable[dict]) -> None:
     """Write (atomically) the sample log a run with ``settings`` (as a log's header holds
     them) leaves after finishing ``records`` in that order, as :class:`SampleLog` writes it."""
-    run = text_digest(json.dumps(settings, sort_keys=True))
+    run = run_digest(settings)
     atomic_write_text(path, "".join(json.dumps(obj) + "\n" for obj in
                                     [{"settings": settings}, *({**r, "run": run} for r in records)]))

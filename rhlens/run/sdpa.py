@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["sdpa_attention", "attention_hooks_in_use"]
+__all__ = ["sdpa_attention", "attention_hooks_in_use", "attention_components"]
 
 
 @dataclass
@@ -63,21 +63,32 @@ class _Swap:
     hf_attention: torch.nn.Module  # the Hugging Face module the component wraps
 
 
-def _attention_components(model) -> list[tuple[int, torch.nn.Module]]:
-    """``(block index, attention component)`` of every block that has one."""
+def attention_components(model) -> list[tuple[int, torch.nn.Module]]:
+    """``(block index, attention component)`` of every block of ``model`` (a
+    ``TransformerBridge``) that has a TransformerLens attention component; empty for a model
+    without ``blocks``. Every swap of a bridge's attention (:func:`sdpa_attention`,
+    :func:`rhlens.run.gqa.grouped_decode_attention`) finds the components here."""
     from transformer_lens.model_bridge.generalized_components import AttentionBridge
 
     blocks = model._modules.get("blocks")
     if blocks is None:
-        raise ValueError(
-            f"{type(model).__name__} has no `blocks`: sdpa_attention needs a TransformerBridge "
-            "of a decoder-only model; prefill with prefill_attention='eager' instead."
-        )
+        return []
     found: list[tuple[int, torch.nn.Module]] = []
     for i, block in enumerate(blocks):
         attn = block._modules.get("attn")
         if isinstance(attn, AttentionBridge):
             found.append((i, attn))
+    return found
+
+
+def _swappable(model) -> list[tuple[int, torch.nn.Module]]:
+    """:func:`attention_components`, refusing a model that has none (nothing to swap)."""
+    if model._modules.get("blocks") is None:
+        raise ValueError(
+            f"{type(model).__name__} has no `blocks`: sdpa_attention needs a TransformerBridge "
+            "of a decoder-only model; prefill with prefill_attention='eager' instead."
+        )
+    found = attention_components(model)
     if not found:
         raise ValueError(
             "No block of this model has a TransformerLens attention component; "
@@ -97,7 +108,7 @@ def attention_hooks_in_use(model) -> list[str]:
     """Names of attention hook points that have hooks attached and that an SDPA forward
     would not fire (e.g. ``blocks.3.attn.hook_pattern``)."""
     names: list[str] = []
-    for _, attn in _attention_components(model):
+    for _, attn in _swappable(model):
         for name, point in _own_hook_points(attn).items():
             if point.has_hooks(dir="both"):
                 names.append(point.name or name)  # the bridge names its hook points in full
@@ -106,7 +117,7 @@ def attention_hooks_in_use(model) -> list[str]:
 
 def _plan(model) -> list[_Swap]:
     swaps = []
-    for i, attn in _attention_components(model):
+    for i, attn in _swappable(model):
         block = model.blocks[i]
         layer = block._modules.get("_original_component")
         hf_attention = attn._modules.get("_original_component")

@@ -10,9 +10,10 @@ only a run that would give the same samples, and refuses another (:mod:`rhlens.r
 
 :meth:`Sweep.run` is the loop all of them share: read the log, check its samples against the
 grid, skip the finished ones, measure the others one by one, append each to the log (flushed),
-and rewrite the output file atomically after each (:mod:`rhlens.run.outputs`). With a
-:class:`~rhlens.run.shard.Shard` it runs only that shard's samples, and its log names the shard
-for :func:`~rhlens.run.merge.merge_shards`.
+and rewrite the output file atomically after each (:mod:`rhlens.run.outputs`), until the samples
+run out or the sweep says it has what it needs (:meth:`Sweep.done`: a detection
+``--until-stable``). With a :class:`~rhlens.run.shard.Shard` it runs only that shard's samples,
+and its log names the shard for :func:`~rhlens.run.merge.merge_shards`.
 
 A config field marks itself as not part of the identity with ``metadata={"identity": False}``
 (e.g. which prompts a run draws, when the sample keys already fingerprint them), or gives the
@@ -110,6 +111,11 @@ class Sweep(abc.ABC):
         self.progress = progress
         #: each record's place in the whole run (set by :meth:`run`: a shard's are spaced)
         self.positions: list[int] = []
+        #: the run's identity, as its sample log's header holds it (set by :meth:`run`)
+        self.settings: dict[str, Any] = {}
+        #: which part of the grid a shard runs (:meth:`~rhlens.run.shard.Shard.part`, set by
+        #: :meth:`run`; ``None`` for a whole run)
+        self.part: dict[str, Any] | None = None
 
     def identity(self) -> dict[str, Any]:
         """The sample log's settings: the model's identity and the config's."""
@@ -132,17 +138,24 @@ class Sweep(abc.ABC):
         assert self.out is not None
         write_output(self.kind, self.out, records, positions)
 
+    def done(self, records: Sequence[dict]) -> bool:
+        """Whether the sweep has what it needs after ``records`` and stops before the rest of
+        its samples (asked after each sample, before the output is rewritten; default: it
+        runs every sample)."""
+        return False
+
     def run(self) -> list[dict]:
-        """Measure every sample not already in the log; returns every record, in order."""
+        """Measure every sample not already in the log (until :meth:`done`); returns every
+        record, in order."""
         samples = self.samples()
         positions = list(range(len(samples)))
-        part = None
         if self.shard is not None:
-            part = self.shard.part([s.key for s in samples], self.kind)
+            self.part = self.shard.part([s.key for s in samples], self.kind)
             samples, positions = self.shard.select(samples), self.shard.select(positions)
         self.positions = positions
-        log = (SampleLog(f"{self.out}.samples.jsonl", self.identity(), required=self.required,
-                         part=part) if self.out else None)
+        self.settings = self.identity()
+        log = (SampleLog(f"{self.out}.samples.jsonl", self.settings, required=self.required,
+                         part=self.part) if self.out else None)
         if log is not None:
             log.check_keys(s.key for s in samples)
         records: list[dict] = []
@@ -156,6 +169,11 @@ class Sweep(abc.ABC):
                     log.add(record)
             records.append(record)
             bar.set_postfix(self.status(records))
+            stop = self.done(records)
             if self.out:
                 self.write(records, positions[: len(records)])
+            if stop:
+                bar.update(1)  # the bar counts a sample when the next one is asked for
+                break
+        bar.close()
         return records

@@ -13,7 +13,10 @@ code's summing arithmetic, for files that compare with the published ones.
 
 A run is configured by a :class:`ScoreConfig` (the grid and how it is scored), validated when
 it is made; :class:`ScoreSweep` is the resumable sweep (:mod:`rhlens.run.sweep`) that runs it,
-and :func:`detect_retrieval_heads` the one call that does both.
+and :func:`detect_retrieval_heads` the one call that does both. Beside its score file the run
+keeps a map card of what made it (:mod:`rhlens.run.card`); :meth:`ScoreRun.summary` gives each
+top head a bootstrap interval (:mod:`rhlens.score.uncertainty`), and ``until_stable`` stops the
+run once its top-K set is stable (:mod:`rhlens.score.stopping`).
 
 Example::
 
@@ -41,11 +44,15 @@ from ..errors import NoPassingSampleError, UsageError
 from ..niah.answers import rouge1_recall
 from ..niah.grid import Grid
 from ..niah.prompts import SCORE_SPANS, Sample, ScoreSpan
+from ..run.card import new_card, resume_card, with_samples, write_card
 from ..run.decode import greedy_decode
 from ..run.shard import Shard
 from ..run.sweep import Sweep
+from .bootstrap import LEVEL, N_BOOT
 from .heads import summarize
 from .scoring import SCORE_MODES, ScoreMode, retrieval_scores
+from .stopping import UntilStable
+from .uncertainty import SEED, HeadIntervals, head_intervals
 
 __all__ = ["RECORD_FIELDS", "ScoreConfig", "ScoreRun", "ScoreSweep",
            "detect_retrieval_heads", "score_sample"]
@@ -67,9 +74,13 @@ class ScoreConfig:
             paper's code); a negative value keeps every sample.
         rouge_stemmer: stem words before ROUGE-1, as the public code (default); ``False`` for
             the unstemmed variant.
+        until_stable: take the grid's prompts in a seeded order and stop once the top-K set
+            is stable (:class:`~rhlens.score.stopping.UntilStable`); ``None``: every prompt.
 
-    All of it but the grid's prompts is the run's identity (:func:`rhlens.run.sweep.run_identity`),
-    under the names the sample log has always used (``mode``, ``span``).
+    All of it but the grid's prompts and ``until_stable`` is the run's identity
+    (:func:`rhlens.run.sweep.run_identity`), under the names the sample log has always used
+    (``mode``, ``span``): ``until_stable`` chooses which samples a run takes, not what any of
+    them scores, so a run that stopped resumes under a stricter rule, or none.
 
     >>> ScoreConfig(Grid([160], [0.5], needles=1), rouge_gate=1.5)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -82,6 +93,7 @@ class ScoreConfig:
     score_span: ScoreSpan = field(default="answer", metadata={"identity": "span"})
     rouge_gate: float = 0.5
     rouge_stemmer: bool = True
+    until_stable: UntilStable | None = field(default=None, metadata={"identity": False})
 
     def __post_init__(self):
         if not isinstance(self.grid, Grid):
@@ -102,6 +114,10 @@ class ScoreConfig:
                              arg="rouge_gate")
         object.__setattr__(self, "rouge_gate", float(gate))
         object.__setattr__(self, "rouge_stemmer", bool(self.rouge_stemmer))
+        if self.until_stable is not None and not isinstance(self.until_stable, UntilStable):
+            raise UsageError("until_stable must be an UntilStable rule (e.g. UntilStable(k=10)) "
+                             f"or None, got {type(self.until_stable).__name__}.",
+                             arg="until_stable")
 
 
 @dataclass
@@ -113,11 +129,16 @@ class ScoreRun:
         per_sample: ``[n_passed, n_layers, n_heads]``.
         records: one dict per sample (``needle``, ``length``, ``depth``, ``answer``,
             ``rouge``, ``passed``...), also as ``records_frame()``.
+        card: the run's map card (:mod:`rhlens.run.card`), as written beside ``out``.
+        stopped: with ``until_stable``, where the run stopped and why
+            (:meth:`rhlens.score.stopping.UntilStable.outcome`).
     """
 
     scores: torch.Tensor
     per_sample: torch.Tensor
     records: list[dict]
+    card: dict | None = None
+    stopped: dict | None = None
 
     def records_frame(self):
         """The sample records as a pandas DataFrame (without the score maps)."""
@@ -125,9 +146,28 @@ class ScoreRun:
 
         return pd.DataFrame([{k: v for k, v in r.items() if k != "scores"} for r in self.records])
 
-    def summary(self, top: int = 10) -> dict:
-        """Top heads and the shares of heads above 0.1, above 0.5 and at 0."""
-        return summarize(self.scores, top)
+    def summary(self, top: int = 10, *, n_resamples: int = N_BOOT, seed: int = SEED,
+                level: float = LEVEL) -> dict:
+        """Top heads and the shares of heads above 0.1, above 0.5 and at 0; with passed
+        samples also, from :meth:`intervals`, ``intervals`` (each top head's score, bootstrap
+        interval ``low``-``high`` and share of resamples whose top ``top`` holds it), the top
+        set's ``stability``, ``uncertain`` (heads whose interval crosses 0.1) and
+        ``bootstrap`` (samples, resamples, seed, level)."""
+        out = summarize(self.scores, top)
+        if len(self.per_sample):
+            iv = self.intervals(top, n_resamples=n_resamples, seed=seed, level=level)
+            out.update(intervals=iv.top(), stability=iv.stability,
+                       uncertain=int(iv.uncertain().sum()),
+                       bootstrap={"n_samples": iv.n_samples, "n_resamples": iv.n_resamples,
+                                  "seed": iv.seed, "level": iv.level})
+        return out
+
+    def intervals(self, k: int = 10, *, n_resamples: int = N_BOOT, seed: int = SEED,
+                  level: float = LEVEL) -> HeadIntervals:
+        """Bootstrap intervals of every head over the passed samples and the top-``k`` set's
+        stability (:func:`rhlens.score.uncertainty.head_intervals`)."""
+        return head_intervals(self.per_sample, k, n_resamples=n_resamples, seed=seed,
+                              level=level)
 
 
 def score_sample(
@@ -152,12 +192,54 @@ def score_sample(
 
 
 class ScoreSweep(Sweep):
-    """The detection run as a resumable sweep: each sample decoded, scored, and gated."""
+    """The detection run as a resumable sweep: each sample decoded, scored, and gated; with
+    ``until_stable``, the prompts in its seeded order until the top-K set is stable. Beside its
+    score file it keeps the map card (:mod:`rhlens.run.card`) in step."""
 
     kind = "score"
     required = RECORD_FIELDS
     label = "retrieval score"
     config: ScoreConfig
+
+    def __init__(self, model, config: ScoreConfig, **kwargs: Any):
+        super().__init__(model, config, **kwargs)
+        if self.shard is not None and config.until_stable is not None:
+            raise UsageError("until_stable needs every sample of the run in one process; drop "
+                             "the shard (or until_stable).", arg="until_stable")
+        self.n_grid = 0
+        #: where an ``until_stable`` run stands (:meth:`UntilStable.outcome`), after each sample
+        self.stopped: dict | None = None
+        self._card: dict | None = None
+
+    def samples(self) -> list[Sample]:
+        every = super().samples()
+        self.n_grid = len(every)
+        rule = self.config.until_stable
+        return every if rule is None else rule.order(every)
+
+    def done(self, records: Sequence[dict]) -> bool:
+        rule = self.config.until_stable
+        if rule is None:
+            return False
+        self.stopped = rule.outcome(records, self.n_grid)
+        return self.stopped["reason"] == "stable"
+
+    def card(self) -> dict:
+        """The run's map card without its sample counts (made once, when the run has started:
+        it needs the run's settings; a card already beside ``out`` of the same run lends it
+        the versions its samples were made under)."""
+        if self._card is None:
+            rule = self.config.until_stable
+            card = new_card(self.model, self.config.grid, self.settings, shard=self.part,
+                            seed=rule.seed if rule is not None else None)
+            self._card = resume_card(card, self.out) if self.out else card
+        return {**self._card, "until_stable": self.stopped}
+
+    def write(self, records: Sequence[dict], positions: Sequence[int]) -> None:
+        super().write(records, positions)
+        # a shard's card is written even before a sample passes: the merge reads it
+        if self.out and (self.shard is not None or any(r["passed"] for r in records)):
+            write_card(self.out, self.card(), records)
 
     def measure(self, sample: Sample) -> dict:
         c = self.config
@@ -186,11 +268,14 @@ def detect_retrieval_heads(
     Args:
         model: a ``TransformerBridge`` (see :func:`rhlens.models.loading.load_model`).
         config: a :class:`ScoreConfig`, or a :class:`Grid` and the config's other fields as
-            keywords (``score_mode``, ``score_span``, ``rouge_gate``, ``rouge_stemmer``).
-        out: score file to write (and ``<out>.samples.jsonl`` to resume from).
+            keywords (``score_mode``, ``score_span``, ``rouge_gate``, ``rouge_stemmer``,
+            ``until_stable``).
+        out: score file to write (and ``<out>.samples.jsonl`` to resume from, and its map card
+            ``<out>.card.json``, :mod:`rhlens.run.card`).
         shard: run only this shard's samples (:meth:`rhlens.run.shard.Shard.select`); ``out``
             is then the shard's own file (:meth:`~rhlens.run.shard.Shard.output`), and its log
-            names the shard, for :func:`rhlens.run.merge.merge_shards`.
+            names the shard, for :func:`rhlens.run.merge.merge_shards`. Not with
+            ``until_stable``.
 
     Raises:
         NoPassingSampleError: when no sample passes the gate (no empty score file is written).
@@ -202,12 +287,14 @@ def detect_retrieval_heads(
             raise UsageError(f"pass {', '.join(options)} in the ScoreConfig, not beside it.")
     else:
         config = ScoreConfig(config, **options)
-    records = ScoreSweep(model, config, out=out, shard=shard, progress=progress).run()
+    sweep = ScoreSweep(model, config, out=out, shard=shard, progress=progress)
+    records = sweep.run()
+    card = with_samples(sweep.card(), records)
     passed = [r for r in records if r["passed"]]
     if not passed and shard is not None:
         shape = (model.cfg.n_layers, model.cfg.n_heads)
         return ScoreRun(scores=torch.full(shape, float("nan")), per_sample=torch.zeros(0, *shape),
-                        records=records)
+                        records=records, card=card)
     if not passed:
         answers = "\n".join(f"  {r['length']}/{r['depth']}: {r['answer']!r}" for r in records[:8])
         raise NoPassingSampleError(
@@ -217,4 +304,5 @@ def detect_retrieval_heads(
             "lengths, or a negative `rouge_gate` (e.g. -1) to score every sample anyway."
         )
     per_sample = torch.tensor([r["scores"] for r in passed])
-    return ScoreRun(scores=per_sample.mean(0), per_sample=per_sample, records=records)
+    return ScoreRun(scores=per_sample.mean(0), per_sample=per_sample, records=records,
+                    card=card, stopped=sweep.stopped)

@@ -31,6 +31,9 @@ from collections.abc import Iterable
 
 import torch
 
+from ..validate import count
+from ..validate import seed as check_seed
+
 #: A query head: ``(layer, head)``.
 Head = tuple[int, int]
 
@@ -172,6 +175,7 @@ def top_heads(scores: torch.Tensor, k: int) -> list[Head]:
     """
     m = score_map(scores)
     flat = m.flatten()
+    count(k, "k", minimum=0)  # 1.5 heads, or "3": not a torch slicing error
     if not 0 <= k <= flat.numel():
         raise ValueError(f"k must lie in [0, {flat.numel()}], got {k}.")
     order = torch.argsort(-flat, stable=True)[:k].tolist()
@@ -222,8 +226,8 @@ def random_heads(
     >>> sorted(random_heads(s, 4, seed=0)) == [(0, 1), (0, 2), (1, 0), (1, 2)]
     True
     """
-    if k < 0:
-        raise ValueError(f"k must be at least 0, got {k}.")
+    count(k, "k", minimum=0)
+    check_seed(seed)
     excluded = {(int(l), int(h)) for l, h in exclude}
     pool = [hd for hd in control_pool(scores, threshold, same_layers=same_layers)
             if hd not in excluded]

@@ -151,7 +151,7 @@ def masking_effect(model, task: ToyTask, scores: torch.Tensor, ks: Sequence[int]
 
 
 @torch.no_grad()
-def prev_token_induction_scores(model, task: ToyTask, n: int = 8, seed: int = 2000):
+def prev_token_induction_scores(model, task: ToyTask, n: int = 16, seed: int = 2000):
     """Previous-token and induction scores of every head, with TransformerLens
     ``detect_head`` (``"mul"`` measure: the share of a head's attention on the expected keys),
     on ``n`` full task sequences (prompt + value): the induction pattern marks, for each token
@@ -213,7 +213,7 @@ def emergence(model, task: ToyTask, history, n: int = 16, seed: int = 1000):
         for step, state in sorted(history.attrs["checkpoints"].items()):
             _load_plain_state(hf, state)
             run = toy_retrieval_scores(model, task, n=n, seed=seed)
-            prev, ind = prev_token_induction_scores(model, task, n=4)
+            prev, ind = prev_token_induction_scores(model, task, n=n)
             n_layers, n_heads = run.scores.shape
             for l in range(n_layers):
                 for h in range(n_heads):
@@ -279,7 +279,7 @@ def retrieval_vs_induction(variants: dict, *, n: int = 32) -> pandas.DataFrame:
         variants: ``{name: (model, task)}``, e.g. the plain task and the alias variant, each
             with the model trained on it.
         n: prompts per variant for the retrieval score (the induction and previous-token
-            scores use :func:`prev_token_induction_scores`'s default of 8 full sequences).
+            scores use :func:`prev_token_induction_scores`'s default of 16 full sequences).
 
     Returns:
         one row per (variant, head): ``variant``, ``head`` (``L1H2``), ``retrieval`` (the

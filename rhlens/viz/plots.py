@@ -19,10 +19,12 @@ from ..score.heads import head_table
 
 
 def score_heatmap(scores: torch.Tensor, ax=None, title: str | None = None, vmax: float = 1.0,
-                  annotate_top: int = 5):
+                  annotate_top: int = 5, uncertain: torch.Tensor | None = None):
     """Layer x head heatmap of mean retrieval scores (``scores``: ``[n_layers, n_heads]``).
 
-    The ``annotate_top`` best heads are labelled with their score.
+    The ``annotate_top`` best heads are labelled with their score. ``uncertain``
+    (``[n_layers, n_heads]`` bool, e.g. :meth:`rhlens.score.uncertainty.HeadIntervals.uncertain`)
+    outlines the heads whose bootstrap interval crosses 0.1.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4, 0.35 * scores.shape[1] + 2), 0.22 * scores.shape[0] + 1.5))
@@ -34,10 +36,23 @@ def score_heatmap(scores: torch.Tensor, ax=None, title: str | None = None, vmax:
     for _, row in table.head(annotate_top).iterrows():
         ax.text(row["head"], row["layer"], f"{row['score']:.2f}", ha="center", va="center",
                 fontsize=7, color="white" if row["score"] < 0.6 * vmax else "black")
+    if uncertain is not None:
+        _outline(ax, uncertain)
     plt.colorbar(im, ax=ax, label="retrieval score")
     if title:
         ax.set_title(title)
     return ax
+
+
+def _outline(ax, heads: torch.Tensor) -> None:
+    """Outline the cells of ``heads`` (bool ``[n_layers, n_heads]``) in red, said in the
+    x label."""
+    from matplotlib.patches import Rectangle
+
+    cells = heads.nonzero().tolist()
+    for l, h in cells:
+        ax.add_patch(Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.2))
+    ax.set_xlabel(f"query head (red: {len(cells)} heads whose interval crosses 0.1)")
 
 
 def sorted_scores(scores: torch.Tensor, ax=None, thresholds=(0.1, 0.5), title: str | None = None):
@@ -58,13 +73,15 @@ def sorted_scores(scores: torch.Tensor, ax=None, thresholds=(0.1, 0.5), title: s
     return ax
 
 
-def plot_scores(scores: torch.Tensor, title: str | None = None):
-    """The two figures of ``rhlens plot`` side by side: heatmap and sorted-score curve."""
+def plot_scores(scores: torch.Tensor, title: str | None = None,
+                uncertain: torch.Tensor | None = None):
+    """The two figures of ``rhlens plot`` side by side: heatmap and sorted-score curve;
+    ``uncertain`` outlines heads on the heatmap (see :func:`score_heatmap`)."""
     n_layers, n_heads = scores.shape
     width = max(4.0, 0.3 * n_heads + 2)
     fig, (a, b) = plt.subplots(1, 2, figsize=(width + 5, max(4.0, 0.2 * n_layers + 1.5)),
                                gridspec_kw={"width_ratios": [width, 5]})
-    score_heatmap(scores, ax=a, title="retrieval score per head")
+    score_heatmap(scores, ax=a, title="retrieval score per head", uncertain=uncertain)
     sorted_scores(scores, ax=b, title="sorted scores")
     if title:
         fig.suptitle(title)

@@ -274,7 +274,7 @@ def test_every_doc_link_points_at_a_page_of_the_toc(toc):
 
 # --- reading aids ---------------------------------------------------------------------------
 
-READING_AID_CHAPTERS = ["01", "02", "03", "04", "06", "07", "08", "09"]
+READING_AID_CHAPTERS = ["01", "02", "03", "04", "06", "07", "08", "09", "10"]
 
 
 @pytest.mark.parametrize("number", READING_AID_CHAPTERS)
@@ -323,3 +323,148 @@ def test_api_reference_has_a_page_per_subpackage_and_builds_with_autodoc(toc):
             for p in (package / top).rglob("*.py") if p.name != "__init__.py" or p.parent != package / top]
         for module in modules:  # every module of the subpackage has its section on the page
             assert f".. automodule:: {module}\n" in text, f"book/api/{top}.md lacks {module}"
+
+
+# --- glued figures --------------------------------------------------------------------------
+# A number that a page's prose quotes from its own output is pasted with myst-nb's glue
+# (`{glue:text}`ch04_top13:.1f``), so the text cannot drift from what the cells computed. A
+# name that no cell glues would only warn at build time, after half an hour of execution:
+# these checks read the sources and fail in a second.
+
+GLUE_ROLE = re.compile(r"\{glue(?::\w*)?\}`([^`]+)`")
+GLUE_DIRECTIVE = re.compile(r"^\s*(?:`{3,}|:{3,})\{glue(?::\w+)?\}\s+(\S+)", re.M)
+GLUE_CALL = re.compile(r"\bglue\(\s*(f?)([\"'])(.+?)\2")
+
+
+def _code(page: Path) -> str:
+    """The code a page executes: a notebook's code cells, a MyST page's ``{code-cell}`` blocks."""
+    if page.suffix == ".ipynb":
+        cells = json.loads(page.read_text())["cells"]
+        return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return "\n".join(re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", page.read_text(), re.S))
+
+
+def glue_references(page: Path, text: str | None = None) -> list[tuple[Path, str]]:
+    """``(page that must glue it, name)`` for every glued name ``page``'s markdown pastes;
+    ``path::name`` pastes from another page, relative to this one."""
+    text = _markdown(page) if text is None else text
+    refs = []
+    for body in GLUE_ROLE.findall(text) + GLUE_DIRECTIVE.findall(text):
+        doc, _, key = body.rpartition("::")
+        key = key.split(":")[0].strip()  # {glue:text}`name:.1f`
+        refs.append(((page.parent / doc).resolve() if doc else page.resolve(), key))
+    return refs
+
+
+def glued_names(code: str) -> list[re.Pattern]:
+    """The names the code glues, as patterns: ``glue(f"ch04_top{k}", ...)`` glues ``ch04_top.+``."""
+    names = []
+    for is_f, _, name in GLUE_CALL.findall(code):
+        parts = re.split(r"\{[^}]*\}", name) if is_f else [name]
+        names.append(re.compile(".+".join(map(re.escape, parts))))
+    return names
+
+
+def glue_prefix(page: Path) -> str:
+    """Every glued name starts with its page's prefix (``ch04_``, ``paper_``), so names of two
+    pages never collide when one pastes from the other."""
+    number = re.match(r"(\d+)_", page.name)
+    return f"ch{number.group(1)}_" if number and page.suffix == ".ipynb" else f"{page.stem}_"
+
+
+def _glue_pages() -> list[Path]:
+    return [p for p in _pages() if "{glue" in _markdown(p) or "glue(" in _code(p)]
+
+
+def test_glue_parsing_reads_every_form():
+    text = ("{glue:text}`ch04_top:.1f` {glue:}`ch04_n` {glue}`ch04_m` "
+            "{glue:text}`../notebooks/04_x.ipynb::ch04_far:.0f`\n```{glue:figure} ch04_fig\n```\n")
+    page = ROOT / "book" / "intro.md"
+    refs = glue_references(page, text)
+    assert [k for _, k in refs] == ["ch04_top", "ch04_n", "ch04_m", "ch04_far", "ch04_fig"]
+    assert refs[3][0] == (ROOT / "notebooks/04_x.ipynb").resolve() and refs[0][0] == page.resolve()
+    code = 'glue("ch04_top", x)\nglue(f"ch04_k{k}_top", y, display=False)\nglue(\'ch04_n\', 3)'
+    names = glued_names(code)
+    assert [bool(p.fullmatch("ch04_k13_top")) for p in names] == [False, True, False]
+    assert names[0].fullmatch("ch04_top") and names[2].fullmatch("ch04_n")
+    assert not any(p.fullmatch("ch04_missing") for p in names)
+
+
+def unglued(pages) -> list[str]:
+    """One line per ``{glue:...}`name``` of ``pages``' markdown that no code cell of its page
+    (or of the page a ``path::name`` reference points at) glues."""
+    missing = []
+    for page in pages:
+        for target, key in glue_references(page):
+            if not target.is_file():
+                missing.append(f"{page.name}: pastes {key!r} from {target.name}, which does not exist")
+            elif not any(p.fullmatch(key) for p in glued_names(_code(target))):
+                missing.append(f"{page.name}: quotes glued name {key!r}, which no code cell of "
+                               f"{target.name} glues")
+    return missing
+
+
+def bad_formats(text: str) -> list[str]:
+    """``{glue:text}`name:spec``` roles whose ``spec`` Python cannot format with (e.g. ``.1f}``)."""
+    bad = []
+    for body in re.findall(r"\{glue:text\}`([^`]+)`", text):
+        key, _, spec = body.rpartition("::")[2].partition(":")
+        sample = 1 if spec[-1:] in tuple("bcdoxX") else "x" if spec[-1:] == "s" else 1.5
+        try:
+            format(sample, spec)
+        except ValueError:
+            bad.append(body)
+    return bad
+
+
+def test_every_glued_name_a_page_quotes_is_glued():
+    missing = unglued(_pages())
+    assert not missing, "\n".join(missing)
+    bad = {p.name: b for p in _pages() if (b := bad_formats(_markdown(p)))}
+    assert not bad, f"glue roles with a format Python cannot apply: {bad}"
+    assert bad_formats("{glue:text}`ch04_a:.1f}` {glue:text}`ch04_b:.1f` {glue:text}`ch04_c`") == ["ch04_a:.1f}"]
+
+
+def test_an_unglued_name_is_reported_with_its_notebook(tmp_path):
+    def cell(kind, text):
+        return {"cell_type": kind, "metadata": {}, "source": [text], "outputs": []}
+
+    nb = {"cells": [cell("markdown", "top {glue:text}`ch04_top:.1f`, gone {glue:text}`ch04_gone`"),
+                    cell("code", 'glue("ch04_top", 11.9)')], "metadata": {}, "nbformat": 4,
+          "nbformat_minor": 5}
+    page = tmp_path / "04_x.ipynb"
+    page.write_text(json.dumps(nb))
+    (tmp_path / "intro.md").write_text("{glue:text}`04_x.ipynb::ch04_top:.1f` {glue}`04_x.ipynb::ch04_far`")
+    assert unglued([page, tmp_path / "intro.md"]) == [
+        "04_x.ipynb: quotes glued name 'ch04_gone', which no code cell of 04_x.ipynb glues",
+        "intro.md: quotes glued name 'ch04_far', which no code cell of 04_x.ipynb glues"]
+
+
+def test_glued_names_carry_their_page_prefix_once():
+    bad = []
+    for page in _glue_pages():
+        literal = [n for _, _, n in GLUE_CALL.findall(_code(page))]
+        prefix = glue_prefix(page)
+        bad += [f"{page.name}: glue name {n!r} should start with {prefix!r}"
+                for n in literal if not n.startswith(prefix)]
+        plain = [n for f, _, n in GLUE_CALL.findall(_code(page)) if not f]
+        bad += [f"{page.name}: {n!r} is glued twice" for n in sorted(set(plain)) if plain.count(n) > 1]
+    assert not bad, "\n".join(bad)
+
+
+#: Pages whose prose quotes figures from their own cells (every one through glue).
+GLUED_PAGES = ["notebooks/01_toy_models.ipynb", "notebooks/02_finding_retrieval_heads.ipynb",
+               "notebooks/03_sparsity_universality.ipynb", "notebooks/04_causality_masking.ipynb",
+               "book/paper.md"]
+
+
+def test_chapters_quote_their_figures_through_glue():
+    """The pages of GLUED_PAGES quote their figures through glue, and every chapter glues
+    through rhlens: myst-nb is a dependency of the book build only, so a chapter that imports
+    it fails on Colab before its first figure."""
+    quiet = [p for p in GLUED_PAGES if not glue_references(ROOT / p)]
+    assert not quiet, f"pages whose prose quotes no glued figure: {quiet}"
+    pages = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + [ROOT / "book/paper.md"]
+    direct = [p.name for p in pages if "from myst_nb import" in _code(p)]
+    assert not direct, (f"{direct}: import glue from rhlens.book.runtime (it is myst-nb's glue where "
+                        "myst-nb is installed, and does nothing on Colab, where it is not)")

@@ -19,15 +19,16 @@ from rhlens.analyze.statistics import null_pearson, pearson
 from rhlens.apps.downstream import summarize_conditions
 from rhlens.apps.kvcache import kv_cache_bytes, kv_heads_of, top_kv_heads
 from rhlens.apps.tasks import eval_chain
-from rhlens.book.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09
+from rhlens.book.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10
 from rhlens.book.exercises.check import NOT_ATTEMPTED_HINT, ExerciseFailed
 from rhlens.book.exercises.generate import chapters, exercises, source_of
-from rhlens.intervene.attribution import head_dla
 from rhlens.intervene.mask import Mask
 from rhlens.models.rope import ntk_theta
 from rhlens.niah.answers import classify_answer, classify_score, niah_score, token_f1
 from rhlens.run.decode import greedy_decode, new_cache, prefill
+from rhlens.score.detectors import split_values, write_contrast
 from rhlens.score.heads import head_name, random_heads, sparsity
+from rhlens.score.logit import head_dla
 from rhlens.score.scoring import copy_hits, retrieval_scores
 
 
@@ -113,6 +114,16 @@ def _budget(scores, n_kv, d_head, n_tokens, budget, sink, window):
 
 
 #: (checker, reference answer, wrong answer)
+
+def _contrast(alpha, values, span, n_prompt, w_o, direction, scale, *, with_generated=False):
+    """Chapter 10's write contrast from the library's two parts (``with_generated``: the
+    mistake of counting generated keys as off-needle)."""
+    n_needle = span[1] - span[0]
+    n = alpha.shape[1] if with_generated else n_prompt
+    needle, off = split_values(alpha, values, span, n)
+    return write_contrast(needle[None], off[None], n_needle, n - n_needle, w_o,
+                          torch.tensor([scale], dtype=w_o.dtype), direction[None])
+
 CASES = [
     (ch01.check_exact_value_accuracy,
      lambda logits, values: (logits.argmax(-1) == values).all(1).float().mean(),
@@ -161,6 +172,9 @@ CASES = [
     (ch09.check_kv_heads_of, kv_heads_of,
      lambda heads, n, k: sorted({(l, h % k) for l, h in heads})),
     (ch09.check_kv_bytes, _kv_kept, lambda L, K, d, n, f, s, w: 2 * L * K * d * n),
+    (ch10.check_query_focus, lambda rows, span: rows[..., span[0]:span[1]].sum(-1).mean(-1),
+     lambda rows, span: rows[..., span[0]:span[1]].sum(-1).sum(-1)),
+    (ch10.check_write_contrast, _contrast, lambda *args: _contrast(*args, with_generated=True)),
 ]
 IDS = [checker.__module__.rsplit(".", 1)[-1] + "." + checker.__name__ for checker, _, _ in CASES]
 
@@ -252,7 +266,7 @@ def test_every_chapter_from_2_on_has_a_harder_exercise():
 
 def test_every_checker_turns_a_stub_into_one_line():
     """Every check_* of every chapter module is wrapped by rhlens.book.exercises.check.checker."""
-    modules = [ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09]
+    modules = [ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10]
     bare = [f"{m.__name__}.{name}" for m in modules for name in dir(m)
             if name.startswith("check_") and not hasattr(getattr(m, name), "__wrapped__")]
     assert not bare, f"decorate these with @checker: {bare}"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rhlens.cli.main import main
 from rhlens.errors import UsageError
 
 # --------------------------------------------------------------------------- 2. bad counts
@@ -153,6 +154,12 @@ def test_runtime_failures_exit_1(files, monkeypatch, one_error, tiny_flags):
     monkeypatch.setattr(rhlens.viz.plots, "plot_scores", bug)
     line = one_error("plot", files / "scores.json", "--out", files / "p.png", code=1)
     assert "internal error: TypeError: a bug" in line and "RHLENS_TRACEBACK=1" in line
+    for off in ("0", "", "no", "false"):  # only a value that says so shows the traceback
+        monkeypatch.setenv("RHLENS_TRACEBACK", off)
+        assert "a bug" in one_error("plot", files / "scores.json", "--out", files / "p.png", code=1)
+    monkeypatch.setenv("RHLENS_TRACEBACK", "1")
+    with pytest.raises(TypeError, match="a bug"):
+        main(["plot", str(files / "scores.json"), "--out", str(files / "p.png")])
 
 
 def test_ctrl_c_during_start_up_is_one_line(files, score_args):
@@ -263,3 +270,29 @@ def test_merge_usage_errors_are_one_line(files, one_error):
     (files / "bad.json.samples.jsonl").write_text("not json\n")
     err = one_error("merge", "--out", files / "m.json", files / "bad.json")
     assert "has no readable header" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", str(2**64)), ("--seed", str(-(2**63) - 1)),
+                                         ("--seeds", f"0,{2**70}")])
+def test_seeds_torch_cannot_take_are_named_before_the_model(files, no_model, one_error, niah_args,
+                                                            flag, value):
+    extra = ["--mask-random", "1"] if flag == "--seed" else ["--sweep-k", "1"]
+    line = one_error(*niah_args(files, files / "n.csv", flag, value, *extra))
+    assert line.startswith(f"rhlens niah: error: {flag} must be at")
+
+
+@pytest.mark.parametrize("command", ["score", "niah"])
+def test_max_new_tokens_beyond_the_context_is_blamed_on_itself(files, no_model, one_error,
+                                                               score_args, niah_args, command):
+    build = score_args if command == "score" else niah_args
+    line = one_error(*build(files, files / "o.out", "--max-new-tokens", str(10**9)))
+    assert line.startswith(f"rhlens {command}: error: --max-new-tokens 1000000000 leaves no room")
+
+
+def test_out_ending_in_a_slash_is_refused_before_anything_is_written(files, no_model, one_error,
+                                                                   score_args, niah_args):
+    for argv in (score_args(files, f"{files}/new/"), niah_args(files, f"{files}/new/"),
+                 ["plot", files / "scores.json", "--out", f"{files}/new/"]):
+        line = one_error(*argv)
+        assert "--out" in line and "names a folder (it ends in /)" in line
+    assert not (files / "new").exists()

@@ -137,3 +137,19 @@ def test_k_grid():
     assert k_grid(1024) == [0, 2, 5, 10, 15, 20, 30, 50, 100]
     assert k_grid(270) == [0, 1, 3, 4, 5, 8, 13, 26]
     assert k_grid(8)[0] == 0 and k_grid(8) == sorted(set(k_grid(8)))
+
+
+@pytest.mark.parametrize("k", [1.5, "3", None, -1])
+def test_head_counts_of_the_wrong_kind_name_k(k):
+    """``Mask.top(s, 1.5)`` is a ``ValueError`` naming ``k``, not torch's slicing error."""
+    s = torch.rand(2, 4)
+    for make in (lambda: Mask.top(s, k), lambda: Mask.random(s, k, seed=0, threshold=1.0)):
+        with pytest.raises(ValueError, match=r"^k must be (a whole number|at least 0)"):
+            make()
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 0.5])
+def test_seeds_torch_cannot_take_name_seed(seed):
+    with pytest.raises(ValueError, match="^seed must be"):
+        Mask.random(torch.rand(2, 4), 1, seed=seed, threshold=1.0)
+    assert Mask.random(torch.rand(2, 4), 1, seed=2**64 - 1, threshold=1.0).heads

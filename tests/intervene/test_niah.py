@@ -76,6 +76,16 @@ def test_held_out_needles(tmp_path):
     assert needles_used_by(tmp_path / "missing.json") == set()
 
 
+@pytest.mark.parametrize("bad", ["null", "[1, 2]", '"text"', '{"key": "k", "needle": null}',
+                                 '{"key": "k", "needle": ["a", "b"]}', '{"needle": {"x": 1}}'])
+def test_needles_used_by_skips_records_present_but_wrong(tmp_path, bad):
+    """A damaged line of the score run's log is passed over, not an internal TypeError."""
+    log = tmp_path / "s.json.samples.jsonl"
+    good = json.dumps({"key": "k", "needle": NEEDLES[1].text})
+    log.write_text(json.dumps({"settings": {}}) + "\n" + bad + "\n" + good + "\n")
+    assert needles_used_by(tmp_path / "s.json") == {NEEDLES[1].text}
+
+
 def test_cli_niah(tmp_path, monkeypatch, capsys, hay):
     """`rhlens niah` end to end on a tiny model: masks top heads, leaves out score needles."""
     import rhlens.models.loading

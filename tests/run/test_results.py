@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from rhlens.run.results import atomic_write_text, load_scores, scores_to_json
+from rhlens.errors import UsageError
+from rhlens.run.results import atomic_write_text, load_scores, per_sample_scores, scores_to_json
 from rhlens.run.samplelog import SampleLog
 
 
@@ -16,6 +17,21 @@ def test_score_file_roundtrip(tmp_path):
     path = tmp_path / "s.json"
     atomic_write_text(path, json.dumps(data))
     assert torch.allclose(load_scores(path), torch.stack(maps).mean(0))
+
+
+def test_per_sample_scores_read_a_score_file(tmp_path):
+    x = torch.rand(5, 3, 4, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(scores_to_json(list(x), 3, 4)))
+    back = per_sample_scores(path)
+    assert back.shape == (5, 3, 4) and torch.allclose(back, x.double(), atol=1e-6)
+    assert torch.allclose(back.mean(0).float(), load_scores(path))
+    path.write_text(json.dumps({"0-0": [0.1, 0.2], "0-1": [0.3]}))
+    with pytest.raises(UsageError, match="same number of per-sample scores"):
+        per_sample_scores(path)
+    path.write_text(json.dumps({"0-0": [0.1], "0-2": [0.3]}))      # checked as load_scores
+    with pytest.raises(UsageError, match=r"s\.json: the keys span"):
+        per_sample_scores(path)
 
 
 def test_load_scores_errors(tmp_path):

@@ -12,7 +12,7 @@ import torch
 
 from rhlens.errors import UsageError
 from rhlens.niah.haystack import NEEDLES, needles_to_json
-from rhlens.run.samplelog import SampleLog
+from rhlens.run.samplelog import SampleLog, read_log
 
 # --------------------------------------------------------------------------- 1. resume
 
@@ -186,6 +186,26 @@ def test_record_lacking_a_field_is_recomputed(files, cli, score_args):
     rc, _, err = cli(*score_args(files, out))
     assert rc == 0 and any("dropped line 2 (no 'scores')" in line for line in err)
     assert out.read_bytes() == before  # recomputed to the same result
+
+
+@pytest.mark.parametrize("field, value", [("passed", "yes"), ("passed", None),
+                                          ("scores", [[0.1, 0.2], [0.3]]), ("scores", "0.5"),
+                                          ("length", "160"), ("rouge", True)])
+def test_record_with_a_field_of_the_wrong_type_is_recomputed(tmp_path, capsys, field, value):
+    """A field present but wrong (a null, a string for a bool, a ragged map) is not reused by a
+    resume, which would fail on it or carry it into the results; it is dropped and redone."""
+    path = tmp_path / "s.samples.jsonl"
+    fields = ("key", "length", "rouge", "scores", "passed")
+    good = {"key": "n|160|0.5|aaaa", "length": 160, "rouge": 1.0, "scores": [[0.5, 0.0]],
+            "passed": True}
+    SampleLog(path, {"model": "m"}, required=fields).add(good)
+    SampleLog(path, {"model": "m"}, required=fields).add({**good, "key": "n|160|0.9|bbbb",
+                                                          field: value})
+    assert list(read_log(path)[1]) == ["n|160|0.5|aaaa"]  # as a merge reads it
+    capsys.readouterr()
+    log = SampleLog(path, {"model": "m"}, required=fields)
+    assert list(log.records) == ["n|160|0.5|aaaa"]
+    assert f"dropped line 3 (a wrong {field!r})" in capsys.readouterr().err
 
 
 def test_sample_log_api_repairs_and_refuses(tmp_path, capsys):

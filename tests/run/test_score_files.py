@@ -82,7 +82,7 @@ def test_a_directory_as_score_file(files, one_error, snapshot):
     assert "is a folder" in one_error("plot", files / "sdir", "--out", files / "p.png")
     before = snapshot(files / "scores.json")
     line = one_error("plot", files / "scores.json", "--out", files / "scores.json")
-    assert "--out must name another file than the score file" in line
+    assert line.startswith("rhlens plot: error: --out") and "would overwrite the score file" in line
     assert snapshot(files / "scores.json") == before
 
 
@@ -148,5 +148,52 @@ def test_fetch_has_a_size_cap_a_deadline_and_no_downgrade(files, server):
     from rhlens.run.results import _NoDowngrade
 
     req = urllib.request.Request("https://example.org/s.json")
-    with pytest.raises(FetchError, match="may only redirect to https"):
+    with pytest.raises(UsageError, match="may only redirect to https"):
         _NoDowngrade().redirect_request(req, None, 302, "Found", {}, "http://example.org/s.json")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"0-0": [1%s], "0-1": [0]}' % ("0" * 400), "non-finite score (inf)"),
+    ('{"0-0": [1%s], "0-1": [0]}' % ("0" * 5000), "non-finite score (inf)"),
+    ('{"0-0": [1e308, 1e308], "0-1": [0]}', "beyond what a score map holds"),
+    ('{"0-0": [1e39], "0-1": [0]}', "beyond what a score map holds"),
+    ('{"1%s-0": [0]}' % ("0" * 5000), "is not 'layer-head'"),
+])
+def test_numbers_that_overflow_are_one_line_naming_the_file(files, one_error, text, message):
+    """Huge numbers in a score file: one line naming the file, not an internal OverflowError,
+    Python's digit-limit message, or a map that quietly holds inf."""
+    bad = files / "huge.json"
+    bad.write_text(text)
+    line = one_error("plot", bad, "--out", files / "p.png")
+    assert f"{bad}" in line and message in line
+    assert not (files / "p.png").exists()
+
+
+def test_huge_python_ints_in_a_score_dict():
+    with pytest.raises(UsageError, match="non-finite score \\(a 401-digit number\\)"):
+        load_scores({"0-0": [10**400]})
+    with pytest.raises(UsageError, match="'0-0' scores 1.5e\\+308 on average"):
+        load_scores({"0-0": [1.5e308, 1.5e308]})  # the sum overflows, the mean does not
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/s.json",
+                                    "data:text/plain,{}"])
+def test_a_refused_redirect_is_a_usage_error_not_try_again_later(files, one_error, target):
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.end_headers()
+
+        def log_message(self, *a, **k):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        line = one_error("plot", f"http://127.0.0.1:{srv.server_address[1]}/s.json", "--out",
+                         files / "p.png")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert target in line and "download the file" in line and "try again" not in line

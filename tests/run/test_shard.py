@@ -8,6 +8,7 @@ refused with one line, before anything is written.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,16 @@ def test_merge_does_not_replace_out_without_force(files, shards, cli, one_error)
     assert err.endswith("exists; pass --force to replace it, or another --out.")
     assert merged.read_text() == "keep"
     assert "overwrite the shard" in one_error("merge", "--out", shards[0], *shards)
+    # nor through a link: a symlink to a shard, or a hard link of a shard's log as the merged log
+    log = Path(f"{shards[1]}.samples.jsonl")
+    before = log.read_bytes(), shards[0].read_bytes()
+    (files / "link.json").symlink_to(shards[0])
+    assert "overwrite the shard" in one_error("merge", "--out", files / "link.json", "--force",
+                                              *shards)
+    os.link(log, files / "h.json.samples.jsonl")
+    assert "overwrite the shard" in one_error("merge", "--out", files / "h.json", "--force",
+                                              *shards)
+    assert (log.read_bytes(), shards[0].read_bytes()) == before
     assert cli("merge", "--out", merged, "--force", *shards)[0] == 0
     assert load_scores(merged).shape == (2, 4)
 
@@ -234,3 +245,43 @@ def test_shard_flag_errors_come_before_the_model(files, monkeypatch, one_error):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "5")
     assert "--shard 5/2 does not exist" in one_error(*score(files, files / "s.json"))
+
+
+def _edit_log(log: Path, line: int, **changes) -> None:
+    """Change fields of line ``line`` (0: the header) of a sample log."""
+    lines = log.read_text().splitlines()
+    obj = json.loads(lines[line])
+    if line == 0:
+        obj["shard"].update(changes)
+    else:
+        obj.update(changes)
+    lines[line] = json.dumps(obj)
+    log.write_text("\n".join(lines) + "\n")
+
+
+#: Fields of the right name and the wrong type, with what the error says.
+DAMAGED = [
+    # a record with a field of the wrong type is not finished: a resume redoes it
+    (1, {"passed": "yes"}, "has finished 3 of its 4 samples"),
+    (1, {"passed": None}, "has finished 3 of its 4 samples"),
+    (1, {"passed": True, "scores": [[0.1, 0.2], [0.3]]}, "has finished 3 of its 4 samples"),
+    (1, {"passed": True, "scores": None}, "has finished 3 of its 4 samples"),
+    (1, {"length": "160"}, "has finished 3 of its 4 samples"),
+    (0, {"index": None}, "its index is None"),
+    (0, {"count": "2"}, "its count is '2'"),
+    (0, {"keys": [1, 2, 3, 4]}, "its shard or keys do not fit"),
+]
+
+
+def test_merge_refuses_records_present_but_wrong(files, shards, one_error):
+    """A field of the right name and the wrong type: one line, and neither the merged output
+    nor its log is written (the log used to be written first, and left behind)."""
+    log = Path(f"{shards[1]}.samples.jsonl")
+    intact = log.read_bytes()
+    merged = files / "m.json"
+    for line, changes, message in DAMAGED:  # one pair of shards for all: each run costs seconds
+        log.write_bytes(intact)
+        _edit_log(log, line, **changes)
+        err = one_error("merge", "--out", merged, *shards)
+        assert message in err and "internal error" not in err, (changes, err)
+        assert not merged.exists() and not Path(f"{merged}.samples.jsonl").exists()

@@ -39,10 +39,10 @@ def check_classify(fn) -> None:
 @checker
 def check_head_dla(fn) -> None:
     """``fn(z, w_o, scale, direction) -> [n_heads]``: each head's direct logit attribution
-    (:func:`rhlens.intervene.attribution.head_dla` is the reference)."""
+    (:func:`rhlens.score.logit.head_dla` is the reference)."""
     import torch
 
-    from ...intervene.attribution import head_dla
+    from ...score.logit import head_dla
 
     g = torch.Generator().manual_seed(5)
     for m, n_heads, d_head, d_model in [(1, 1, 2, 2), (3, 4, 5, 6), (2, 9, 8, 16)]:

@@ -1,0 +1,171 @@
+"""Greedy decoding of several prompts of one length at once.
+
+A detection grid's prompts of one length have exactly the same number of tokens by
+construction (:func:`rhlens.niah.prompts.build_sample` trims the haystack to the length), so
+they batch without padding: :func:`greedy_decode_batch` prefills them as one ``[B, n]`` batch
+and runs one decode loop over the ``B`` rows, each recording its own attention argmaxes as
+:func:`rhlens.run.decode.greedy_decode` does. A row that stops (the one stop rule,
+:func:`rhlens.run.decode.stops`) leaves the batch and its KV cache at once, so a finished
+sample stops costing; the loop ends when every row has stopped.
+
+Each trace is the one :func:`~rhlens.run.decode.greedy_decode` gives for that prompt alone
+(tokens, argmaxes and text; ``tests/run/test_batch.py`` checks it on every architecture, with
+masks, and with rows stopping at different steps), since every row's arithmetic is the same
+batched or not, up to float rounding. On a GPU the batch fills the device that one short
+prompt leaves mostly idle; on a CPU it shares the per-step overhead of the Python loop.
+
+Example::
+
+    from rhlens.run.batch import greedy_decode_batch
+
+    traces = greedy_decode_batch(model, [s.input_ids for s in samples], max_new_tokens=16)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from .decode import (
+    EAGER_CHUNK,
+    DecodeAttention,
+    DecodeTrace,
+    Hook,
+    model_device,
+    new_cache,
+    stops,
+)
+from .gqa import grouped_decode_attention
+from .hooks import every_layer, layer_of
+from .sdpa import sdpa_attention
+
+__all__ = ["greedy_decode_batch"]
+
+
+def _check(model, prompts: Sequence[torch.Tensor], max_new_tokens: int,
+           decode_attention: str) -> torch.Tensor:
+    """The prompts as one ``[B, n]`` tensor, after checking every argument."""
+    if decode_attention not in ("grouped", "eager"):
+        raise ValueError(
+            f"decode_attention must be 'grouped' or 'eager', not {decode_attention!r}."
+        )
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}.")
+    if not prompts:
+        raise ValueError("prompts is empty: pass at least one 1-D tensor of token ids.")
+    lengths = sorted({int(p.numel()) for p in prompts})
+    if len(lengths) > 1 or any(p.dim() != 1 for p in prompts):
+        raise ValueError(
+            f"prompts must be 1-D token-id tensors of one length (got lengths {lengths}); "
+            "batch only the samples of one context length."
+        )
+    if lengths[0] < 2:
+        raise ValueError("Each prompt needs at least 2 tokens (a prefill and a first step).")
+    n_ctx = model.cfg.n_ctx
+    if n_ctx and lengths[0] + max_new_tokens > n_ctx:
+        raise ValueError(
+            f"The prompts ({lengths[0]} tokens) plus {max_new_tokens} new tokens exceed "
+            f"the model's context of {n_ctx} tokens; use a shorter length."
+        )
+    return torch.stack([p.to(model_device(model)) for p in prompts])
+
+
+@torch.no_grad()
+def greedy_decode_batch(
+    model,
+    prompts: Sequence[torch.Tensor],
+    max_new_tokens: int = 32,
+    decode_hooks: Sequence[Hook] = (),
+    stop_at_newline: bool = True,
+    *,
+    mask=None,
+    decode_attention: DecodeAttention = "grouped",
+) -> list[DecodeTrace]:
+    """Greedy generation from every prompt of ``prompts`` (1-D, all of one length) at once.
+
+    Args:
+        model: a TransformerBridge with its tokenizer.
+        prompts: ``B`` token-id tensors ``[n]`` of one length ``n``.
+        max_new_tokens, stop_at_newline, decode_hooks, mask, decode_attention: as in
+            :func:`rhlens.run.decode.greedy_decode`; hooks act on the whole batch (a hook
+            must treat the batch dimension as a batch, as masks do). A mask that also covers
+            the prefill runs the prefill through the bridge's hooked attention.
+
+    Returns:
+        one :class:`~rhlens.run.decode.DecodeTrace` per prompt, in order (without attention
+        rows). Its timings are the batch's seconds shared equally by its ``B`` samples.
+    """
+    ids = _check(model, prompts, max_new_tokens, decode_attention)
+    prefill_hooks: list[Hook] = []
+    if mask is not None:
+        decode_hooks = [*mask.hooks(model), *decode_hooks]
+        prefill_hooks = mask.prefill_hooks(model)
+    device, tok = ids.device, model.tokenizer
+    batch, n_layers, n_heads = ids.shape[0], model.cfg.n_layers, model.cfg.n_heads
+    argmax = torch.zeros(batch, max_new_tokens, n_layers, n_heads, dtype=torch.long,
+                         device=device)
+    live = list(range(batch))  # the prompts still decoding, in cache row order
+    step = {"t": 0}
+    rows = {"now": torch.arange(batch, device=device)}  # their rows of ``argmax``
+
+    def read_pattern(pattern: torch.Tensor, hook) -> torch.Tensor:
+        argmax[rows["now"], step["t"], layer_of(hook.name)] = pattern[:, :, -1].argmax(-1)
+        return pattern
+
+    cache = new_cache(model)
+    t0 = time.perf_counter()
+    if prefill_hooks:  # the hooked (eager) attention, one chunk of the batch at a time
+        with model.hooks(fwd_hooks=prefill_hooks):
+            for start in range(0, ids.shape[1] - 1, EAGER_CHUNK):
+                _, cache = model(ids[:, start : min(start + EAGER_CHUNK, ids.shape[1] - 1)],
+                                 return_type="logits_and_cache", past_key_values=cache,
+                                 logits_to_keep=1)
+    else:
+        with sdpa_attention(model):
+            _, cache = model(ids[:, :-1], return_type="logits_and_cache", past_key_values=cache,
+                             logits_to_keep=1)
+    from .lean import lean_bridge, reserve
+
+    reserve(cache, max_new_tokens)  # each decode step writes its key and value in place
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t1 = time.perf_counter()
+
+    generated: list[list[int]] = [[] for _ in range(batch)]
+    nxt = ids[:, -1:]
+    with model.hooks(fwd_hooks=[*decode_hooks, (every_layer("pattern"), read_pattern)]), \
+            lean_bridge(model), \
+            grouped_decode_attention(model, enabled=decode_attention == "grouped"):
+        for t in range(max_new_tokens):
+            step["t"] = t
+            out, cache = model(nxt, return_type="logits_and_cache", past_key_values=cache)
+            tokens = out[:, -1].argmax(-1).tolist()
+            keep = []
+            for row, (b, token) in enumerate(zip(live, tokens)):
+                if not stops(tok, token, generated[b], stop_at_newline):
+                    generated[b].append(token)
+                    keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(live):  # finished rows leave the batch and the cache
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                live = [live[r] for r in keep]
+                rows["now"] = torch.tensor(live, device=device)
+            nxt = torch.tensor([[generated[b][-1]] for b in live], device=device)
+    argmax_cpu = argmax.cpu()
+    t2 = time.perf_counter()
+    timings = {"prefill_s": (t1 - t0) / batch, "decode_s": (t2 - t1) / batch}
+    return [
+        DecodeTrace(
+            prompt_ids=prompts[b].cpu(),
+            tokens=torch.tensor(generated[b], dtype=torch.long),
+            argmax=argmax_cpu[b, : len(generated[b])].clone(),
+            text=tok.decode(generated[b]),
+            timings=dict(timings),
+        )
+        for b in range(batch)
+    ]
+
