@@ -1,10 +1,15 @@
 """Downstream tasks that must look back at the context (paper, section 4), as prompts.
 
-* extractive QA: :func:`make_qa_items` writes profiles of invented places, people and objects,
-  with questions whose answers are spans of the profile (no world knowledge helps);
-  :func:`squad_items` loads SQuAD through Hugging Face ``datasets`` (network needed);
-* chain of thought: :func:`make_cot_tasks` writes chains of variable assignments whose answer
-  needs several look-ups (:func:`eval_chain` computes it); :func:`gsm8k_tasks` loads GSM8K.
+* extractive QA: :func:`make_qa_items` writes profiles of invented towns, with questions whose
+  answers are spans of the profile. The paper used recent news with GPT-4-written questions, so
+  that memory cannot answer; invented entities do the same offline. A fixed set ships with
+  rhlens (``ch07_extractqa.json``, written by ``scripts/make_extractqa.py``, read by
+  :func:`load_qa_items`), so every machine runs the same items;
+* chain of thought: :func:`make_word_problems` writes two-step word problems over facts stated
+  in the context (look up two quantities, add them: a stand-in for GSM8K that a 135M model
+  solves with chain of thought); :func:`make_cot_tasks` writes chains of variable assignments
+  (harder: several dependent look-ups; :func:`eval_chain` computes the answer);
+  :func:`gsm8k_tasks` loads GSM8K itself through Hugging Face ``datasets`` (network needed).
 
 :func:`qa_prompt` and :func:`cot_prompt` turn them into prompts; :mod:`rhlens.apps.downstream`
 evaluates them under head masks.
@@ -13,15 +18,19 @@ evaluates them under head masks.
 >>> items[0].answer in items[0].context
 True
 >>> tasks = make_cot_tasks(2, steps=2, seed=0)
->>> tasks[0].answer == eval_chain(tasks[0].lines)[tasks[0].target]
+>>> tasks[0].answer == eval_chain(tasks[0].lines)[tasks[0].question[-2]]
 True
+>>> print(make_word_problems(1, seed=0)[0].reasoning)
+Grace has 1 apple. Max has 3 apples. 1 + 3 = 4. The answer is 4.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -141,18 +150,35 @@ def make_qa_items(n: int = 12, seed: int = 0, filler: int = 14) -> list[QAItem]:
     return items
 
 
-def squad_items(n: int = 100, split: str = "validation", name: str = "squad") -> list[QAItem]:
-    """The first ``n`` items of a Hugging Face extractive QA set (SQuAD format).
+#: The ExtractQA set rhlens ships (``rhlens.data``), written by ``scripts/make_extractqa.py``.
+QA_DATA = "ch07_extractqa.json"
 
-    Needs ``datasets`` and network access (``pip install 'rhlens[gpu]'``).
+
+def qa_items_json(items: Sequence[QAItem], **source) -> str:
+    """``items`` as the JSON text of a shipped QA file; ``source`` (e.g. the generator's
+    arguments) is recorded beside them so the file says how it was made."""
+    return json.dumps({"source": source, "items": [asdict(it) for it in items]}, indent=1) + "\n"
+
+
+def load_qa_items(path: str | Path | None = None, n: int | None = None) -> list[QAItem]:
+    """The first ``n`` (default: all) QA items of a file written by :func:`qa_items_json`;
+    default: the set rhlens ships (:data:`QA_DATA`), the same on every machine.
+
+    Raises:
+        ValueError: ``n`` is below 1, or an item's answer is not a span of its context.
     """
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError("squad_items needs `pip install datasets` (rhlens[gpu]).") from err
-    ds = datasets.load_dataset(name, split=split)
-    rows = ds.select(range(min(n, len(ds))))
-    return [QAItem(r["context"], r["question"], tuple(r["answers"]["text"])) for r in rows]
+    from .. import data
+
+    if n is not None and n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    raw = json.loads(Path(path if path is not None else data.path(QA_DATA)).read_text())
+    items = [QAItem(r["context"], r["question"], tuple(r["answers"]), r["answer_prefix"])
+             for r in raw["items"]]
+    for i, it in enumerate(items):
+        if not any(a in it.context for a in it.answers):
+            raise ValueError(f"QA item {i}: no answer of {it.answers} is a span of its context; "
+                             "an extractive item must be answerable by copying.")
+    return items[:n]
 
 
 QA_INSTRUCTION = (
@@ -172,19 +198,19 @@ def qa_prompt(tokenizer, item: QAItem) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CoTTask:
-    """A chain of assignments (``lines``) and the variable asked for.
+    """A reasoning task over facts stated in its context.
 
-    ``reasoning`` is the worked chain of thought, ``answer`` the integer result.
+    ``lines`` is the context (one fact or assignment a line), ``question`` what is asked,
+    ``answer`` the integer result and ``reasoning`` the worked chain of thought (ending
+    ``"The answer is N."``). ``kind`` names the one-shot example that introduces it
+    (:func:`cot_prompt`): ``"chain"`` (variable chains) or ``"sum"`` (word problems).
     """
 
     lines: tuple[str, ...]
-    target: str
+    question: str
     answer: int
     reasoning: str
-
-    @property
-    def question(self) -> str:
-        return f"What is the value of {self.target}?"
+    kind: str = "chain"
 
 
 def eval_chain(lines: Sequence[str]) -> dict[str, int]:
@@ -247,8 +273,52 @@ def make_cot_tasks(n: int = 10, steps: int = 2, distractors: int = 2, seed: int 
             body.insert(rng.randint(0, len(body)), f"{v} = {src} + {rng.randint(1, max_value)}")
         # distractor constants go before the body so every variable is defined before use
         all_lines = lines + dist_lines + body
-        tasks.append(CoTTask(tuple(all_lines), chain[-1], value,
-                             ", ".join(reasoning) + f". The answer is {value}."))
+        tasks.append(CoTTask(tuple(all_lines), f"What is the value of {chain[-1]}?", value,
+                             ", ".join(reasoning) + f". The answer is {value}.", "chain"))
+    return tasks
+
+
+_NAMES = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jack",
+          "Lena", "Max"]
+
+
+def make_word_problems(n: int = 12, seed: int = 0, people: int = 2, max_value: int = 5,
+                       thing: str = "apple") -> list[CoTTask]:
+    """``n`` two-step word problems over facts stated in the context.
+
+    The context says how many of ``thing`` each of ``people`` people has (one line each); the
+    question asks how many two of them have together. Chain of thought looks both numbers up
+    in the context, then adds them::
+
+        Max has 3 apples.
+        Grace has 1 apple.
+        How many apples do Max and Grace have together?
+        ->  Max has 3 apples. Grace has 1 apple. 3 + 1 = 4. The answer is 4.
+
+    A stand-in for GSM8K's grade-school problems that a 135M model solves with chain of
+    thought; ``people > 2`` adds people the question does not ask about (harder).
+    """
+    if n < 1 or people < 2 or max_value < 1:
+        raise ValueError(f"need n >= 1, people >= 2 and max_value >= 1; got n={n}, "
+                         f"people={people}, max_value={max_value}.")
+    if people > len(_NAMES):
+        raise ValueError(f"people must be at most {len(_NAMES)}, got {people}.")
+    rng = random.Random(seed)
+
+    def count(x: int) -> str:
+        return f"{x} {thing}" + ("" if x == 1 else "s")
+
+    tasks = []
+    for _ in range(n):
+        names = rng.sample(_NAMES, people)
+        values = [rng.randint(1, max_value) for _ in names]
+        a, b = sorted(rng.sample(range(people), 2))
+        facts = [f"{p} has {count(x)}." for p, x in zip(names, values)]
+        total = values[a] + values[b]
+        reasoning = (f"{facts[a]} {facts[b]} {values[a]} + {values[b]} = {total}. "
+                     f"The answer is {total}.")
+        tasks.append(CoTTask(tuple(facts), f"How many {thing}s do {names[a]} and {names[b]} "
+                             "have together?", total, reasoning, "sum"))
     return tasks
 
 
@@ -266,8 +336,15 @@ def gsm8k_tasks(n: int = 50, split: str = "test") -> list[tuple[str, int]]:
     return out
 
 
-_EXAMPLE = CoTTask(("m = 2", "r = 6", "d = m + 5", "x = r + 1", "p = d - 3"), "p", 4,
-                   "d = 2 + 5 = 7, p = 7 - 3 = 4. The answer is 4.")
+#: The one-shot example of each kind of task (GSM8K's problems take the word problem's).
+EXAMPLES = {
+    "chain": CoTTask(("m = 2", "r = 6", "d = m + 5", "x = r + 1", "p = d - 3"),
+                     "What is the value of p?", 4,
+                     "d = 2 + 5 = 7, p = 7 - 3 = 4. The answer is 4.", "chain"),
+    "sum": CoTTask(("Lena has 2 pears.", "Hugo has 4 pears."),
+                   "How many pears do Lena and Hugo have together?", 6,
+                   "Lena has 2 pears. Hugo has 4 pears. 2 + 4 = 6. The answer is 6.", "sum"),
+}
 
 
 def _task_text(task: CoTTask) -> str:
@@ -279,11 +356,13 @@ def cot_prompt(tokenizer, task: CoTTask | tuple[str, int], cot: bool) -> torch.T
 
     With ``cot=True`` the example shows the worked steps and the model's answer starts with
     ``"Let's compute step by step:"``; with ``cot=False`` it answers ``"The answer is"``
-    directly. GSM8K ``(question, answer)`` pairs are accepted too.
+    directly. The example is of the task's kind (:data:`EXAMPLES`); GSM8K ``(question,
+    answer)`` pairs are accepted too, with the word-problem example.
     """
-    example = _task_text(_EXAMPLE)
-    shot = (f"Let's compute step by step: {_EXAMPLE.reasoning}" if cot
-            else f"The answer is {_EXAMPLE.answer}.")
+    shot_task = EXAMPLES["sum" if isinstance(task, tuple) else task.kind]
+    example = _task_text(shot_task)
+    shot = (f"Let's compute step by step: {shot_task.reasoning}" if cot
+            else f"The answer is {shot_task.answer}.")
     query = task[0] if isinstance(task, tuple) else _task_text(task)
     prefix = "Let's compute step by step:" if cot else "The answer is"
     messages = [

@@ -10,6 +10,11 @@ from the attention rows recorded by :func:`rhlens.run.decode.greedy_decode` (``r
 :func:`failure_sweep` does so for the strongest heads left unmasked, over a K grid;
 :func:`rhlens.viz.runs.plot_failure_modes` draws both.
 
+The paper also says *when* incomplete retrieval starts: once the heads scoring above about 0.4
+are masked. :func:`heads_above` turns score thresholds into the K that masks exactly the heads
+above each, :func:`classify_sweep` classifies the answers of a stored K sweep (``rhlens niah
+--sweep-k``), and :func:`onset` reads the first K (or threshold) at which a class appears.
+
 Example::
 
     >>> df = failure_sweep(model, grid, scores, ks=[0, 8, 26])                     # doctest: +SKIP
@@ -119,10 +124,63 @@ def failure_sweep(
     return df
 
 
-def failure_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Share of each category per K (rows: K, columns: the three categories)."""
-    table = pd.crosstab(df["k"], df["category"], normalize="index")
+def failure_table(df: pd.DataFrame, by: str = "k") -> pd.DataFrame:
+    """Share of each category per K (rows: the values of column ``by``, columns: the three
+    categories)."""
+    table = pd.crosstab(df[by], df["category"], normalize="index")
     return table.reindex(columns=list(CLASSES), fill_value=0.0)
+
+
+def heads_above(scores: torch.Tensor, thresholds: Sequence[float]) -> dict[float, int]:
+    """For each threshold, how many heads score strictly above it: the K whose top-K mask
+    (heads ranked by score) masks exactly the heads above the threshold.
+
+    >>> heads_above(torch.tensor([[0.9, 0.45], [0.2, 0.0]]), [0.8, 0.4, 0.1])
+    {0.8: 1, 0.4: 2, 0.1: 3}
+    """
+    return {float(t): int((scores > t).sum()) for t in thresholds}
+
+
+def classify_sweep(sweep: pd.DataFrame, answered_only: bool = True) -> pd.DataFrame:
+    """The answers of a K sweep (rows with ``needle``, ``length``, ``depth``, ``k``, ``kind``,
+    ``answer`` and ``expected``, as ``rhlens niah --sweep-k`` writes them) with their
+    ``category`` (:func:`~rhlens.niah.answers.classify_answer`).
+
+    With ``answered_only`` only the prompts whose unmasked answer (``k == 0``) is complete are
+    kept, since a failure caused by masking needs an answer to lose; how many prompts were left
+    out is in ``attrs["unanswered"]``, how many kept in ``attrs["prompts"]``.
+
+    Raises:
+        ValueError: the sweep has no ``k == 0`` run while ``answered_only`` is set.
+    """
+    df = sweep.copy()
+    df["category"] = [classify_answer(e, str(a) if pd.notna(a) else "")
+                      for e, a in zip(df["expected"], df["answer"])]
+    prompt = ["needle", "length", "depth"]
+    base = df[df["k"] == 0].drop_duplicates(prompt)
+    if answered_only and base.empty:
+        raise ValueError("the sweep has no K = 0 run, so no prompt is known to be answered; "
+                         "include 0 in --sweep-k, or pass answered_only=False.")
+    kept = base[base["category"] == "complete"][prompt] if answered_only else base[prompt]
+    out = df.merge(kept, on=prompt) if answered_only else df
+    out.attrs["unanswered"] = len(base) - len(kept) if answered_only else 0
+    out.attrs["prompts"] = len(kept) if answered_only else len(df.drop_duplicates(prompt))
+    return out
+
+
+def onset(table: pd.DataFrame, category: str = "incomplete", min_share: float = 0.0):
+    """The first row of ``table`` (:func:`failure_table`, rows in masking order) whose share of
+    ``category`` is above ``min_share``; ``None`` when there is none.
+
+    >>> t = pd.DataFrame({"complete": [1.0, 0.9, 0.5], "incomplete": [0.0, 0.1, 0.3],
+    ...                   "hallucinated": [0.0, 0.0, 0.2]}, index=[0, 5, 10])
+    >>> onset(t), onset(t, "hallucinated"), onset(t, "incomplete", min_share=0.2)
+    (5, 10, 10)
+    """
+    if category not in CLASSES:
+        raise ValueError(f"category must be one of {CLASSES}, got {category!r}.")
+    hits = table.index[table[category] > min_share]
+    return hits.tolist()[0] if len(hits) else None
 
 
 def attention_by_category(df: pd.DataFrame) -> pd.DataFrame:

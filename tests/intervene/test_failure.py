@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
 from rhlens.intervene.failure import (
     attention_by_category,
     attention_mass,
+    classify_sweep,
     failure_sweep,
     failure_table,
+    heads_above,
+    onset,
 )
 from rhlens.niah.answers import classify_answer, content_recall
 from rhlens.niah.grid import Grid
@@ -53,3 +57,49 @@ def test_failure_sweep(tiny_llama, hay):
                          answered_only=True)
     assert kept.empty and kept.attrs["unanswered"] == 1
     assert list(kept.columns) == list(df.columns)
+
+
+def test_heads_above_matches_the_top_k_mask():
+    scores = torch.tensor([[0.95, 0.41, 0.4], [0.0, 0.72, 0.1]])
+    ks = heads_above(scores, [0.9, 0.7, 0.4, 0.1, 0.0])
+    assert ks == {0.9: 1, 0.7: 2, 0.4: 3, 0.1: 4, 0.0: 5}  # strictly above: 0.4 and 0.1 excluded
+    from rhlens.score.heads import top_heads
+
+    for t, k in ks.items():
+        assert {hd for hd in top_heads(scores, k)} == {(l, h) for l in range(2) for h in range(3)
+                                                        if scores[l, h] > t}
+
+
+def _sweep(rows):
+    return pd.DataFrame(rows, columns=["needle", "length", "depth", "k", "kind", "answer",
+                                       "expected"])
+
+
+def test_classify_sweep_keeps_answered_prompts_and_finds_the_onset():
+    a, b, c = "purple walrus seventeen", "smoked cardamom", "a hollow wooden owl"
+    sweep = _sweep([
+        ("n1", 500, 0.5, 0, "top", "It is purple walrus seventeen.", a),
+        ("n2", 500, 0.5, 0, "top", "smoked cardamom", b),
+        ("n3", 500, 0.5, 0, "top", "a box", c),                       # not answered unmasked
+        ("n1", 500, 0.5, 4, "top", "purple walrus", a),               # incomplete
+        ("n2", 500, 0.5, 4, "top", "smoked cardamom", b),
+        ("n3", 500, 0.5, 4, "top", "a hollow wooden owl", c),         # dropped with its prompt
+        ("n1", 500, 0.5, 9, "top", "a green door", a),                # hallucinated
+        ("n2", 500, 0.5, 9, "top", "smoked", b),
+        ("n1", 500, 0.5, 4, "random", float("nan"), a),               # an empty answer
+    ])
+    df = classify_sweep(sweep)
+    assert df.attrs == {"unanswered": 1, "prompts": 2}
+    assert set(df["needle"]) == {"n1", "n2"}
+    assert df.loc[df["kind"] == "random", "category"].tolist() == ["hallucinated"]
+    table = failure_table(df[df["kind"] == "top"])
+    assert table.loc[4].tolist() == [0.5, 0.5, 0.0] and table.loc[9].tolist() == [0.0, 0.5, 0.5]
+    assert onset(table) == 4 and onset(table, "hallucinated") == 9
+    assert onset(table, "incomplete", min_share=0.5) is None
+    by_t = table.rename(index={0: 1.0, 4: 0.4, 9: 0.1})
+    assert onset(by_t) == 0.4
+    assert classify_sweep(sweep, answered_only=False).attrs["prompts"] == 3
+    with pytest.raises(ValueError, match="include 0"):
+        classify_sweep(sweep[sweep["k"] > 0])
+    with pytest.raises(ValueError, match="category"):
+        onset(table, "partial")
