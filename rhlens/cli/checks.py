@@ -180,7 +180,8 @@ def check_niah_args(args) -> dict[str, Any]:
 def sweep_files(out: str, k: int, seeds: Sequence[int]) -> list[tuple[str, str, str]]:
     """The files a ``--sweep-k`` run writes for one K (``OUT.kK.top.csv``,
     ``OUT.kK.randomSEED.csv`` and their logs), as :func:`check_own_files` takes them."""
-    parts = [f"{out}.k{k}.top.csv"] + [f"{out}.k{k}.random{s}.csv" for s in seeds]
+    # a repeated seed runs once, so it writes its files once
+    parts = [f"{out}.k{k}.top.csv"] + [f"{out}.k{k}.random{s}.csv" for s in dict.fromkeys(seeds)]
     return [("sweep_k", f"{p}{log}", "the per-K files of --sweep-k") for p in parts
             for log in ("", _LOG)]
 
