@@ -162,7 +162,8 @@ class DetectorSweep(Sweep):
         if self.prefix is None or not any(r["passed"] for r in records):
             return
         shape = (self.model.cfg.n_layers, self.model.cfg.n_heads)
-        write_maps(self.prefix, pool(records, self.config.detectors, *shape)[1], self.identity(),
+        # the identity taken when the run began: it hashes every weight, too costly per sample
+        write_maps(self.prefix, pool(records, self.config.detectors, *shape)[1], self.settings,
                    prompts=len(records), passed=sum(bool(r["passed"]) for r in records))
 
 
