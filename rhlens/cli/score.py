@@ -6,6 +6,7 @@
     rhlens score ... --shard 0/2 --out scores.json    # and 1/2: writes scores.shard0of2.json...
     rhlens score ... --compat public-code              # numbers to put beside the published files
     rhlens score ... --until-stable 10 --max-samples 80  # stop when the top 10 is stable
+    rhlens score ... --batch-size 4                    # decode 4 prompts of one length at once
 
 The flags become a :class:`~rhlens.score.detect.ScoreConfig` (validated there; ``--until-stable``,
 ``--stability``, ``--max-samples`` and ``--seed`` its :class:`~rhlens.score.stopping.UntilStable`),
@@ -63,6 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the bootstrap intervals and of --until-stable's order "
                         "(default 0)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B",
+                   help="decode up to B prompts of one length at once (default 1); the "
+                        "results and the sample log are the same under every B, so a run "
+                        "resumes under another")
     add_shard_args(p)
 
 
@@ -85,7 +90,7 @@ def run(args) -> int:
                                    max_samples=args.max_samples)
     config = ScoreConfig(grid_from_args(args), score_mode=args.mode, score_span=args.span,
                          rouge_gate=args.rouge_gate, rouge_stemmer=args.stem,
-                         until_stable=until_stable)
+                         until_stable=until_stable, batch_size=args.batch_size)
     torch.set_grad_enabled(False)
     model = load_model_from_args(args)
     run = detect_retrieval_heads(model, config, out=args.out, shard=shard)

@@ -12,8 +12,11 @@ only a run that would give the same samples, and refuses another (:mod:`rhlens.r
 grid, skip the finished ones, measure the others one by one, append each to the log (flushed),
 and rewrite the output file atomically after each (:mod:`rhlens.run.outputs`), until the samples
 run out or the sweep says it has what it needs (:meth:`Sweep.done`: a detection
-``--until-stable``). With a :class:`~rhlens.run.shard.Shard` it runs only that shard's samples,
-and its log names the shard for :func:`~rhlens.run.merge.merge_shards`.
+``--until-stable``). A sweep with a :attr:`~Sweep.batch_size` above 1 measures up to that many
+pending samples of one length at once (:meth:`Sweep.measure_batch`), and still logs and writes
+each record in the run's order, as one at a time does. With a :class:`~rhlens.run.shard.Shard`
+it runs only that shard's samples, and its log names the shard for
+:func:`~rhlens.run.merge.merge_shards`.
 
 A config field marks itself as not part of the identity with ``metadata={"identity": False}``
 (e.g. which prompts a run draws, when the sample keys already fingerprint them), or gives the
@@ -101,6 +104,8 @@ class Sweep(abc.ABC):
     required: ClassVar[tuple[str, ...]] = ("key",)
     #: the progress bar's label
     label: str = "samples"
+    #: how many pending samples of one length :meth:`measure_batch` takes at once
+    batch_size: int = 1
 
     def __init__(self, model, config: Any, *, out: str | Path | None = None,
                  shard: Shard | None = None, progress: bool = True):
@@ -128,6 +133,28 @@ class Sweep(abc.ABC):
     @abc.abstractmethod
     def measure(self, sample: Sample) -> dict:
         """The JSON-ready record of one sample (with its ``key``)."""
+
+    def measure_batch(self, samples: Sequence[Sample]) -> list[dict]:
+        """The records of ``samples`` (all of one length), in order; default: one by one."""
+        return [self.measure(s) for s in samples]
+
+    def _measured(self, sample: Sample, pending: Sequence[Sample],
+                  ahead: dict[str, dict]) -> dict:
+        """``sample``'s record: measured already with an earlier batch, else measured now with
+        up to :attr:`batch_size` - 1 later pending samples of its length (``pending``: the
+        samples after ``sample`` not yet logged). The later ones wait in ``ahead`` for their
+        turn, so the log and the output file see every record in the run's order, exactly as
+        one at a time (a record measured ahead of a stop is dropped, as it was never asked
+        for)."""
+        if sample.key in ahead:
+            return ahead.pop(sample.key)
+        if self.batch_size <= 1:
+            return self.measure(sample)
+        batch = [sample, *[s for s in pending if s.length == sample.length
+                           and s.key not in ahead]][: self.batch_size]
+        records = self.measure_batch(batch)
+        ahead.update((s.key, r) for s, r in zip(batch[1:], records[1:]))
+        return records[0]
 
     def status(self, records: Sequence[dict]) -> dict[str, str]:
         """What the progress bar shows after each sample."""
@@ -159,12 +186,15 @@ class Sweep(abc.ABC):
         if log is not None:
             log.check_keys(s.key for s in samples)
         records: list[dict] = []
+        pending = [s for s in samples if log is None or s.key not in log]
+        place = {s.key: j for j, s in enumerate(pending)}
+        ahead: dict[str, dict] = {}  # records measured with an earlier sample's batch
         bar = tqdm(samples, desc=self.label, unit="sample", disable=not self.progress)
         for sample in bar:
             if log is not None and sample.key in log:
                 record = log.records[sample.key]
             else:
-                record = self.measure(sample)
+                record = self._measured(sample, pending[place[sample.key] + 1:], ahead)
                 if log is not None:
                     log.add(record)
             records.append(record)

@@ -44,8 +44,9 @@ from ..errors import NoPassingSampleError, UsageError
 from ..niah.answers import rouge1_recall
 from ..niah.grid import Grid
 from ..niah.prompts import SCORE_SPANS, Sample, ScoreSpan
+from ..run.batch import greedy_decode_batch
 from ..run.card import new_card, resume_card, with_samples, write_card
-from ..run.decode import greedy_decode
+from ..run.decode import DecodeTrace, greedy_decode
 from ..run.shard import Shard
 from ..run.sweep import Sweep
 from .bootstrap import LEVEL, N_BOOT
@@ -55,7 +56,7 @@ from .stopping import UntilStable
 from .uncertainty import SEED, HeadIntervals, head_intervals
 
 __all__ = ["RECORD_FIELDS", "ScoreConfig", "ScoreRun", "ScoreSweep",
-           "detect_retrieval_heads", "score_sample"]
+           "detect_retrieval_heads", "score_sample", "score_trace"]
 
 #: Fields every logged sample of a score run has (a record lacking one is recomputed).
 RECORD_FIELDS = ("key", "needle", "length", "depth", "answer", "rouge", "scores", "passed")
@@ -76,11 +77,14 @@ class ScoreConfig:
             the unstemmed variant.
         until_stable: take the grid's prompts in a seeded order and stop once the top-K set
             is stable (:class:`~rhlens.score.stopping.UntilStable`); ``None``: every prompt.
+        batch_size: decode up to this many prompts of one length at once
+            (:func:`rhlens.run.batch.greedy_decode_batch`; default 1, one at a time).
 
-    All of it but the grid's prompts and ``until_stable`` is the run's identity
+    All of it but the grid's prompts, ``until_stable`` and ``batch_size`` is the run's identity
     (:func:`rhlens.run.sweep.run_identity`), under the names the sample log has always used
     (``mode``, ``span``): ``until_stable`` chooses which samples a run takes, not what any of
-    them scores, so a run that stopped resumes under a stricter rule, or none.
+    them scores, so a run that stopped resumes under a stricter rule, or none; ``batch_size``
+    changes how fast the samples come, not what they are, so a run resumes under any batch size.
 
     >>> ScoreConfig(Grid([160], [0.5], needles=1), rouge_gate=1.5)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -94,6 +98,9 @@ class ScoreConfig:
     rouge_gate: float = 0.5
     rouge_stemmer: bool = True
     until_stable: UntilStable | None = field(default=None, metadata={"identity": False})
+    # Not identity: each batched trace is the one its prompt gets alone (tests/run/test_batch.py),
+    # so the records, the log and the score file are the same under every batch size.
+    batch_size: int = field(default=1, metadata={"identity": False})
 
     def __post_init__(self):
         if not isinstance(self.grid, Grid):
@@ -118,6 +125,10 @@ class ScoreConfig:
             raise UsageError("until_stable must be an UntilStable rule (e.g. UntilStable(k=10)) "
                              f"or None, got {type(self.until_stable).__name__}.",
                              arg="until_stable")
+        b = self.batch_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise UsageError(f"batch_size must be a whole number of at least 1 (1 decodes one "
+                             f"prompt at a time), got {b!r}.", arg="batch_size")
 
 
 @dataclass
@@ -177,8 +188,16 @@ def score_sample(
     """Decode one sample (with ``mask``, a :class:`rhlens.intervene.mask.Mask`, if given) and score
     every head over ``sample.span(score_span)``; returns a JSON-ready record whose ``rouge`` is
     the answer's ROUGE-1 recall (stemmed unless ``rouge_stemmer=False``)."""
-    span = sample.span(score_span)
     trace = greedy_decode(model, sample.input_ids, max_new_tokens, mask=mask)
+    return score_trace(sample, trace, score_mode=score_mode, score_span=score_span,
+                       rouge_stemmer=rouge_stemmer)
+
+
+def score_trace(sample: Sample, trace: DecodeTrace, *, score_mode: ScoreMode = "paper",
+                score_span: ScoreSpan = "answer", rouge_stemmer: bool = True) -> dict:
+    """The record :func:`score_sample` makes of ``sample``'s decode ``trace`` (alone or from a
+    batch, :func:`rhlens.run.batch.greedy_decode_batch`)."""
+    span = sample.span(score_span)
     scores = retrieval_scores(trace.argmax, trace.tokens, sample.input_ids, span, score_mode)
     return {
         "key": sample.key,
@@ -203,6 +222,7 @@ class ScoreSweep(Sweep):
 
     def __init__(self, model, config: ScoreConfig, **kwargs: Any):
         super().__init__(model, config, **kwargs)
+        self.batch_size = config.batch_size
         if self.shard is not None and config.until_stable is not None:
             raise UsageError("until_stable needs every sample of the run in one process; drop "
                              "the shard (or until_stable).", arg="until_stable")
@@ -249,6 +269,18 @@ class ScoreSweep(Sweep):
         record["passed"] = record["rouge"] > c.rouge_gate
         return record
 
+    def measure_batch(self, samples: Sequence[Sample]) -> list[dict]:
+        c = self.config
+        traces = greedy_decode_batch(self.model, [s.input_ids for s in samples],
+                                     c.grid.max_new_tokens)
+        records = []
+        for sample, trace in zip(samples, traces):
+            record = score_trace(sample, trace, score_mode=c.score_mode,
+                                 score_span=c.score_span, rouge_stemmer=c.rouge_stemmer)
+            record["passed"] = record["rouge"] > c.rouge_gate
+            records.append(record)
+        return records
+
     def status(self, records: Sequence[dict]) -> dict[str, str]:
         passed = sum(bool(r["passed"]) for r in records)
         return {"passed": f"{passed}/{len(records)}", "last": f"{records[-1]['rouge']:.2f}"}
@@ -269,7 +301,7 @@ def detect_retrieval_heads(
         model: a ``TransformerBridge`` (see :func:`rhlens.models.loading.load_model`).
         config: a :class:`ScoreConfig`, or a :class:`Grid` and the config's other fields as
             keywords (``score_mode``, ``score_span``, ``rouge_gate``, ``rouge_stemmer``,
-            ``until_stable``).
+            ``until_stable``, ``batch_size``).
         out: score file to write (and ``<out>.samples.jsonl`` to resume from, and its map card
             ``<out>.card.json``, :mod:`rhlens.run.card`).
         shard: run only this shard's samples (:meth:`rhlens.run.shard.Shard.select`); ``out``

@@ -51,6 +51,7 @@ def test_niah_bad_counts_fail_before_the_model_loads(files, no_model, extra, mes
     (["--needles", "0"], "--needles must be at least 1, got 0."),
     (["--rouge-gate", "nan"], "--rouge-gate must be a finite number"),
     (["--rouge-gate", "1"], "--rouge-gate must be below 1"),
+    (["--batch-size", "0"], "--batch-size must be a whole number of at least 1"),
     (["--lengths", "4090", "--max-new-tokens", "8"],
      "--lengths: a 4090-token prompt plus 8 new tokens exceeds the model's context of 4096"),
 ])

@@ -1,6 +1,7 @@
 """The whole `score` path on tiny random-weight models of every architecture."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from rhlens.errors import NoPassingSampleError
 from rhlens.niah.grid import Grid
 from rhlens.niah.haystack import NEEDLES, default_haystack
 from rhlens.niah.prompts import build_sample
+from rhlens.run.batch import greedy_decode_batch
 from rhlens.run.decode import greedy_decode
 from rhlens.run.results import load_scores
 from rhlens.score.detect import detect_retrieval_heads
@@ -84,3 +86,44 @@ def test_prompt_over_context_is_an_error(tiny_llama):
     ids = torch.arange(10, 4100)
     with pytest.raises(ValueError, match="context"):
         greedy_decode(tiny_llama, ids, max_new_tokens=32)
+
+
+def _batched_run(model, out, batch_size, monkeypatch=None, sizes=None):
+    """A score run of 2 lengths x 4 depths at ``batch_size``; ``sizes`` collects the size of
+    every batch decoded."""
+    if sizes is not None:
+        import rhlens.score.detect as detect
+
+        def spy(model, prompts, *a, **k):
+            sizes.append(len(prompts))
+            return greedy_decode_batch(model, prompts, *a, **k)
+
+        monkeypatch.setattr(detect, "greedy_decode_batch", spy)
+    grid = Grid([160, 200], [0.1, 0.4, 0.6, 0.9], needles=1, max_new_tokens=4)
+    return detect_retrieval_heads(model, grid, rouge_gate=-1, out=out,
+                                  progress=False, batch_size=batch_size)
+
+
+def _files(out) -> tuple[bytes, bytes]:
+    return out.read_bytes(), Path(f"{out}.samples.jsonl").read_bytes()
+
+
+def test_batched_run_writes_the_same_files(tiny_llama, tmp_path, monkeypatch):
+    one = _batched_run(tiny_llama, tmp_path / "b1.json", 1)
+    sizes: list[int] = []
+    three = _batched_run(tiny_llama, tmp_path / "b3.json", 3, monkeypatch, sizes)
+    assert sorted(sizes) == [1, 1, 3, 3]  # each length's 4 prompts as a batch of 3, then 1
+    assert _files(tmp_path / "b3.json") == _files(tmp_path / "b1.json")
+    assert three.records == one.records
+
+
+def test_a_run_resumes_under_another_batch_size(tiny_llama, tmp_path, monkeypatch):
+    _batched_run(tiny_llama, tmp_path / "b1.json", 1)
+    out = tmp_path / "cut.json"
+    _batched_run(tiny_llama, out, 3)
+    log = Path(f"{out}.samples.jsonl")
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:4]))  # header + 3
+    sizes: list[int] = []
+    _batched_run(tiny_llama, out, 2, monkeypatch, sizes)
+    assert sum(sizes) == 5  # the 3 logged samples are reused, not decoded again
+    assert _files(out) == _files(tmp_path / "b1.json")
