@@ -85,7 +85,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-#: Decimals a score file keeps of each per-sample score (enough for |k| up to 10^5 tokens).
+#: Decimals a score file keeps of each per-sample score (enough for ``|k|`` up to 10^5 tokens).
 SCORE_DECIMALS = 6
 
 

@@ -654,3 +654,12 @@ def test_chapters_quote_their_figures_through_glue():
     direct = [p.name for p in pages if "from myst_nb import" in _code(p)]
     assert not direct, (f"{direct}: import glue from rhlens.book.runtime (it is myst-nb's glue where "
                         "myst-nb is installed, and does nothing on Colab, where it is not)")
+
+
+def test_glue_from_another_page_names_a_format():
+    """``{glue:text}`page::key``` without a format is read as key ``page:`` with format ``key``
+    (myst-nb splits at the last colon): it must end in ``:<format>`` (``:d``, ``:.1f``, ``:s``)."""
+    bare = [f"{page.relative_to(ROOT)}: {text}" for page in _pages()
+            for text in re.findall(r"\{glue:text\}`([^`]+)`", _markdown(page))
+            if "::" in text and ":" not in text.split("::", 1)[1]]
+    assert not bare, f"cross-page glue without a format: {bare}"
