@@ -20,6 +20,13 @@ First, one layer's attention at a decode step over ``--length`` cached keys is t
 (median of 50 alternated calls, projections included): the bridge's own (``repeat_kv``),
 rhlens' grouped one, and the Hugging Face SDPA module ``generate`` runs; then one whole decode
 step (median of 20 alternated steps): the bridge as it is, rhlens' step, Hugging Face's.
+
+``--batch B`` then times a whole detection run (``detect_retrieval_heads``) at batch size 1 and
+B, alternated ``--repeats`` times, on B prompts of ``--length`` tokens (one needle at B depths,
+so that one batch is full), checks both give the same scores to the last bit, and reports the
+throughput ratio (median time at 1 / median time at B; target >= 1.3 on a CPU).
+
+    BENCH_THREADS=2 python benchmarks/bench_speed.py --length 1000 --batch 4 --repeats 3 --batch-only
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from rhlens.niah.prompts import build_sample
 from rhlens.score.detect import score_sample
 
 TARGET = 1.03
+BATCH_TARGET = 1.3
 MAX_NEW = 48
 
 
@@ -164,6 +172,29 @@ def tokens_computed(tokenizer, answer: str) -> int:
     return min(MAX_NEW, n + 1)
 
 
+def batch_ratio(bridge, length: int, batch: int, repeats: int) -> float:
+    """Median time of a detection run at batch size 1 over that at ``batch`` (runs alternate),
+    on ``batch`` prompts of ``length`` tokens; the two runs' scores must be equal."""
+    from rhlens.niah.grid import Grid
+    from rhlens.score.detect import detect_retrieval_heads
+
+    depths = [round((i + 1) / (batch + 1), 3) for i in range(batch)]
+    grid = Grid([length], depths, needles=1, max_new_tokens=24)
+    times: dict[int, list[float]] = {1: [], batch: []}
+    scores = {}
+    for r in range(repeats):
+        for b in (1, batch):
+            t0 = time.perf_counter()
+            run = detect_retrieval_heads(bridge, grid, batch_size=b, rouge_gate=-1.0, progress=False)
+            times[b].append(time.perf_counter() - t0)
+            scores[b] = run.scores
+        print(f"[{r + 1}] detection of {batch} prompts of {length} tokens: batch 1 "
+              f"{times[1][-1]:.2f} s, batch {batch} {times[batch][-1]:.2f} s", flush=True)
+    if not torch.equal(scores[1], scores[batch]):
+        raise SystemExit(f"batch {batch} scored differently from batch 1; the ratio means nothing.")
+    return statistics.median(times[1]) / statistics.median(times[batch])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--length", type=int, default=2000)
@@ -172,11 +203,25 @@ def main() -> None:
     ap.add_argument("--no-eager", action="store_true", help="skip the HF eager column")
     ap.add_argument("--decode-attention", choices=("grouped", "eager"), default="grouped",
                     help="rhlens' decode-step attention (default grouped; eager: the bridge's)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="also time a detection run at this batch size against batch size 1")
+    ap.add_argument("--batch-only", action="store_true", help="only the batch ratio")
     args = ap.parse_args()
+    if args.batch is not None and args.batch < 2:
+        ap.error("--batch must be at least 2 (it is compared with batch size 1).")
+    if args.batch_only and args.batch is None:
+        ap.error("--batch-only needs --batch B.")
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     torch.set_grad_enabled(False)
 
     bridge = load_model("smollm2-135m", device="cpu")
+    if args.batch is not None:
+        ratio = batch_ratio(bridge, args.length, args.batch, args.repeats)
+        print(f"batch throughput ratio = {ratio:.3f} (batch {args.batch} against 1, target >= "
+              f"{BATCH_TARGET}: {'PASS' if ratio >= BATCH_TARGET else 'FAIL'})  (length "
+              f"{args.length}, {torch.get_num_threads()} threads)", flush=True)
+        if args.batch_only:
+            return
     tok = bridge.tokenizer
     baselines = {"sdpa": plain_hf_model(None)}
     if baselines["sdpa"].config._attn_implementation != "sdpa":
