@@ -57,6 +57,18 @@ def hay() -> str:
 
 
 @pytest.fixture
+def detector_maps() -> dict[str, torch.Tensor]:
+    """Three detectors' maps of a 2-layer, 4-head model (seeded): the copy-paste map has two
+    retrieval heads (> 0.1) and a near-threshold one, the others are random."""
+    g = torch.Generator().manual_seed(0)
+    maps = {d: torch.rand(2, 4, generator=g, dtype=torch.float64) for d in
+            ("copy_paste", "query_focus", "logit_contribution")}
+    maps["copy_paste"] = torch.tensor([[0.0, 0.6, 0.0, 0.05], [0.3, 0.0, 0.0, 0.0]],
+                                      dtype=torch.float64)
+    return maps
+
+
+@pytest.fixture
 def files(tmp_path):
     """A folder with two haystacks (``hay.txt``, ``hay2.txt``) and the score file of a
     2-layer x 4-head model whose one retrieval head is L1H1 (``scores.json``)."""

@@ -14,20 +14,9 @@ from rhlens.intervene.niah import run_niah
 from rhlens.niah.grid import Grid
 from rhlens.score.heads import control_pool, top_heads
 
-HAY = "The river runs past the mill. The baker sells bread at dawn. " * 40
 
-
-def _maps(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    maps = {d: torch.rand(2, 4, generator=g, dtype=torch.float64) for d in
-            ("copy_paste", "query_focus", "logit_contribution")}
-    maps["copy_paste"] = torch.tensor([[0.0, 0.6, 0.0, 0.05], [0.3, 0.0, 0.0, 0.0]],
-                                      dtype=torch.float64)
-    return maps
-
-
-def test_controls_are_shared_seeded_and_never_a_top_head_or_a_retrieval_head():
-    maps = _maps()
+def test_controls_are_shared_seeded_and_never_a_top_head_or_a_retrieval_head(detector_maps):
+    maps = detector_maps
     groups = intervention_groups(maps, [1, 2], seeds=[0, 1])
     tops = {h for (kind, k, _), hs in groups.items() if kind != "control" for h in hs}
     pool = set(control_pool(maps["copy_paste"], 0.1, same_layers=True))
@@ -44,8 +33,8 @@ def test_controls_are_shared_seeded_and_never_a_top_head_or_a_retrieval_head():
 
 
 def test_masking_all_conditions_in_one_batch_equals_run_niah_mask_by_mask(tiny_llama, tmp_path,
-                                                                          monkeypatch):
-    grid = Grid([160], [0.3, 0.7], needles=1, haystack=HAY, max_new_tokens=5)
+                                                                          monkeypatch, hay):
+    grid = Grid([160], [0.3, 0.7], needles=1, haystack=hay, max_new_tokens=5)
     maps = {"copy_paste": torch.tensor([[0.9, 0.0, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0]]),
             "query_focus": torch.tensor([[0.0, 0.0, 0.0, 0.8], [0.0, 0.0, 0.7, 0.0]])}
     groups = intervention_groups(maps, [1, 2], seeds=[0])
@@ -65,8 +54,8 @@ def test_masking_all_conditions_in_one_batch_equals_run_niah_mask_by_mask(tiny_l
     assert mask_grids(tiny_llama, config, out=out, progress=False).answer.tolist() == df.answer.tolist()
 
 
-def test_the_config_names_what_is_wrong(tiny_llama):
-    grid = Grid([160], [0.5], needles=1, haystack=HAY)
+def test_the_config_names_what_is_wrong(tiny_llama, hay):
+    grid = Grid([160], [0.5], needles=1, haystack=hay)
     groups = {("copy_paste", 1, -1): ((0, 0),)}
     with pytest.raises(UsageError, match="held_out must map"):
         EvalConfig({"literal": [grid]}, groups)
