@@ -27,6 +27,7 @@ import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from .errors import UsageError
 from .files import kind_of
@@ -55,6 +56,29 @@ def seed(value: int, arg: str = "seed") -> int:
 def seed_list(text: str, arg: str = "seeds") -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``, each a :func:`seed`."""
     return [seed(s, arg) for s in int_list(text, arg)]
+
+
+#: A sweep's batch size: a number of prompts, or ``"auto"``
+#: (:func:`rhlens.run.batch.auto_batch_size` chooses per length from the device).
+BatchSize = int | Literal["auto"]
+
+
+def batch_size(value, arg: str = "batch_size") -> BatchSize:
+    """``value`` if it is a batch size (a whole number of at least 1, or ``"auto"``).
+
+    >>> batch_size("auto"), batch_size(4)
+    ('auto', 4)
+    >>> batch_size(0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rhlens.errors.UsageError: batch_size must be a whole number of at least 1 or 'auto', got 0; ...
+    """
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise UsageError(f"{arg} must be a whole number of at least 1 or 'auto', got {value!r}; "
+                         "1 decodes one prompt at a time.", arg=arg)
+    return int(value)
 
 
 def finite(value: float, arg: str) -> float:

@@ -105,6 +105,24 @@ def merge_hint(shard, out: str) -> str:
             f"{merged} {pattern}`")
 
 
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``'s value: a number, or the text as given (``auto``, or something
+    :func:`rhlens.validate.batch_size` rejects with the flag's name)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def add_batch_args(p: argparse.ArgumentParser) -> None:
+    """``--batch-size B|auto`` of the commands that decode a grid (``score``, ``niah``)."""
+    p.add_argument("--batch-size", type=_batch_size, default="auto", metavar="B|auto",
+                   help="decode up to B prompts of one length at once; auto (default): 4 on a "
+                        "CPU (while a batch holds at most 8,192 tokens), on a GPU as many as fit "
+                        "half its free memory (at most 16). The results and the sample log are "
+                        "the same under every B, so a run resumes under another")
+
+
 def add_grid_args(p: argparse.ArgumentParser) -> None:
     """``--lengths``, ``--depths``, ``--needles``, ``--needle-file``, ``--haystack``."""
     p.add_argument("--lengths", type=_ints, default=[500, 1000], help="prompt lengths in tokens")

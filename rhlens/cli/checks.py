@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..models.available import device_map_name, device_name, dtype_name, model_facts, model_name
 from ..run.shard import Shard
 from ..validate import (
+    batch_size,
     check_grid,
     count,
     finite,
@@ -101,6 +102,7 @@ def check_score_args(args, shard: Shard | None = None) -> dict[str, int]:
     :class:`~rhlens.score.detect.ScoreConfig` checks itself (the gate, the mode, the span);
     ``shard``: the run's shard, from ``--shard`` or the launcher."""
     count(args.max_new_tokens, "max_new_tokens", minimum=1)
+    batch_size(args.batch_size)
     if args.needles is not None:
         count(args.needles, "needles", minimum=1)
     check_grid(args.lengths, args.depths, args.max_new_tokens)
@@ -146,6 +148,7 @@ def check_niah_args(args) -> dict[str, Any]:
     """Everything of ``rhlens niah`` that can be checked before the score file is read and
     the model loads; returns ``{"facts": ..., "ks": ..., "seeds": ...}``."""
     count(args.max_new_tokens, "max_new_tokens", minimum=1)
+    batch_size(args.batch_size)
     count(args.mask_top, "mask_top")
     count(args.mask_random, "mask_random")
     if args.needles is not None:

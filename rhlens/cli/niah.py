@@ -25,6 +25,7 @@ import argparse
 
 from ..errors import UsageError
 from .args import (
+    add_batch_args,
     add_grid_args,
     add_model_args,
     add_rouge_args,
@@ -64,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2",
                    help="random-head seeds of --sweep-k (each seed its own file)")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    add_batch_args(p)
     add_rouge_args(p)
     p.add_argument("--out", default="niah.csv", help="CSV, a row per (needle, length, depth)")
     p.add_argument("--plot", default=None, help="save the heatmap (or the K curve) here")
@@ -126,7 +128,8 @@ def run(args) -> int:
         mask = Mask(**options)
     if args.mask_mode == "mean":
         mask = mask.with_means(model, grid.reference_prompts(model.tokenizer))
-    config = NiahConfig(grid, mask, rouge_stemmer=args.stem is not False)
+    config = NiahConfig(grid, mask, rouge_stemmer=args.stem is not False,
+                        batch_size=args.batch_size)
     if args.sweep_k:
         assert scores is not None
         n_total = model.cfg.n_layers * model.cfg.n_heads

@@ -6,7 +6,7 @@
     rhlens score ... --shard 0/2 --out scores.json    # and 1/2: writes scores.shard0of2.json...
     rhlens score ... --compat public-code              # numbers to put beside the published files
     rhlens score ... --until-stable 10 --max-samples 80  # stop when the top 10 is stable
-    rhlens score ... --batch-size 4                    # decode 4 prompts of one length at once
+    rhlens score ... --batch-size 1                    # one prompt at a time (default: auto)
 
 The flags become a :class:`~rhlens.score.detect.ScoreConfig` (validated there; ``--until-stable``,
 ``--stability``, ``--max-samples`` and ``--seed`` its :class:`~rhlens.score.stopping.UntilStable`),
@@ -22,6 +22,7 @@ import argparse
 from .args import (
     COMPAT,
     SCORE_DEFAULTS,
+    add_batch_args,
     add_grid_args,
     add_model_args,
     add_rouge_args,
@@ -64,10 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the bootstrap intervals and of --until-stable's order "
                         "(default 0)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="B",
-                   help="decode up to B prompts of one length at once (default 1); the "
-                        "results and the sample log are the same under every B, so a run "
-                        "resumes under another")
+    add_batch_args(p)
     add_shard_args(p)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,15 @@ from ..errors import UsageError
 from ..niah.answers import niah_score
 from ..niah.grid import Grid
 from ..niah.prompts import Sample
+from ..run.batch import greedy_decode_batch
 from ..run.decode import greedy_decode
 from ..run.outputs import NIAH_COLUMNS, niah_frame, write_niah
 from ..run.results import atomic_write_text
 from ..run.shard import Shard
 from ..run.sweep import Sweep
 from ..score.heads import head_names
+from ..validate import BatchSize
+from ..validate import batch_size as check_batch_size
 from .mask import Mask
 
 COLUMNS = NIAH_COLUMNS
@@ -61,11 +64,17 @@ class NiahConfig:
         mask: the heads to mask and how (default: none; the paper masks decode steps only).
             Its mean outputs count only in ``"mean"`` mode (they are dropped otherwise).
         rouge_stemmer: score answers with stemmed ROUGE-1, as the public code (default).
+        batch_size: decode up to this many prompts of one length at once
+            (:func:`rhlens.run.batch.greedy_decode_batch`, with the mask; 1: one at a time);
+            ``"auto"`` (default) chooses per length from the device
+            (:func:`rhlens.run.batch.auto_batch_size`). Not part of the run's identity: the
+            rows and the log are the same under every batch size, and a run resumes under any.
     """
 
     grid: Grid
     mask: Mask = Mask()
     rouge_stemmer: bool = True
+    batch_size: BatchSize = field(default="auto", metadata={"identity": False})
 
     def __post_init__(self):
         if not isinstance(self.grid, Grid):
@@ -75,6 +84,7 @@ class NiahConfig:
         if self.mask.mask_mode != "mean" and self.mask.means is not None:
             object.__setattr__(self, "mask", dataclasses.replace(self.mask, means=None))
         object.__setattr__(self, "rouge_stemmer", bool(self.rouge_stemmer))
+        check_batch_size(self.batch_size)
 
 
 class NiahSweep(Sweep):
@@ -89,6 +99,8 @@ class NiahSweep(Sweep):
         super().__init__(model, config, **options)
         self.extra = dict(extra or {})
         self.label = f"NIAH ({len(config.mask.heads)} masked)"
+        self.batch_size = config.batch_size
+        self.eager_prefill = config.mask.prefill
 
     def samples(self) -> list[Sample]:
         self.config.mask.hooks(self.model)  # check the heads (and the means) before any sample
@@ -97,10 +109,20 @@ class NiahSweep(Sweep):
     def measure(self, sample: Sample) -> dict:
         c = self.config
         trace = greedy_decode(self.model, sample.input_ids, c.grid.max_new_tokens, mask=c.mask)
+        return self.record(sample, trace.text)
+
+    def measure_batch(self, samples: Sequence[Sample]) -> list[dict]:
+        c = self.config
+        traces = greedy_decode_batch(self.model, [s.input_ids for s in samples],
+                                     c.grid.max_new_tokens, mask=c.mask)
+        return [self.record(s, t.text) for s, t in zip(samples, traces)]
+
+    def record(self, sample: Sample, answer: str) -> dict:
+        """The logged row of ``sample`` answered with ``answer``."""
         return {"key": sample.key, "needle": sample.needle.text, "length": sample.length,
                 "depth": sample.depth,
-                "score": niah_score(sample.needle.answer, trace.text, c.rouge_stemmer),
-                "answer": trace.text, "expected": sample.needle.answer}
+                "score": niah_score(sample.needle.answer, answer, self.config.rouge_stemmer),
+                "answer": answer, "expected": sample.needle.answer}
 
     def rows(self, records: Sequence[dict]) -> list[dict]:
         return [{**r, **self.extra} for r in records]
@@ -133,7 +155,7 @@ def run_niah(
 
     Args:
         grid: a :class:`NiahConfig`, or a :class:`Grid`, the ``mask`` and the config's other
-            fields as keywords (``rouge_stemmer``).
+            fields as keywords (``rouge_stemmer``, ``batch_size``).
         out: CSV path; ``<out>.samples.jsonl`` lets a rerun resume.
         extra: constant columns added to every row (e.g. ``{"k": 5, "kind": "top"}``).
         shard: run only this shard's prompts (:meth:`rhlens.run.shard.Shard.select`); ``out`` is

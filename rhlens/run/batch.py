@@ -14,11 +14,29 @@ masks, and with rows stopping at different steps), since every row's arithmetic 
 batched or not, up to float rounding. On a GPU the batch fills the device that one short
 prompt leaves mostly idle; on a CPU it shares the per-step overhead of the Python loop.
 
+How many prompts a sweep batches is its ``batch_size``: a number, or ``"auto"`` (the default
+of a detection and of a NIAH run), which :func:`auto_batch_size` turns into a number for each
+length from the device the model is on:
+
+* on a CPU, :data:`CPU_BATCH` prompts while they hold at most :data:`CPU_BATCH_TOKENS` tokens
+  (at longer prompts the matmuls are already large, and the batch only adds memory);
+* on a GPU, as many prompts (at most :data:`GPU_BATCH`) as fit :data:`GPU_MEMORY_SHARE` of
+  the memory free when the length is first met, at :func:`prompt_bytes` each (its KV cache and
+  the largest transient of one layer);
+* elsewhere (MPS), one.
+
+The choice changes how fast the samples come, never what they are: a run's records, log and
+output are the same under every batch size (``tests/score/test_detect.py``,
+``tests/intervene/test_niah.py``).
+
 Example::
 
     from rhlens.run.batch import greedy_decode_batch
 
     traces = greedy_decode_batch(model, [s.input_ids for s in samples], max_new_tokens=16)
+
+A batch size is checked by :func:`rhlens.validate.batch_size` (a whole number of at least 1, or
+``"auto"``), in the configs and on the command line before the model loads.
 """
 
 from __future__ import annotations
@@ -41,7 +59,53 @@ from .gqa import grouped_decode_attention
 from .hooks import every_layer, layer_of
 from .sdpa import sdpa_attention
 
-__all__ = ["greedy_decode_batch"]
+__all__ = ["auto_batch_size", "greedy_decode_batch", "prompt_bytes"]
+
+#: ``"auto"`` on a CPU: this many prompts. Four decode 3.1x as many samples per second as one
+#: on SmolLM2 at 1,000 tokens (``benchmarks/bench_speed.py --batch 4``): the batch shares the
+#: Python loop and the per-step overhead that dominate a small model's decode step.
+CPU_BATCH = 4
+#: ... while the batch holds at most this many prompt tokens.
+CPU_BATCH_TOKENS = 8192
+#: ``"auto"`` on a GPU: at most this many prompts ...
+GPU_BATCH = 16
+#: ... of which the KV caches and one layer's transients take at most this share of the free
+#: memory (the rest is the allocator's, the logits', and the longer lengths' still to come).
+GPU_MEMORY_SHARE = 0.5
+
+
+def prompt_bytes(cfg, tokens: int, *, eager_prefill: bool = False) -> int:
+    """Memory one more prompt of ``tokens`` tokens (prompt and new tokens) adds to a batch:
+    its KV cache, ``2 x layers x KV heads x head dim x tokens`` values, and the largest
+    transient of one layer, the MLP over the prompt (``3 x tokens x d_mlp`` values) or, when
+    the prefill runs through the hooked attention (a mask that covers it), one chunk's
+    scores and pattern (``4 x heads x EAGER_CHUNK x tokens`` values in float32).
+
+    >>> from types import SimpleNamespace
+    >>> cfg = SimpleNamespace(n_layers=32, n_heads=32, n_key_value_heads=8, d_head=128,
+    ...                       d_mlp=14336, dtype=torch.bfloat16)              # Mistral-7B
+    >>> round(prompt_bytes(cfg, 8192) / 1e9, 2)                          # 1.07 GB cache
+    1.78
+    """
+    size = torch.empty((), dtype=cfg.dtype).element_size()
+    kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    cache = 2 * cfg.n_layers * kv_heads * cfg.d_head * tokens * size
+    mlp = 3 * tokens * (cfg.d_mlp or 4 * cfg.n_heads * cfg.d_head) * size
+    eager = 4 * cfg.n_heads * min(EAGER_CHUNK, tokens) * tokens * 4 if eager_prefill else 0
+    return int(cache + max(mlp, eager))
+
+
+def auto_batch_size(model, tokens: int, *, eager_prefill: bool = False) -> int:
+    """How many prompts of ``tokens`` tokens (prompt and new tokens) ``batch_size="auto"``
+    decodes at once on the device ``model`` is on (see the module's docstring)."""
+    device = model_device(model)
+    if device.type == "cpu":
+        return max(1, min(CPU_BATCH, CPU_BATCH_TOKENS // max(tokens, 1)))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        each = prompt_bytes(model.cfg, tokens, eager_prefill=eager_prefill)
+        return max(1, min(GPU_BATCH, int(GPU_MEMORY_SHARE * free // each)))
+    return 1
 
 
 def _check(model, prompts: Sequence[torch.Tensor], max_new_tokens: int,

@@ -12,9 +12,10 @@ only a run that would give the same samples, and refuses another (:mod:`rhlens.r
 grid, skip the finished ones, measure the others one by one, append each to the log (flushed),
 and rewrite the output file atomically after each (:mod:`rhlens.run.outputs`), until the samples
 run out or the sweep says it has what it needs (:meth:`Sweep.done`: a detection
-``--until-stable``). A sweep with a :attr:`~Sweep.batch_size` above 1 measures up to that many
-pending samples of one length at once (:meth:`Sweep.measure_batch`), and still logs and writes
-each record in the run's order, as one at a time does. With a :class:`~rhlens.run.shard.Shard`
+``--until-stable``). A sweep with a :attr:`~Sweep.batch_size` above 1 (or ``"auto"``,
+:func:`rhlens.run.batch.auto_batch_size`) measures up to that many pending samples of one length
+at once (:meth:`Sweep.measure_batch`), and still logs and writes each record in the run's order,
+as one at a time does. With a :class:`~rhlens.run.shard.Shard`
 it runs only that shard's samples, and its log names the shard for
 :func:`~rhlens.run.merge.merge_shards`.
 
@@ -43,6 +44,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..niah.prompts import Sample
+from ..validate import BatchSize
+from .batch import auto_batch_size
 from .outputs import RunKind, write_output
 from .samplelog import SampleLog, model_identity, tensor_digest
 from .shard import Shard
@@ -105,7 +108,11 @@ class Sweep(abc.ABC):
     #: the progress bar's label
     label: str = "samples"
     #: how many pending samples of one length :meth:`measure_batch` takes at once
-    batch_size: int = 1
+    #: (``"auto"``: :meth:`batch_for` asks :func:`~rhlens.run.batch.auto_batch_size`)
+    batch_size: BatchSize = 1
+    #: whether a sample's prefill runs through the hooked attention (a mask that covers it),
+    #: which :func:`~rhlens.run.batch.auto_batch_size` counts
+    eager_prefill: bool = False
 
     def __init__(self, model, config: Any, *, out: str | Path | None = None,
                  shard: Shard | None = None, progress: bool = True):
@@ -121,6 +128,20 @@ class Sweep(abc.ABC):
         #: which part of the grid a shard runs (:meth:`~rhlens.run.shard.Shard.part`, set by
         #: :meth:`run`; ``None`` for a whole run)
         self.part: dict[str, Any] | None = None
+        self._auto: dict[int, int] = {}  # "auto" batch size per prompt length, chosen once
+
+    def batch_for(self, sample: Sample) -> int:
+        """How many samples of ``sample``'s length (it and later pending ones) are measured
+        together: :attr:`batch_size`, or with ``"auto"`` what
+        :func:`~rhlens.run.batch.auto_batch_size` chooses for the length the first time it
+        is met (prompt and the grid's new tokens)."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        if sample.length not in self._auto:
+            tokens = sample.length + self.config.grid.max_new_tokens
+            self._auto[sample.length] = auto_batch_size(self.model, tokens,
+                                                        eager_prefill=self.eager_prefill)
+        return self._auto[sample.length]
 
     def identity(self) -> dict[str, Any]:
         """The sample log's settings: the model's identity and the config's."""
@@ -141,17 +162,18 @@ class Sweep(abc.ABC):
     def _measured(self, sample: Sample, pending: Sequence[Sample],
                   ahead: dict[str, dict]) -> dict:
         """``sample``'s record: measured already with an earlier batch, else measured now with
-        up to :attr:`batch_size` - 1 later pending samples of its length (``pending``: the
+        up to :meth:`batch_for` - 1 later pending samples of its length (``pending``: the
         samples after ``sample`` not yet logged). The later ones wait in ``ahead`` for their
         turn, so the log and the output file see every record in the run's order, exactly as
         one at a time (a record measured ahead of a stop is dropped, as it was never asked
         for)."""
         if sample.key in ahead:
             return ahead.pop(sample.key)
-        if self.batch_size <= 1:
+        size = self.batch_for(sample)
+        if size <= 1:
             return self.measure(sample)
         batch = [sample, *[s for s in pending if s.length == sample.length
-                           and s.key not in ahead]][: self.batch_size]
+                           and s.key not in ahead]][:size]
         records = self.measure_batch(batch)
         ahead.update((s.key, r) for s, r in zip(batch[1:], records[1:]))
         return records[0]

@@ -49,6 +49,8 @@ from ..run.card import new_card, resume_card, with_samples, write_card
 from ..run.decode import DecodeTrace, greedy_decode
 from ..run.shard import Shard
 from ..run.sweep import Sweep
+from ..validate import BatchSize
+from ..validate import batch_size as check_batch_size
 from .bootstrap import LEVEL, N_BOOT
 from .heads import summarize
 from .scoring import SCORE_MODES, ScoreMode, retrieval_scores
@@ -78,7 +80,9 @@ class ScoreConfig:
         until_stable: take the grid's prompts in a seeded order and stop once the top-K set
             is stable (:class:`~rhlens.score.stopping.UntilStable`); ``None``: every prompt.
         batch_size: decode up to this many prompts of one length at once
-            (:func:`rhlens.run.batch.greedy_decode_batch`; default 1, one at a time).
+            (:func:`rhlens.run.batch.greedy_decode_batch`; 1: one at a time); ``"auto"``
+            (default) chooses per length from the device
+            (:func:`rhlens.run.batch.auto_batch_size`).
 
     All of it but the grid's prompts, ``until_stable`` and ``batch_size`` is the run's identity
     (:func:`rhlens.run.sweep.run_identity`), under the names the sample log has always used
@@ -100,7 +104,7 @@ class ScoreConfig:
     until_stable: UntilStable | None = field(default=None, metadata={"identity": False})
     # Not identity: each batched trace is the one its prompt gets alone (tests/run/test_batch.py),
     # so the records, the log and the score file are the same under every batch size.
-    batch_size: int = field(default=1, metadata={"identity": False})
+    batch_size: BatchSize = field(default="auto", metadata={"identity": False})
 
     def __post_init__(self):
         if not isinstance(self.grid, Grid):
@@ -125,10 +129,7 @@ class ScoreConfig:
             raise UsageError("until_stable must be an UntilStable rule (e.g. UntilStable(k=10)) "
                              f"or None, got {type(self.until_stable).__name__}.",
                              arg="until_stable")
-        b = self.batch_size
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise UsageError(f"batch_size must be a whole number of at least 1 (1 decodes one "
-                             f"prompt at a time), got {b!r}.", arg="batch_size")
+        check_batch_size(self.batch_size)
 
 
 @dataclass

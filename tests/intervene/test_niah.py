@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -114,3 +115,32 @@ def test_cli_niah(tmp_path, monkeypatch, capsys, hay):
     assert "L1H1" in capsys.readouterr().out
     rc = main(["niah", "--mask-top", "1", "--out", str(out)])
     assert rc == 2  # masking without --scores is a clear error
+
+
+def _niah_files(out) -> tuple[bytes, bytes]:
+    return out.read_bytes(), Path(f"{out}.samples.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("mask", [Mask([(1, 2), (0, 1)], "zero"),
+                                  Mask([(1, 2)], "zero", prefill=True)],
+                         ids=["decode", "prefill"])
+def test_batched_niah_writes_the_same_files(tiny_llama, tmp_path, monkeypatch, hay, mask):
+    """A masked NIAH run decoded 3 prompts at a time, and with ``"auto"``, writes the CSV and
+    the sample log byte for byte as one at a time does."""
+    import rhlens.intervene.niah as niah
+    from rhlens.run.batch import greedy_decode_batch
+
+    sizes: list[int] = []
+
+    def spy(model, prompts, *a, **k):
+        sizes.append(len(prompts))
+        return greedy_decode_batch(model, prompts, *a, **k)
+
+    monkeypatch.setattr(niah, "greedy_decode_batch", spy)
+    grid = Grid([160, 200], [0.1, 0.4, 0.6, 0.9], NEEDLES[:1], hay, max_new_tokens=4)
+    runs = {b: run_niah(tiny_llama, grid, mask, out=tmp_path / f"b{b}.csv", progress=False,
+                        batch_size=b) for b in (1, 3, "auto")}
+    assert sizes == [3, 1, 3, 1, 4, 4]  # B=1 never batches; auto is 4 on a CPU
+    for b in (3, "auto"):
+        assert _niah_files(tmp_path / f"b{b}.csv") == _niah_files(tmp_path / "b1.csv")
+        assert runs[b].equals(runs[1])

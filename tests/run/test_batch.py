@@ -94,3 +94,57 @@ def test_smollm2_matches_one_at_a_time(smollm2):
     traces = greedy_decode_batch(smollm2, prompts, max_new_tokens=8)
     assert traces[0].text != traces[1].text
     _assert_alone(smollm2, prompts, traces, max_new_tokens=8)
+
+
+# ---------------------------------------------------------------- batch_size="auto"
+
+def _gpu_model(model, monkeypatch, free_bytes: float):
+    """``model`` as ``auto_batch_size`` sees a model on a GPU with ``free_bytes`` free."""
+    import rhlens.run.batch as batch
+
+    monkeypatch.setattr(batch, "model_device", lambda m: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_bytes), 0))
+    return model
+
+
+def test_auto_on_a_cpu_batches_four_up_to_the_token_budget(tiny_llama):
+    from rhlens.run.batch import CPU_BATCH, CPU_BATCH_TOKENS, auto_batch_size
+
+    assert auto_batch_size(tiny_llama, 1_024) == CPU_BATCH == 4
+    assert auto_batch_size(tiny_llama, CPU_BATCH_TOKENS // 3) == 3
+    assert auto_batch_size(tiny_llama, 80_000) == 1  # a long prompt is decoded alone
+
+
+def test_auto_on_a_gpu_fills_half_the_free_memory(tiny_llama, monkeypatch):
+    from rhlens.run.batch import GPU_BATCH, auto_batch_size, prompt_bytes
+
+    each = prompt_bytes(tiny_llama.cfg, 1_000)
+    # 2 KV heads x 16 dims x 2 (K, V) x 2 layers x 4 bytes per token, and the MLP's transient
+    assert each == 2 * 2 * 2 * 16 * 1_000 * 4 + 3 * 1_000 * 128 * 4
+    _gpu_model(tiny_llama, monkeypatch, free_bytes=10.5 * each)
+    assert auto_batch_size(tiny_llama, 1_000) == 5
+    _gpu_model(tiny_llama, monkeypatch, free_bytes=1e12)
+    assert auto_batch_size(tiny_llama, 1_000) == GPU_BATCH
+    _gpu_model(tiny_llama, monkeypatch, free_bytes=each)  # not even one fits: one at a time
+    assert auto_batch_size(tiny_llama, 1_000) == 1
+    # a hooked prefill holds a chunk's scores and pattern in float32 besides
+    assert prompt_bytes(tiny_llama.cfg, 1_000, eager_prefill=True) > each
+
+
+def test_auto_is_chosen_once_per_length(tiny_llama, monkeypatch, hay):
+    """A sweep asks for the size of a length once: the free memory it reads later (with the
+    first batch's cache still cached by the allocator) does not change the batches."""
+    from rhlens.intervene.niah import NiahConfig, NiahSweep
+    from rhlens.niah.grid import Grid
+
+    asked: list[int] = []
+
+    def spy(model, tokens, **kw):
+        asked.append(tokens)
+        return 2
+
+    monkeypatch.setattr("rhlens.run.sweep.auto_batch_size", spy)
+    grid = Grid([160, 200], [0.1, 0.5, 0.9], NEEDLES[:1], hay, max_new_tokens=3)
+    sweep = NiahSweep(tiny_llama, NiahConfig(grid), progress=False)
+    assert len(sweep.run()) == 6
+    assert asked == [163, 203]

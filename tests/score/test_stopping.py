@@ -46,6 +46,8 @@ def fake(monkeypatch):
         return fake_record(sample)
 
     monkeypatch.setattr(detect, "score_sample", score_sample)
+    # the fake stands in for the one-prompt scorer, so every sample is measured alone
+    monkeypatch.setattr(detect.ScoreSweep, "batch_for", lambda self, sample: 1)
     return calls
 
 
