@@ -260,7 +260,8 @@ class PatchingSweep(_HeldOutSweep):
 
     def __init__(self, model, config: EvalConfig, *, batch_size: int = 8, **options):
         super().__init__(model, config, **options)
-        self.batch_size = count(batch_size, "batch_size", minimum=1)
+        # patched runs per forward; the pairs themselves are measured one at a time
+        self.runs_per_forward = count(batch_size, "batch_size", minimum=1)
         self.groups = {parse_group(n): hs for n, hs in config.groups.items()}
 
     def set_samples(self, grid: Grid) -> list[Sample]:
@@ -277,7 +278,7 @@ class PatchingSweep(_HeldOutSweep):
                              force_answer=c.force_answer)
             run = run_pair(self.model, pair, positions="answer")
             rec["rows"] = pair_rows(self.model, run, self.groups, heads=c.head_map, dla=True,
-                                    batch_size=self.batch_size)
+                                    batch_size=self.runs_per_forward)
         except NoAnswerError as err:
             rec["skipped"] = str(err)
         return rec

@@ -188,7 +188,8 @@ class PatchSweep(Sweep):
 
     def __init__(self, model, config: PatchConfig, *, batch_size: int = 8, **options):
         super().__init__(model, config, **options)
-        self.batch_size = count(batch_size, "batch_size", minimum=1)
+        # patched runs per forward; the pairs themselves are measured one at a time
+        self.runs_per_forward = count(batch_size, "batch_size", minimum=1)
         c = config
         assert not isinstance(c.ks, str)  # "auto" became the K grid when the config was made
         self.groups = control_groups(c.scores, c.ks, c.seeds, threshold=c.threshold)
@@ -208,7 +209,7 @@ class PatchSweep(Sweep):
                              force_answer=c.force_answer)
             run = run_pair(self.model, pair, positions=c.positions)
             record["rows"] = pair_rows(self.model, run, self.groups, heads=c.heads, dla=c.dla,
-                                       batch_size=self.batch_size)
+                                       batch_size=self.runs_per_forward)
         except NoAnswerError as err:
             record["skipped"] = str(err)
         return record
