@@ -38,6 +38,8 @@ from rhlens.errors import UsageError
     (["--sweep-k", "0,8"], "--sweep-k: only 7 heads score <= 0.1"),
     (["--threshold", "nan"], "--threshold must be a finite number"),
     (["--mask-top", "1", "--sweep-k", "1"], "--sweep-k chooses the masked heads itself"),
+    (["--batch-size", "0"], "--batch-size must be a whole number of at least 1 or 'auto', got 0"),
+    (["--batch-size", "four"], "--batch-size must be a whole number of at least 1 or 'auto', got 'four'"),
 ])
 def test_niah_bad_counts_fail_before_the_model_loads(files, no_model, extra, message, one_error, niah_args):
     out = files / "bad.csv"
