@@ -24,6 +24,19 @@ prefill and decode times instead of an estimate from peak rates (``rhlens.models
 Same work on both sides: for 16 new tokens ``generate`` runs one prefill forward of ``n``
 tokens and 15 one-token forwards; rhlens prefills ``n - 1`` tokens and runs 16 one-token
 decode steps (the first feeds the prompt's last token).
+
+**Batched** (``--batch B``, default 4; ``--batch 1`` skips it): at the short lengths of the
+paper's grid (``--batch-lengths``, default 1K, 4K, 8K), B prompts of one length through
+``generate`` as one ``[B, n]`` batch (no padding: a detection grid's prompts of one length have
+the same number of tokens) against ``rhlens.run.batch.greedy_decode_batch``, with the time and
+peak-memory ratios; and the batch's throughput against rhlens one prompt at a time (samples per
+second at B over at 1).
+
+**The paper's grid** (one needle, 20 lengths from 1K to 80K × 10 depths): its time on this GPU,
+*extrapolated* from the measured lengths (prefill and per-step decode times interpolated in
+length, :func:`rhlens.models.timing.measured_minutes`; the batched per-sample time where a
+length is within the batched lengths), printed as such. Target: at most 10 minutes on one
+H100-class GPU.
 """
 
 from __future__ import annotations
@@ -38,6 +51,10 @@ import torch
 
 TIME_TARGET = 1.05
 MEMORY_TARGET = 1.01
+#: the paper's detection grid for one needle (lengths up to 80K), and its target time
+PAPER_LENGTHS = [round(1000 + i * (80_000 - 1000) / 19) for i in range(20)]
+PAPER_DEPTHS = [i / 9 for i in range(10)]
+GRID_TARGET_MIN = 10.0
 LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
              "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000}
 MISTRAL_7B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
@@ -83,6 +100,34 @@ class Meter:
         return False
 
 
+#: new tokens per prompt of the paper's grid (a needle's answer and its stop)
+GRID_NEW_TOKENS = 32
+
+
+def paper_grid_minutes(rows: list[dict], batch_rows: list[dict]) -> float:
+    """Minutes for the paper's grid of one needle, extrapolated from measured rows: per
+    prompt, the prefill and :data:`GRID_NEW_TOKENS` decode steps interpolated in length
+    (:func:`rhlens.models.timing.measured_minutes`); at a length no longer than the longest
+    batched one, the batched time per sample instead when it is lower (what
+    ``batch_size="auto"`` runs), scaled to the grid's new tokens."""
+    from rhlens.models.timing import interpolate, measured_minutes
+    from rhlens.niah.grid import Grid
+
+    result = {"rows": rows}
+    seconds = 0.0
+    top = max((r["length"] for r in batch_rows), default=0)
+    xs = [r["length"] for r in sorted(batch_rows, key=lambda r: r["length"])]
+    per_sample = [r["rhlens_s"] / r["batch"] * GRID_NEW_TOKENS / max(1, r["steps"])
+                  for r in sorted(batch_rows, key=lambda r: r["length"])]
+    for n in PAPER_LENGTHS:
+        one = measured_minutes(result, Grid([n], PAPER_DEPTHS, needles=1,
+                                            max_new_tokens=GRID_NEW_TOKENS)) * 60
+        if n <= top:
+            one = min(one, len(PAPER_DEPTHS) * interpolate(xs, per_sample, n))
+        seconds += one
+    return seconds / 60
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=int, nargs="+", default=None,
@@ -93,6 +138,11 @@ def main(argv=None) -> None:
                         "grouped-query attention")
     p.add_argument("--tiny", action="store_true",
                    help="a 2-layer GQA shape instead of 7B, on CPU when no GPU (smoke test)")
+    p.add_argument("--batch", type=int, default=4, metavar="B",
+                   help="prompts per batch in the batched comparison (default 4; 1 skips it)")
+    p.add_argument("--batch-lengths", type=int, nargs="+", default=None,
+                   help="lengths of the batched comparison (default 1024 4096 8192; "
+                        "--tiny: 256 512)")
     p.add_argument("--eager", action="store_true",
                    help="also time greedy_decode(prefill_attention='eager')")
     p.add_argument("--out", default=None,
@@ -106,15 +156,23 @@ def main(argv=None) -> None:
     device = "cuda" if has_cuda else "cpu"
     dtype = torch.bfloat16 if has_cuda else torch.float32
     lengths = args.lengths or ([256, 512, 1024] if args.tiny else [8192, 32768, 81856])
+    batch = max(1, args.batch)
+    batch_lengths = ((args.batch_lengths or ([256, 512] if args.tiny else [1024, 4096, 8192]))
+                     if batch > 1 else [])
     torch.set_grad_enabled(False)
-    hf, tok = build(TINY if args.tiny else SHAPES[args.shape],
-                    max(lengths) + args.new_tokens + 64, device, dtype)
+    shape_cfg = TINY if args.tiny else SHAPES[args.shape]
+    hf, tok = build(shape_cfg, max(lengths + batch_lengths) + args.new_tokens + 64, device, dtype)
     vocab = hf.config.vocab_size
-    prompts = {n: torch.randint(100, vocab - 100, (n,), generator=torch.Generator().manual_seed(n))
-               for n in lengths}
+
+    def random_prompt(n: int, seed: int) -> torch.Tensor:
+        return torch.randint(100, vocab - 100, (n,), generator=torch.Generator().manual_seed(seed))
+
+    prompts = {n: random_prompt(n, n) for n in lengths}
+    batches = {n: [random_prompt(n, 1000 * n + b) for b in range(batch)] for n in batch_lengths}
 
     def generate(ids, n_new):
-        hf.generate(ids[None].to(device), max_new_tokens=n_new, min_new_tokens=n_new,
+        ids = ids if ids.dim() == 2 else ids[None]
+        hf.generate(ids.to(device), max_new_tokens=n_new, min_new_tokens=n_new,
                     do_sample=False, pad_token_id=tok.eos_token_id)
 
     generate(prompts[lengths[0]][:64], 2)  # warm-up
@@ -123,9 +181,15 @@ def main(argv=None) -> None:
         with Meter(device) as m:
             generate(prompts[n], args.new_tokens)
         rows[n].update(hf_s=m.seconds, hf_peak_gb=m.peak_gb)
+    batch_rows = {n: {"length": n, "batch": batch} for n in batch_lengths}
+    for n in batch_lengths:
+        with Meter(device) as m:
+            generate(torch.stack(batches[n]), args.new_tokens)
+        batch_rows[n].update(hf_s=m.seconds, hf_peak_gb=m.peak_gb)
 
     from rhlens.models.bridge import bridge_from_hf
     from rhlens.models.timing import slug
+    from rhlens.run.batch import greedy_decode_batch
     from rhlens.run.decode import greedy_decode
     from rhlens.run.gqa import grouped_layers
 
@@ -144,6 +208,16 @@ def main(argv=None) -> None:
                 greedy_decode(model, prompts[n], max_new_tokens=args.new_tokens,
                               stop_at_newline=False, prefill_attention="eager")
             rows[n].update(eager_s=m.seconds, eager_peak_gb=m.peak_gb)
+    for n in batch_lengths:
+        with Meter(device) as m:
+            traces = greedy_decode_batch(model, batches[n], max_new_tokens=args.new_tokens,
+                                         stop_at_newline=False)
+        batch_rows[n].update(rhlens_s=m.seconds, rhlens_peak_gb=m.peak_gb,
+                             steps=min(len(t.tokens) for t in traces))
+        with Meter(device) as m:
+            for ids in batches[n]:
+                greedy_decode(model, ids, max_new_tokens=args.new_tokens, stop_at_newline=False)
+        batch_rows[n].update(one_at_a_time_s=m.seconds)
 
     name = torch.cuda.get_device_name() if has_cuda else "CPU"
     print(f"{shape} shape, random weights, {dtype}, {name}, {args.new_tokens} new tokens; "
@@ -164,12 +238,38 @@ def main(argv=None) -> None:
               f"{r['decode_s']:8.2f} {mem}")
         if r["steps"] < args.new_tokens:
             print(f"         (rhlens stopped at EOS after {r['steps']} tokens)")
+    if batch_lengths:
+        print(f"\nbatched: {batch} prompts of one length, generate on the [B, n] batch against "
+              "greedy_decode_batch; throughput against rhlens one prompt at a time")
+        print(f"{'context':>8} {'HF SDPA s':>10} {'rhlens s':>9} {'ratio':>6} {'HF GB':>7} "
+              f"{'rhlens GB':>9} {'ratio':>6} {'1 at a time s':>14} {'throughput x':>13}")
+    for n in batch_lengths:
+        r = batch_rows[n]
+        ratio = r["rhlens_s"] / r["hf_s"]
+        ok &= ratio <= TIME_TARGET
+        r["throughput_ratio"] = r["one_at_a_time_s"] / r["rhlens_s"]
+        mem = "      -         -      -"
+        if r["hf_peak_gb"] is not None:
+            mem_ratio = r["rhlens_peak_gb"] / r["hf_peak_gb"]
+            ok &= mem_ratio <= MEMORY_TARGET
+            mem = f"{r['hf_peak_gb']:7.1f} {r['rhlens_peak_gb']:9.1f} {mem_ratio:6.3f}"
+        print(f"{n:>8} {r['hf_s']:10.2f} {r['rhlens_s']:9.2f} {ratio:6.3f} {mem} "
+              f"{r['one_at_a_time_s']:14.2f} {r['throughput_ratio']:13.2f}")
+    grid_min = paper_grid_minutes([rows[n] for n in lengths], [batch_rows[n] for n in batch_lengths])
+    print(f"\nthe paper's grid, one needle ({len(PAPER_LENGTHS)} lengths {PAPER_LENGTHS[0]:,}-"
+          f"{PAPER_LENGTHS[-1]:,} x {len(PAPER_DEPTHS)} depths, {GRID_NEW_TOKENS} new tokens): "
+          f"{grid_min:.1f} min, EXTRAPOLATED from the measured lengths "
+          f"{sorted(set(lengths + batch_lengths))} (target <= {GRID_TARGET_MIN:.0f} min on one "
+          "H100-class GPU)")
+    if not args.tiny:
+        ok &= grid_min <= GRID_TARGET_MIN
     for n in lengths:
         print(json.dumps(rows[n]))
+    for n in batch_lengths:
+        print(json.dumps(batch_rows[n]))
     out = args.out or (None if args.tiny else
                        Path(__file__).parent / "results" / f"bench_gpu-{slug(name)}.json")
     if out:
-        shape_cfg = TINY if args.tiny else LLAMA2_7B
         result = {"gpu": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                   "dtype": str(dtype).removeprefix("torch."), "new_tokens": args.new_tokens,
                   "shape": shape,
@@ -180,7 +280,11 @@ def main(argv=None) -> None:
                              "d_model": shape_cfg["hidden_size"],
                              "d_mlp": shape_cfg["intermediate_size"],
                              "vocab": shape_cfg["vocab_size"]},
-                  "rows": [rows[n] for n in lengths]}
+                  "rows": [rows[n] for n in lengths],
+                  "batch_rows": [batch_rows[n] for n in batch_lengths],
+                  "paper_grid_minutes": {"minutes": grid_min, "extrapolated": True,
+                                         "lengths": PAPER_LENGTHS, "depths": len(PAPER_DEPTHS),
+                                         "new_tokens": GRID_NEW_TOKENS}}
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {out}")

@@ -91,7 +91,7 @@ def measured_results(key: str, folder: Path | None = None) -> list[dict]:
     return sorted(found, key=lambda r: r.get("date", ""), reverse=True)
 
 
-def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
+def interpolate(xs: list[float], ys: list[float], x: float) -> float:
     """Piecewise-linear through the points, extended along the last segment (prefill grows
     faster than linearly, so beyond the last point this errs low; the line says measured
     rates, extrapolated)."""
@@ -110,8 +110,8 @@ def measured_minutes(result: dict, grid) -> float:
     prefill = [r["prefill_s"] for r in rows]
     step = [r["decode_s"] / max(1, r["steps"]) for r in rows]
     per_length, lengths = _grid_prompts(grid)
-    seconds = sum(per_length * (_interpolate(xs, prefill, n)
-                                + grid.max_new_tokens * _interpolate(xs, step, n))
+    seconds = sum(per_length * (interpolate(xs, prefill, n)
+                                + grid.max_new_tokens * interpolate(xs, step, n))
                   for n in lengths)
     return seconds / 60
 
