@@ -13,6 +13,8 @@ from typing import Any
 
 from ..errors import UsageError
 from ..models.available import device_map_name, device_name, dtype_name, model_facts, model_name
+from ..run.names import CARD_SUFFIX, k_sweep_part
+from ..run.names import LOG_SUFFIX as _LOG
 from ..run.shard import Shard
 from ..validate import (
     batch_size,
@@ -26,8 +28,6 @@ from ..validate import (
     seed,
     seed_list,
 )
-
-_LOG = ".samples.jsonl"
 
 
 def check_shape(shape: tuple[int, ...], facts: dict[str, int], source: str) -> None:
@@ -106,7 +106,7 @@ def check_score_args(args, shard: Shard | None = None) -> dict[str, int]:
     if args.needles is not None:
         count(args.needles, "needles", minimum=1)
     check_grid(args.lengths, args.depths, args.max_new_tokens)
-    output_file(args.out, "out", sidecars=(_LOG, ".card.json"))
+    output_file(args.out, "out", sidecars=(_LOG, CARD_SUFFIX))
     if args.plot:
         output_file(args.plot, "plot")
     check_own_files(args, [("out", args.out, "--out"), ("out", f"{args.out}{_LOG}",
@@ -184,7 +184,8 @@ def sweep_files(out: str, k: int, seeds: Sequence[int]) -> list[tuple[str, str, 
     """The files a ``--sweep-k`` run writes for one K (``OUT.kK.top.csv``,
     ``OUT.kK.randomSEED.csv`` and their logs), as :func:`check_own_files` takes them."""
     # a repeated seed runs once, so it writes its files once
-    parts = [f"{out}.k{k}.top.csv"] + [f"{out}.k{k}.random{s}.csv" for s in dict.fromkeys(seeds)]
+    parts = [k_sweep_part(out, k, "top")] + [k_sweep_part(out, k, "random", s)
+                                             for s in dict.fromkeys(seeds)]
     return [("sweep_k", f"{p}{log}", "the per-K files of --sweep-k") for p in parts
             for log in ("", _LOG)]
 

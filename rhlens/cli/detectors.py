@@ -25,6 +25,7 @@ import argparse
 from typing import Any
 
 from ..errors import UsageError
+from ..run.names import LOG_SUFFIX
 from ..validate import check_grid, count, finite, int_list, k_list, output_file
 from .args import add_grid_args, add_model_args, add_rouge_args, grid_from_args, load_model_from_args
 from .checks import check_model_args
@@ -110,7 +111,7 @@ def check_detectors_args(args) -> dict[str, Any]:
     check_grid(args.lengths, args.depths, args.max_new_tokens)
     check_grid(lengths, depths, args.max_new_tokens)
     for suffix in (".cards.json", ".niah.csv", ".patch.csv", ".groups.json"):
-        output_file(f"{args.out}{suffix}", "out", sidecars=(".samples.jsonl",))
+        output_file(f"{args.out}{suffix}", "out", sidecars=(LOG_SUFFIX,))
     facts = check_model_args(args)
     for ls in (args.lengths, lengths):
         check_grid(ls, depths, args.max_new_tokens, facts.get("n_ctx"))

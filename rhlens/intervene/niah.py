@@ -40,6 +40,7 @@ from ..niah.grid import Grid
 from ..niah.prompts import Sample
 from ..run.batch import greedy_decode_batch
 from ..run.decode import greedy_decode
+from ..run.names import k_sweep_part
 from ..run.outputs import NIAH_COLUMNS, niah_frame, write_niah
 from ..run.results import atomic_write_text
 from ..run.shard import Shard
@@ -210,7 +211,7 @@ def k_sweep(
                      for s in dict.fromkeys(seeds)]
     frames = []
     for k, kind, seed, heads in tqdm(runs, desc="K sweep", disable=not progress):
-        part = None if out is None else f"{out}.k{k}.{kind}{seed if kind == 'random' else ''}.csv"
+        part = None if out is None else k_sweep_part(out, k, kind, seed)
         run = dataclasses.replace(config, mask=config.mask.with_heads(heads))
         frames.append(run_niah(model, run, out=part, progress=False,
                                extra={"k": k, "kind": kind, "seed": seed,

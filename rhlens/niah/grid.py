@@ -29,6 +29,7 @@ import torch
 
 from ..errors import UsageError
 from ..files import MAX_LOG_BYTES, read_bytes
+from ..run.names import log_path
 from ..validate import check_grid, count, number_list
 from .haystack import Needle, load_haystack, load_needles
 from .prompts import PROMPT_STYLES, PromptStyle, Sample, build_sample
@@ -127,7 +128,7 @@ class Grid:
 def needles_used_by(scores_path: str | Path) -> set[str]:
     """Needle texts of the score run that wrote ``scores_path`` (from its
     ``<scores>.samples.jsonl`` log); empty when there is no log (e.g. a published file)."""
-    log = Path(f"{scores_path}.samples.jsonl")
+    log = Path(log_path(scores_path))
     if not log.exists():
         return set()
     used = set()

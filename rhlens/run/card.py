@@ -50,13 +50,14 @@ from typing import Any
 from ..errors import UsageError
 from ..niah.grid import Grid
 from ..niah.haystack import load_haystack
+from .names import CARD_SUFFIX
 from .results import atomic_write_text
 from .samplelog import logged_settings, run_digest, text_digest
 
 #: Version of the card's layout.
 CARD_FORMAT = 1
-#: A card's name beside its score file.
-SUFFIX = ".card.json"
+#: A card's name beside its score file (:data:`rhlens.run.names.CARD_SUFFIX`).
+SUFFIX = CARD_SUFFIX
 
 #: The packages whose versions a card records (key -> distribution name).
 PACKAGES = {"rhlens": "rhlens", "transformers": "transformers",

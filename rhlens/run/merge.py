@@ -14,13 +14,12 @@ from pathlib import Path
 
 from ..errors import NoPassingSampleError, UsageError
 from ..validate import output_file, same_file
-from .card import SUFFIX as CARD_SUFFIX
 from .card import merged_card, write_card
+from .names import CARD_SUFFIX
+from .names import LOG_SUFFIX as _LOG
 from .outputs import write_output
 from .samplelog import read_log, write_log
 from .shard import keys_digest
-
-_LOG = ".samples.jsonl"
 
 
 def _log_path(path: str | Path) -> tuple[str, str]:

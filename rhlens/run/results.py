@@ -30,6 +30,7 @@ import torch
 
 from ..errors import FetchError, UsageError
 from ..files import MAX_BYTES, MAX_LOG_BYTES, open_regular, read_bytes
+from .names import log_path
 
 #: Largest score file :func:`load_scores` fetches from a URL (the paper's are 1-8 MB).
 MAX_SCORE_BYTES = MAX_BYTES
@@ -270,7 +271,7 @@ def score_file_mode(path: str | Path) -> str | None:
     """The scoring mode (``"paper"``/``"sum"``) recorded in ``<path>.samples.jsonl``, the log
     ``rhlens score`` writes beside a score file; ``None`` when there is none (e.g. a published
     file) or it cannot be read."""
-    log = Path(f"{path}.samples.jsonl")
+    log = Path(log_path(path))
     try:  # a FIFO or a device there is not opened (it could block): it reads as no log
         with open_regular(log, "Sample log", MAX_LOG_BYTES) as f:
             header = json.loads(f.readline().decode("utf-8", errors="replace"))

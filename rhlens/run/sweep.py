@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from ..niah.prompts import Sample
 from ..validate import BatchSize
 from .batch import auto_batch_size
+from .names import log_path
 from .outputs import RunKind, write_output
 from .samplelog import SampleLog, model_identity, tensor_digest
 from .shard import Shard
@@ -203,7 +204,7 @@ class Sweep(abc.ABC):
             samples, positions = self.shard.select(samples), self.shard.select(positions)
         self.positions = positions
         self.settings = self.identity()
-        log = (SampleLog(f"{self.out}.samples.jsonl", self.settings, required=self.required,
+        log = (SampleLog(log_path(self.out), self.settings, required=self.required,
                          part=self.part) if self.out else None)
         if log is not None:
             log.check_keys(s.key for s in samples)
