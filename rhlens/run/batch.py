@@ -178,19 +178,20 @@ def greedy_decode_batch(
         argmax[rows["now"], step["t"], layer_of(hook.name)] = pattern[:, :, -1].argmax(-1)
         return pattern
 
+    from .lean import lean_bridge, reserve
+
     cache = new_cache(model)
     t0 = time.perf_counter()
     if prefill_hooks:  # the hooked (eager) attention, one chunk of the batch at a time
-        with model.hooks(fwd_hooks=prefill_hooks):
+        with model.hooks(fwd_hooks=prefill_hooks), lean_bridge(model):
             for start in range(0, ids.shape[1] - 1, EAGER_CHUNK):
                 _, cache = model(ids[:, start : min(start + EAGER_CHUNK, ids.shape[1] - 1)],
                                  return_type="logits_and_cache", past_key_values=cache,
                                  logits_to_keep=1)
     else:
-        with sdpa_attention(model):
+        with sdpa_attention(model), lean_bridge(model):
             _, cache = model(ids[:, :-1], return_type="logits_and_cache", past_key_values=cache,
                              logits_to_keep=1)
-    from .lean import lean_bridge, reserve
 
     reserve(cache, max_new_tokens)  # each decode step writes its key and value in place
     if device.type == "cuda":

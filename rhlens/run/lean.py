@@ -17,11 +17,14 @@ products both pay:
   (``inspect.signature``) at every call to filter keyword arguments; :func:`lean_bridge`
   reads it once.
 
-Together they bring a step to about 1.06x ``generate``'s (the rest is the bridge's own
-per-module work: device alignment, hook points). Like :mod:`rhlens.run.gqa`, these are
-TransformerLens/transformers internals worked around from outside, each behind one function,
-to be dropped when the libraries do it themselves. (This module imports transformers;
-:mod:`rhlens.run.decode` imports it when it decodes.)
+Together they bring a step from 1.69x to about 1.15x ``generate``'s (SmolLM2, 2,000 keys, an
+idle CPU; ``benchmarks/bench_speed.py``); the rest is the bridge's own per-module work (device
+alignment, hook points) and the unfused attention whose pattern the hooks read. Like
+:mod:`rhlens.run.gqa`, these are TransformerLens/transformers internals worked around from
+outside, each behind one function, to be dropped when the libraries do it themselves. The
+prefill runs lean as well (:func:`rhlens.run.decode.prefill`), where the Python norms cost 4%
+of an SDPA prefill. (This module imports transformers; :mod:`rhlens.run.decode` imports it
+when it decodes.)
 """
 
 from __future__ import annotations
