@@ -131,3 +131,38 @@ def test_decoding_is_bit_for_bit_the_plain_one(tiny, monkeypatch):
     with _plain(monkeypatch):
         plain_answers = decode_conditions(tiny, ids, conditions, 8, False)
     assert decode_conditions(tiny, ids, conditions, 8, False) == plain_answers
+
+
+def test_components_are_called_directly_unless_accelerate_hooks_them(tiny_llama, monkeypatch):
+    """Within lean_bridge a component skips accelerate's align_module_device (a no-op without
+    an accelerate hook); one whose module carries a hook (``_hf_hook``, as a ``device_map``
+    that offloads sets it) still goes through it, and leaving restores the bridge's call."""
+    import transformer_lens.model_bridge.generalized_components.base as base
+
+    aligned: list[torch.nn.Module] = []
+
+    @contextlib.contextmanager
+    def spy(module, execution_device=None):
+        aligned.append(module)
+        yield
+
+    monkeypatch.setattr(base, "align_module_device", spy)
+    ids = _ids(20)[None]
+    reference = tiny_llama(ids)
+    assert aligned  # the bridge aligns every component's module
+    hooked = tiny_llama.blocks[1].mlp.original_component
+    hooked._hf_hook = object()  # what accelerate's add_hook_to_module leaves
+    try:
+        aligned.clear()
+        with lean_bridge(tiny_llama):
+            with lean_bridge(tiny_llama):  # an inner block leaves it to the outer one
+                inside = tiny_llama(ids)
+            assert base.GeneralizedComponent.__call__ is lean._component_call
+        assert aligned == [hooked]
+        assert base.GeneralizedComponent.__call__ is not lean._component_call
+        assert torch.equal(inside, reference)
+        aligned.clear()
+        tiny_llama(ids)
+        assert len(aligned) > 1  # the bridge's own call again
+    finally:
+        del hooked._hf_hook
