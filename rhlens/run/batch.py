@@ -181,7 +181,7 @@ def greedy_decode_batch(
 
     from .lean import lean_bridge, reserve
 
-    cache = new_cache(model)
+    cache = reserve(new_cache(model), max_new_tokens)  # decode steps write in place
     t0 = time.perf_counter()
     if prefill_hooks:  # the hooked (eager) attention, one chunk of the batch at a time
         with model.hooks(fwd_hooks=prefill_hooks), lean_bridge(model):
@@ -193,8 +193,6 @@ def greedy_decode_batch(
         with sdpa_attention(model), lean_bridge(model):
             _, cache = model(ids[:, :-1], return_type="logits_and_cache", past_key_values=cache,
                              logits_to_keep=1)
-
-    reserve(cache, max_new_tokens)  # each decode step writes its key and value in place
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t1 = time.perf_counter()

@@ -208,7 +208,11 @@ def greedy_decode(
                 rows[(lay, head)][step["t"], : row.shape[-1]] = row[head].float()
         return pattern
 
-    cache = new_cache(model)
+    from .lean import lean_bridge, reserve
+
+    # Room for the new tokens from the start: the prefill writes the prompt's keys and values
+    # into buffers the decode steps then fill in place (no copy of the cache in between).
+    cache = reserve(new_cache(model), max_new_tokens)
     fast = prefill_attention == "sdpa" and not prefill_hooks
     if chunk_size is None:
         chunk_size = max(1, ids.numel() - 1) if fast else EAGER_CHUNK
@@ -219,9 +223,6 @@ def greedy_decode(
     else:
         with model.hooks(fwd_hooks=list(prefill_hooks)) if prefill_hooks else contextlib.nullcontext():
             prefill(model, ids[:-1], cache, chunk_size)
-    from .lean import lean_bridge, reserve
-
-    reserve(cache, max_new_tokens)  # each decode step writes its key and value in place
     _sync(device)
     t1 = time.perf_counter()
 
