@@ -23,7 +23,7 @@ products both pay:
   the component directly when its module carries no accelerate hook (``_hf_hook``: nothing
   of it can be offloaded), and through the alignment otherwise.
 
-Together they bring a step from 1.69x to about 1.15x ``generate``'s (SmolLM2, 2,000 keys, an
+Together they bring a step from 1.69x to about 1.13x ``generate``'s (SmolLM2, 2,000 keys, an
 idle CPU; ``benchmarks/bench_speed.py``); the rest is the bridge's own per-module work (device
 alignment, hook points) and the unfused attention whose pattern the hooks read. Like
 :mod:`rhlens.run.gqa`, these are TransformerLens/transformers internals worked around from
