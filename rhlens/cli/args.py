@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import EXIT_USAGE, UsageError
 from ..run.shard import Shard, launcher_device
+from . import interrupt
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,8 +66,10 @@ def load_model_from_args(args):
     """The model ``--model``, ``--device``, ``--dtype`` and ``--device-map`` name."""
     from ..models.loading import load_model
 
-    return load_model(args.model, args.device, args.dtype,
-                      device_map=getattr(args, "device_map", None))
+    model = load_model(args.model, args.device, args.dtype,
+                       device_map=getattr(args, "device_map", None))
+    interrupt.check()  # a Ctrl-C during the imports and the load that a library swallowed
+    return model
 
 
 def add_shard_args(p: argparse.ArgumentParser) -> None:

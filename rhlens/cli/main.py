@@ -41,7 +41,7 @@ from ..errors import (
     UsageError,
 )
 from ..models.registry import ModelNotFoundError
-from . import detectors, niah, patch, score, tools
+from . import detectors, interrupt, niah, patch, score, tools
 from .args import Parser
 
 #: Library arguments whose flag has another name (a config field -> the flag that sets it).
@@ -157,18 +157,20 @@ def run_command(args, flags: Mapping[str, str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rhlens`` command; returns its exit code."""
-    try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        import matplotlib
+    with interrupt.handling():
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            import matplotlib
 
-        matplotlib.use("Agg")
-        return run_command(args, flags(parser))
-    except KeyboardInterrupt:
-        lead = "\n" if sys.stderr.isatty() else ""  # end a progress bar's line first
-        print(f"{lead}rhlens: interrupted; finished samples are saved: rerun the same command "
-              "to resume.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            matplotlib.use("Agg")
+            return run_command(args, flags(parser))
+        except KeyboardInterrupt:
+            with interrupt.ignored():
+                lead = "\n" if sys.stderr.isatty() else ""  # end a progress bar's line first
+                print(f"{lead}rhlens: interrupted; finished samples are saved: rerun the same "
+                      "command to resume.", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -188,6 +188,33 @@ def test_ctrl_c_during_start_up_is_one_line(files, score_args):
     assert "Traceback" not in err and len(lines) == 1 and "interrupted" in lines[0], err
 
 
+def test_ctrl_c_swallowed_by_a_library_still_stops_the_command(files, score_args, monkeypatch,
+                                                              capsys):
+    """A library that catches everything while it loads (``except BaseException``) can swallow
+    Ctrl-C's KeyboardInterrupt; the command remembers the press and stops once the model has
+    loaded, before any sample, with its one line and exit code 130."""
+    import rhlens.models.loading as loading
+
+    real = loading.load_model
+
+    def swallowing_load(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the library loads
+            time.sleep(1)  # the handler runs here
+        except BaseException:  # noqa: BLE001 (the library's catch-all)
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_model", swallowing_load)
+    before = signal.getsignal(signal.SIGINT)
+    out = files / "swallowed.json"
+    assert main([str(a) for a in score_args(files, out)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not out.exists() and not Path(f"{out}.samples.jsonl").exists()
+    assert signal.getsignal(signal.SIGINT) is before  # the command's handler is gone again
+
+
 # --------------------------------------------------------------------------- 4. inputs accepted
 
 
