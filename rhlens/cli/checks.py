@@ -99,10 +99,10 @@ def check_model_args(args) -> dict[str, int]:
 
 def check_score_args(args, shard: Shard | None = None) -> dict[str, int]:
     """Everything of ``rhlens score`` that can be checked before the model loads, besides what
-    :class:`~rhlens.score.detect.ScoreConfig` checks itself (the gate, the mode, the span);
+    :class:`~rhlens.score.detect.ScoreConfig` checks itself (the gate, the mode, the span, the
+    batch size);
     ``shard``: the run's shard, from ``--shard`` or the launcher."""
     count(args.max_new_tokens, "max_new_tokens", minimum=1)
-    batch_size(args.batch_size)
     if args.needles is not None:
         count(args.needles, "needles", minimum=1)
     check_grid(args.lengths, args.depths, args.max_new_tokens)
