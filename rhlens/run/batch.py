@@ -51,11 +51,11 @@ from .decode import (
     DecodeAttention,
     DecodeTrace,
     Hook,
+    decode_path,
     model_device,
     new_cache,
     stops,
 )
-from .gqa import grouped_decode_attention
 from .hooks import every_layer, layer_of
 from .sdpa import sdpa_attention
 
@@ -200,8 +200,7 @@ def greedy_decode_batch(
     generated: list[list[int]] = [[] for _ in range(batch)]
     nxt = ids[:, -1:]
     with model.hooks(fwd_hooks=[*decode_hooks, (every_layer("pattern"), read_pattern)]), \
-            lean_bridge(model), \
-            grouped_decode_attention(model, enabled=decode_attention == "grouped"):
+            decode_path(model, decode_attention):
         for t in range(max_new_tokens):
             step["t"] = t
             out, cache = model(nxt, return_type="logits_and_cache", past_key_values=cache)

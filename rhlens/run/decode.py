@@ -14,8 +14,9 @@ With ``prefill_hooks``, or ``prefill_attention="eager"``, it runs through the br
 eager attention in chunks (each chunk's scores are ``chunk x n``, never ``n x n``). Under
 grouped-query attention the decode steps read each shared KV head once, without copies
 (:func:`rhlens.run.gqa.grouped_decode_attention`, same hooks; ``decode_attention="eager"`` runs
-the bridge's own attention instead), and the steps skip the bridge's and the cache's work
-that no hook reads (:mod:`rhlens.run.lean`).
+the bridge's own attention instead), the steps skip the bridge's and the cache's work
+that no hook reads (:mod:`rhlens.run.lean`), and every bridge component whose hook points are
+idle runs as the module it wraps (:mod:`rhlens.run.direct`): :func:`decode_path`.
 
 Example::
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -208,7 +209,7 @@ def greedy_decode(
                 rows[(lay, head)][step["t"], : row.shape[-1]] = row[head].float()
         return pattern
 
-    from .lean import lean_bridge, reserve
+    from .lean import reserve
 
     # Room for the new tokens from the start: the prefill writes the prompt's keys and values
     # into buffers the decode steps then fill in place (no copy of the cache in between).
@@ -229,8 +230,7 @@ def greedy_decode(
     recorder = (every_layer("pattern"), read_pattern)
     generated: list[int] = []
     nxt = ids[-1:]
-    with model.hooks(fwd_hooks=[*decode_hooks, recorder]), lean_bridge(model), \
-            grouped_decode_attention(model, enabled=decode_attention == "grouped"):
+    with model.hooks(fwd_hooks=[*decode_hooks, recorder]), decode_path(model, decode_attention):
         for t in range(max_new_tokens):
             step["t"] = t
             out, cache = model(nxt.unsqueeze(0), return_type="logits_and_cache",
@@ -252,6 +252,25 @@ def greedy_decode(
         rows=rows_cpu,
         timings={"prefill_s": t1 - t0, "decode_s": t2 - t1},
     )
+
+
+@contextlib.contextmanager
+def decode_path(model, decode_attention: DecodeAttention = "grouped") -> Iterator[None]:
+    """The decode steps' path through ``model``, entered once the steps' hooks are attached.
+
+    Always the lean bridge (:func:`rhlens.run.lean.lean_bridge`). With ``"grouped"`` (the
+    default), also grouped-query attention without ``repeat_kv`` copies
+    (:func:`rhlens.run.gqa.grouped_decode_attention`) and every component whose hook points are
+    idle run as the module it wraps (:func:`rhlens.run.direct.direct_modules`); the hooks in use
+    fire as the bridge fires them. ``"eager"`` is the bridge's own attention: the reference.
+    """
+    from .direct import direct_modules
+    from .lean import lean_bridge
+
+    fast = decode_attention == "grouped"
+    with lean_bridge(model), grouped_decode_attention(model, enabled=fast), \
+            direct_modules(model, enabled=fast):
+        yield
 
 
 def _check_decode_attention(decode_attention) -> None:
@@ -342,15 +361,14 @@ def decode_conditions(
     batch = len(names)
     if batch > 1:
         cache.batch_repeat_interleave(batch)
-    from .lean import lean_bridge, reserve
+    from .lean import reserve
 
     reserve(cache, max_new_tokens)
     nxt = ids[-1:].repeat(batch, 1)
     generated: list[list[int]] = [[] for _ in names]
     done = [False] * batch
     hooks = batched_hooks([conditions[n] for n in names])
-    with model.hooks(fwd_hooks=hooks), lean_bridge(model), \
-            grouped_decode_attention(model, enabled=decode_attention == "grouped"):
+    with model.hooks(fwd_hooks=hooks), decode_path(model, decode_attention):
         for _ in range(max_new_tokens):
             out, cache = model(nxt, return_type="logits_and_cache", past_key_values=cache)
             tokens = out[:, -1].argmax(-1)

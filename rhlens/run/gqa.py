@@ -48,7 +48,9 @@ right fix is a grouped path in its eager forward. Until it has one, rhlens swaps
 forward for the decode loops of :mod:`rhlens.run.decode`, behind this one context manager, so
 that it can be replaced by the upstream path when it exists. The swap sets the component's
 ``forward`` for the duration (the bridge component's ``__call__``, which aligns offloaded
-weights and runs PyTorch module hooks, is kept), and restores it in a ``finally``.
+weights and runs PyTorch module hooks, is kept), and restores it in a ``finally``. The grouped
+computation itself is :func:`grouped_attention`, which :mod:`rhlens.run.direct` also runs as the
+model's attention function where a layer's attention runs as the Hugging Face module.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ import torch
 
 from .sdpa import attention_components
 
-__all__ = ["grouped_decode_attention", "grouped_layers"]
+__all__ = ["grouped_decode_attention", "grouped_layers", "grouped_attention",
+           "plain_rope_attention"]
 
 #: Config flags of the bridge's attention that change its computation; any of them set
 #: leaves a layer to the bridge.
@@ -75,9 +78,10 @@ def _group_size(attn) -> int:
     return int(getattr(attn.original_component, "num_key_value_groups", 1) or 1)
 
 
-def _eligible(attn) -> bool:
-    """Whether ``attn``'s eager forward is plain RoPE attention that :func:`_forward`
-    reproduces (checked once, on entry)."""
+def plain_rope_attention(attn) -> bool:
+    """Whether ``attn`` (a bridge attention component) computes plain RoPE attention, which
+    :func:`grouped_attention` reproduces: exactly ``PositionEmbeddingsAttentionBridge``, none
+    of the features listed in the module docstring (checked once, on entry)."""
     from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
         PositionEmbeddingsAttentionBridge,
     )
@@ -85,7 +89,7 @@ def _eligible(attn) -> bool:
     if type(attn) is not PositionEmbeddingsAttentionBridge:  # subclasses change the forward
         return False
     hf = attn._modules.get("_original_component")
-    if hf is None or _group_size(attn) < 2:
+    if hf is None:
         return False
     if any(name in attn.submodules for name in ("q_norm", "k_norm", "gate")):
         return False
@@ -103,6 +107,11 @@ def _eligible(attn) -> bool:
     if isinstance(rope, dict) and rope.get("llama_4_scaling_beta") is not None:
         return False
     return "hook_k" in attn.hook_aliases  # an owned hook_k means scaled keys
+
+
+def _eligible(attn) -> bool:
+    """Plain RoPE attention under GQA (``g > 1``): where :func:`_forward` saves the copies."""
+    return plain_rope_attention(attn) and _group_size(attn) >= 2
 
 
 def grouped_layers(model) -> list[int]:
@@ -145,7 +154,6 @@ def _forward(attn, *args: Any, **kwargs: Any):
     hidden_states = attn.hook_in(hidden_states)
     batch = hidden_states.shape[0]
     head_dim = hf.head_dim
-    group = _group_size(attn)
     query = attn.q(hidden_states).view(batch, 1, -1, head_dim).transpose(1, 2)
     key = attn.k(hidden_states).view(batch, 1, -1, head_dim).transpose(1, 2)
     value = attn.v(hidden_states).view(batch, 1, -1, head_dim).transpose(1, 2)
@@ -157,30 +165,48 @@ def _forward(attn, *args: Any, **kwargs: Any):
         key = attn.hook_rot_k(key)
     key, value = attn._update_kv_cache(key, value, **kwargs)  # [batch, kv_heads, n, d]
 
-    n_heads, kv_heads, n = query.shape[1], key.shape[1], key.shape[-2]
-    if n_heads != kv_heads * group:  # a hook changed the head count: the bridge decides
-        raise RuntimeError(f"{attn.name}: {n_heads} query heads do not form {kv_heads} groups "
-                           f"of {group}; a hook on hook_rot_q/hook_rot_k changed the heads.")
     scaling = getattr(hf, "scaling", head_dim**-0.5)
-    # [batch, kv, group, d] @ [batch, kv, d, n]: each KV head read once for its whole group.
-    grouped_q = query.reshape(batch, kv_heads, group, head_dim)
-    scores = torch.matmul(grouped_q, key.transpose(-2, -1)) * scaling
-    scores = scores.view(batch, n_heads, 1, n)  # head h = row h % g of KV head h // g
-    scores = attn._apply_reconstruct_attention_mask(
-        attn_scores=scores, attention_mask=attention_mask, seq_len=n, q_seq_len=1)
-    scores = attn.hook_attn_scores(scores)
-    pattern = attn._masked_softmax(scores, dtype=torch.float32).to(query.dtype)
-    pattern = attn._scrub_compatibility_pattern_nans(pattern)
-    pattern = attn.hook_pattern(pattern)
-
-    out = torch.matmul(pattern.reshape(batch, kv_heads, group, n), value)  # [b, kv, g, d]
-    out = out.reshape(batch, 1, n_heads * head_dim)  # = transpose(1, 2) of [b, heads, 1, d]
+    out, pattern = grouped_attention(attn, query, key, value, attention_mask, scaling)
+    out = out.reshape(batch, 1, -1)  # [b, heads, 1, d] -> [b, 1, heads * d]: a free view at q = 1
     o_weight = getattr(attn.o.original_component, "weight", None)
     if (isinstance(o_weight, torch.Tensor) and o_weight.dtype.is_floating_point
             and out.dtype != o_weight.dtype):
         out = out.to(o_weight.dtype)
     out = attn.hook_out(attn.o(out))
     return out, pattern
+
+
+def grouped_attention(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float):
+    """The attention of ``attn`` (a bridge attention component) from rotated queries
+    ``[batch, heads, q, d]`` and cached keys and values ``[batch, kv_heads, n, d]``, each KV head
+    read once for its whole group, firing the component's ``hook_attn_scores`` and
+    ``hook_pattern`` with ``[batch, heads, q, n]`` tensors as its own eager forward does (the
+    causal or sliding-window mask applied by the component itself).
+
+    Returns ``(out, pattern)``: the heads' outputs ``[batch, heads, q, d]`` (before the output
+    projection) and the pattern the hooks returned. The one computation of both decode paths:
+    :func:`grouped_decode_attention` and :mod:`rhlens.run.direct`.
+    """
+    batch, n_heads, q_len, head_dim = query.shape
+    kv_heads, n = key.shape[1], key.shape[-2]
+    if n_heads % kv_heads:  # a hook changed the head count: nothing to group
+        raise RuntimeError(f"{attn.name}: {n_heads} query heads do not form groups over "
+                           f"{kv_heads} KV heads; a hook on hook_rot_q/hook_rot_k changed the heads.")
+    group = n_heads // kv_heads
+    # [batch, kv, group * q, d] @ [batch, kv, d, n]: each KV head read once for its whole group
+    # (head h is row block h % g of KV head h // g, as repeat_kv orders them).
+    grouped_q = query.reshape(batch, kv_heads, group * q_len, head_dim)
+    scores = torch.matmul(grouped_q, key.transpose(-2, -1)) * scaling
+    scores = scores.view(batch, n_heads, q_len, n)
+    scores = attn._apply_reconstruct_attention_mask(
+        attn_scores=scores, attention_mask=attention_mask, seq_len=n, q_seq_len=q_len)
+    scores = attn.hook_attn_scores(scores)
+    pattern = attn._masked_softmax(scores, dtype=torch.float32).to(query.dtype)
+    pattern = attn._scrub_compatibility_pattern_nans(pattern)
+    pattern = attn.hook_pattern(pattern)
+    out = torch.matmul(pattern.reshape(batch, kv_heads, group * q_len, n), value)
+    return out.view(batch, n_heads, q_len, head_dim), pattern
 
 
 @contextlib.contextmanager

@@ -24,8 +24,9 @@ products both pay:
   of it can be offloaded), and through the alignment otherwise.
 
 Together they bring a step from 1.69x to about 1.13x ``generate``'s (SmolLM2, 2,000 keys, an
-idle CPU; ``benchmarks/bench_speed.py``); the rest is the bridge's own per-module work (device
-alignment, hook points) and the unfused attention whose pattern the hooks read. Like
+idle CPU; ``benchmarks/bench_speed.py``); the rest was the bridge's own per-module work (hook
+points, a component call around every module), which :mod:`rhlens.run.direct` removes for the
+components whose hooks are idle; what stays lean here is what that leaves to the bridge. Like
 :mod:`rhlens.run.gqa`, these are TransformerLens/transformers internals worked around from
 outside, each behind one function, to be dropped when the libraries do it themselves. The
 prefill runs lean as well (:func:`rhlens.run.decode.prefill`), where the Python norms cost 4%

@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["sdpa_attention", "attention_hooks_in_use", "attention_components"]
+__all__ = ["sdpa_attention", "attention_hooks_in_use", "attention_components", "attention_configs"]
 
 
 @dataclass
@@ -145,11 +145,13 @@ def _plan(model) -> list[_Swap]:
     return swaps
 
 
-def _configs(model, swaps: list[_Swap]) -> list:
-    """Every distinct config whose ``_attn_implementation`` the swapped forward reads."""
+def attention_configs(model, hf_attentions) -> list:
+    """Every distinct config whose ``_attn_implementation`` ``model``'s forward reads: the
+    model's, those of the Hugging Face attention modules ``hf_attentions``, and their
+    sub-configs (what a swap of the attention implementation must set and put back)."""
     hf = model.original_model
     seen: dict[int, object] = {}
-    todo = [hf.config, *(getattr(s.hf_attention, "config", None) for s in swaps)]
+    todo = [hf.config, *(getattr(m, "config", None) for m in hf_attentions)]
     while todo:
         cfg = todo.pop()
         if cfg is None or id(cfg) in seen or not hasattr(cfg, "_attn_implementation_internal"):
@@ -189,7 +191,7 @@ def sdpa_attention(model) -> Iterator[None]:
             "prefill with prefill_attention='eager' instead."
         )
     swaps = _plan(model)
-    configs = _configs(model, swaps)
+    configs = attention_configs(model, [s.hf_attention for s in swaps])
     saved = [(cfg, cfg._attn_implementation_internal) for cfg in configs]
     try:
         for cfg in configs:
