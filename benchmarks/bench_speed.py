@@ -5,7 +5,9 @@ eager attention is a second column. rhlens (``rhlens.score.detect.score_sample``
 too (:mod:`rhlens.run.sdpa`) and runs only the decode steps through TransformerLens hooks, reading
 the attention row of every query head, then computes the retrieval scores and the ROUGE gate.
 Its decode steps compute SmolLM2's grouped-query attention without copying the shared KV heads
-(:mod:`rhlens.run.gqa`; ``--decode-attention eager`` times the bridge's own attention instead).
+(:mod:`rhlens.run.gqa`), with every bridge component whose hooks are idle run as the module it
+wraps (:mod:`rhlens.run.direct`; ``--decode-attention eager`` times the bridge's own attention
+and components instead).
 Target: P1 <= 1.03 against SDPA.
 
     BENCH_THREADS=2 python benchmarks/bench_speed.py --length 2000 --samples 3 --repeats 2
@@ -21,12 +23,13 @@ First, one layer's attention at a decode step over ``--length`` cached keys is t
 rhlens' grouped one, and the Hugging Face SDPA module ``generate`` runs; then one whole decode
 step (median of 20 alternated steps): the bridge as it is, rhlens' step, Hugging Face's.
 
-``--batch B`` then times a whole detection run (``detect_retrieval_heads``) at batch size 1 and
-B, alternated ``--repeats`` times, on B prompts of ``--length`` tokens (one needle at B depths,
-so that one batch is full), checks both give the same scores to the last bit, and reports the
-throughput ratio (median time at 1 / median time at B; target >= 1.3 on a CPU).
+``--batch B`` then times ``make demo``'s detection run (``detect_retrieval_heads`` on the
+README's demo grid: 12 prompts, 2 needles at 3 depths in 500 and 1,000 tokens, the command's
+defaults) at batch size 1 and B, alternated ``--repeats`` times, checks both give the same scores
+to the last bit, and reports the throughput ratio (samples per second at B over samples per
+second at 1, from the median times; target >= 1.3 on a CPU). ``--length`` does not apply to it.
 
-    BENCH_THREADS=2 python benchmarks/bench_speed.py --length 1000 --batch 4 --repeats 3 --batch-only
+    BENCH_THREADS=2 python benchmarks/bench_speed.py --batch 4 --repeats 3 --batch-only
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ from rhlens.score.detect import score_sample
 TARGET = 1.03
 BATCH_TARGET = 1.3
 MAX_NEW = 48
+#: The grid of ``make demo`` (the README's main job: ``rhlens score --model smollm2-135m
+#: --lengths 500,1000 --depths 0.1,0.5,0.9 --needles 2``) with the command's defaults;
+#: ``tests/benchmarks`` holds it to the Makefile.
+DEMO = {"lengths": (500, 1000), "depths": (0.1, 0.5, 0.9), "needles": 2, "max_new_tokens": 48,
+        "rouge_gate": 0.5}
 
 
 def plain_hf_model(attn_implementation: str | None):
@@ -101,16 +109,15 @@ def layer_attention_ms(bridge, hf, n_keys: int, repeats: int = 50) -> dict[str, 
 def decode_step_ms(bridge, hf, ids: torch.Tensor, repeats: int = 20) -> dict[str, float]:
     """Median milliseconds of one decode step after the prompt ``ids`` (all but its last token
     cached), alternated: the bridge as it is (its own attention, the plain cache), rhlens'
-    decode step (grouped attention, lean bridge, roomy cache), and Hugging Face's forward (what
-    a ``generate`` step runs). Each bridge step reads every head's attention row, as rhlens'
-    recorder does."""
+    decode step (:func:`rhlens.run.decode.decode_path`: grouped attention, idle components run
+    as their modules, roomy cache), and Hugging Face's forward (what a ``generate`` step runs).
+    Each bridge step reads every head's attention row, as rhlens' recorder does."""
     import copy
 
     from transformers import DynamicCache
 
-    from rhlens.run.decode import new_cache, prefill
-    from rhlens.run.gqa import grouped_decode_attention
-    from rhlens.run.lean import lean_bridge, reserve
+    from rhlens.run.decode import decode_path, new_cache, prefill
+    from rhlens.run.lean import reserve
     from rhlens.run.sdpa import sdpa_attention
 
     plain = new_cache(bridge)
@@ -126,8 +133,7 @@ def decode_step_ms(bridge, hf, ids: torch.Tensor, repeats: int = 20) -> dict[str
 
     def bridge_step(cache, fast: bool) -> float:
         with bridge.hooks(fwd_hooks=[(lambda name: name.endswith("hook_pattern"), read)]), \
-                lean_bridge(bridge) if fast else contextlib.nullcontext(), \
-                grouped_decode_attention(bridge, enabled=fast):
+                decode_path(bridge) if fast else contextlib.nullcontext():
             t0 = time.perf_counter()
             out, _ = bridge(ids[-1:][None], return_type="logits_and_cache", past_key_values=cache)
             int(out[0, -1].argmax())
@@ -172,24 +178,27 @@ def tokens_computed(tokenizer, answer: str) -> int:
     return min(MAX_NEW, n + 1)
 
 
-def batch_ratio(bridge, length: int, batch: int, repeats: int) -> float:
-    """Median time of a detection run at batch size 1 over that at ``batch`` (runs alternate),
-    on ``batch`` prompts of ``length`` tokens; the two runs' scores must be equal."""
+def batch_ratio(bridge, batch: int, repeats: int) -> float:
+    """Median time of ``make demo``'s detection run (:data:`DEMO`, the command's defaults) at
+    batch size 1 over that at ``batch`` (runs alternate); the two runs' scores must be equal."""
     from rhlens.niah.grid import Grid
     from rhlens.score.detect import detect_retrieval_heads
 
-    depths = [round((i + 1) / (batch + 1), 3) for i in range(batch)]
-    grid = Grid([length], depths, needles=1, max_new_tokens=24)
+    grid = Grid(DEMO["lengths"], DEMO["depths"], needles=DEMO["needles"],
+                max_new_tokens=DEMO["max_new_tokens"])
+    n = len(grid.lengths) * len(grid.depths) * DEMO["needles"]
     times: dict[int, list[float]] = {1: [], batch: []}
     scores = {}
     for r in range(repeats):
         for b in (1, batch):
             t0 = time.perf_counter()
-            run = detect_retrieval_heads(bridge, grid, batch_size=b, rouge_gate=-1.0, progress=False)
+            run = detect_retrieval_heads(bridge, grid, batch_size=b, rouge_gate=DEMO["rouge_gate"],
+                                         progress=False)
             times[b].append(time.perf_counter() - t0)
             scores[b] = run.scores
-        print(f"[{r + 1}] detection of {batch} prompts of {length} tokens: batch 1 "
-              f"{times[1][-1]:.2f} s, batch {batch} {times[batch][-1]:.2f} s", flush=True)
+        print(f"[{r + 1}] the demo's detection ({n} prompts): batch 1 {times[1][-1]:.2f} s "
+              f"({n / times[1][-1]:.3f} samples/s), batch {batch} {times[batch][-1]:.2f} s "
+              f"({n / times[batch][-1]:.3f} samples/s)", flush=True)
     if not torch.equal(scores[1], scores[batch]):
         raise SystemExit(f"batch {batch} scored differently from batch 1; the ratio means nothing.")
     return statistics.median(times[1]) / statistics.median(times[batch])
@@ -216,10 +225,10 @@ def main() -> None:
 
     bridge = load_model("smollm2-135m", device="cpu")
     if args.batch is not None:
-        ratio = batch_ratio(bridge, args.length, args.batch, args.repeats)
+        ratio = batch_ratio(bridge, args.batch, args.repeats)
         print(f"batch throughput ratio = {ratio:.3f} (batch {args.batch} against 1, target >= "
-              f"{BATCH_TARGET}: {'PASS' if ratio >= BATCH_TARGET else 'FAIL'})  (length "
-              f"{args.length}, {torch.get_num_threads()} threads)", flush=True)
+              f"{BATCH_TARGET}: {'PASS' if ratio >= BATCH_TARGET else 'FAIL'})  (the demo grid, "
+              f"{torch.get_num_threads()} threads)", flush=True)
         if args.batch_only:
             return
     tok = bridge.tokenizer
