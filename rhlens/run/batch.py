@@ -61,10 +61,10 @@ from .sdpa import sdpa_attention
 
 __all__ = ["auto_batch_size", "greedy_decode_batch", "prompt_bytes"]
 
-#: ``"auto"`` on a CPU: this many prompts. Four score 1.3x as many samples per second as one
-#: on SmolLM2 at 1,000 tokens on an idle machine, 3.1x under load (``benchmarks/bench_speed.py
-#: --batch 4``): the batch halves the decode steps' cost (their per-step overhead is paid once),
-#: while the compute-bound prefill costs the same.
+#: ``"auto"`` on a CPU: this many prompts. Four score 1.32x as many samples per second as one
+#: on ``make demo``'s grid (SmolLM2, 500 and 1,000 tokens, an idle 2-core machine;
+#: ``benchmarks/bench_speed.py --batch 4``): the batch halves the decode steps' cost, while the
+#: compute-bound prefill costs the same.
 CPU_BATCH = 4
 #: ... while the batch holds at most this many prompt tokens.
 CPU_BATCH_TOKENS = 8192

@@ -23,7 +23,7 @@ products both pay:
   the component directly when its module carries no accelerate hook (``_hf_hook``: nothing
   of it can be offloaded), and through the alignment otherwise.
 
-Together they bring a step from 1.69x to about 1.13x ``generate``'s (SmolLM2, 2,000 keys, an
+Together they brought a step from 1.69x to about 1.13x ``generate``'s (SmolLM2, 2,000 keys, an
 idle CPU; ``benchmarks/bench_speed.py``); the rest was the bridge's own per-module work (hook
 points, a component call around every module), which :mod:`rhlens.run.direct` removes for the
 components whose hooks are idle; what stays lean here is what that leaves to the bridge. Like

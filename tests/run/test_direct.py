@@ -210,3 +210,22 @@ def test_smollm2_scores_equal_the_grouped_bridge(smollm2, no_direct):
     assert records[True]["answer"] == records[False]["answer"]
     assert records[True]["scores"] == records[False]["scores"]
     assert any(any(row) for row in records[True]["scores"])  # the needle was copied
+
+
+def test_the_attention_function_is_eager_attention_for_a_module_no_block_swapped(tiny_llama):
+    """Registered with transformers, the function may meet another model's module: it then
+    computes what transformers' eager attention computes."""
+    from transformers import AttentionInterface
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    with direct_modules(tiny_llama):
+        pass  # registers the function
+    module = copy.deepcopy(tiny_llama.blocks[0].attn.original_component)  # in no block
+    g = torch.Generator().manual_seed(0)
+    heads, kv_heads, d = tiny_llama.cfg.n_heads, tiny_llama.cfg.n_key_value_heads, module.head_dim
+    q = torch.randn(1, heads, 3, d, generator=g)
+    k, v = (torch.randn(1, kv_heads, 5, d, generator=g) for _ in range(2))
+    function = AttentionInterface()[ATTENTION_FUNCTION]
+    out, weights = function(module, q, k, v, None, scaling=0.5)
+    ref_out, ref_weights = eager_attention_forward(module, q, k, v, None, scaling=0.5)
+    assert torch.equal(out, ref_out) and torch.equal(weights, ref_weights)
