@@ -24,7 +24,9 @@ hooks of the run are attached):
   (for split q/k/v inputs and ``hook_mlp_in``) do nothing unless those features are switched
   on, and with any of them on no normalization is swapped;
 * each **block** without hooks on its own points (``hook_resid_pre``/``hook_resid_post``...)
-  runs as the decoder layer it wraps;
+  calls the decoder layer it wraps and returns its output, skipping its own per-call work (its
+  forward is set for the duration; the block stays in place, since ``model.blocks`` is the
+  decoder's own layer list);
 * each **attention** component of plain RoPE attention (:func:`rhlens.run.gqa.plain_rope_attention`)
   whose own hook points other than ``hook_attn_scores`` and ``hook_pattern`` have no hooks
   runs as the Hugging Face attention module, with the model's attention function set to
@@ -49,10 +51,9 @@ went from 1.056x ``generate``'s time per sample to 1.001x (``benchmarks/bench_sp
 Like :mod:`rhlens.run.gqa` and :mod:`rhlens.run.lean`, this works around TransformerLens from
 outside, behind one context manager, and can go when the bridge skips idle components itself.
 The swaps are decided once, on entry: a hook added inside the block to a component that was
-swapped out does not fire. Inside the block the model's module tree holds the wrapped modules
-where it held those components (``model.blocks[i].attn`` then reads through to the Hugging Face
-attention), so enter it only around the forwards it is for, as the decode loops do
-(:func:`rhlens.run.decode.decode_path`).
+swapped out does not fire. The bridge's own names are untouched (``model.blocks[i].attn``,
+``model.embed``... are the components throughout): only the Hugging Face model's module tree
+holds the wrapped modules for the duration.
 """
 
 from __future__ import annotations
@@ -216,9 +217,11 @@ def _register() -> None:
         AttentionMaskInterface.register(ATTENTION_FUNCTION, eager_mask)
 
 
-def _plan(model) -> tuple[list[tuple[torch.nn.Module, str, torch.nn.Module]], list, DirectPlan]:
+def _plan(model) -> tuple[list[tuple[torch.nn.Module, str, torch.nn.Module]], list, list,
+                          DirectPlan]:
     """Every ``(parent, key, component)`` slot to give the wrapped module, the attention
-    components among them, and the summary."""
+    components among them, the blocks to call their layers directly, and the summary."""
+    from transformer_lens.model_bridge.generalized_components import BlockBridge
     from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
     attention = {id(attn): i for i, attn in attention_components(model)}
@@ -229,6 +232,7 @@ def _plan(model) -> tuple[list[tuple[torch.nn.Module, str, torch.nn.Module]], li
             names.setdefault(id(module), name)
     slots: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     attentions: list = []
+    blocks: list = []
     plan = DirectPlan()
     todo: list[torch.nn.Module] = [model.original_model]
     seen: set[int] = set()
@@ -249,14 +253,18 @@ def _plan(model) -> tuple[list[tuple[torch.nn.Module, str, torch.nn.Module]], li
                         plan.attention_layers.append(attention[id(child)])
                 else:
                     ok = _swappable(child, idle)
-                if ok:
+                if ok and isinstance(child, BlockBridge):
+                    if "forward" not in child.__dict__:  # (else an outer block set it)
+                        blocks.append(child)
+                        plan.components.append(names.get(id(child), str(child.name or key)))
+                elif ok:
                     slots.append((parent, key, child))
                     plan.components.append(names.get(id(child), str(child.name or key)))
                 todo.append(inner if inner is not None else child)
             else:
                 todo.append(child)
     plan.attention_layers.sort()
-    return slots, attentions, plan
+    return slots, attentions, blocks, plan
 
 
 @contextlib.contextmanager
@@ -274,7 +282,7 @@ def direct_modules(model, enabled: bool = True) -> Iterator[DirectPlan]:
     if not enabled or hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         yield DirectPlan()
         return
-    slots, swapped_attention, plan = _plan(model)
+    slots, swapped_attention, blocks, plan = _plan(model)
     configs = attention_configs(model, [c._modules["_original_component"]
                                         for c in swapped_attention])
     saved = [(cfg, cfg._attn_implementation_internal) for cfg in configs]
@@ -289,8 +297,15 @@ def direct_modules(model, enabled: bool = True) -> Iterator[DirectPlan]:
         for parent, key, child in slots:
             parent._modules[key] = child._modules["_original_component"]
             done.append((parent, key, child))
+        for block in blocks:
+            # The block stays where it is (``model.blocks`` is the decoder's own layer list, so
+            # a swap there would change what ``model.blocks[i]`` is) and calls its layer;
+            # object.__setattr__: a bridge component forwards attribute assignment to its module.
+            object.__setattr__(block, "forward", block._modules["_original_component"])
         yield plan
     finally:
+        for block in blocks:
+            block.__dict__.pop("forward", None)
         for parent, key, child in reversed(done):
             parent._modules[key] = child
         for cfg, value in saved:

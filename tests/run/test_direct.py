@@ -30,11 +30,23 @@ def _ids(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def _tree_components(model) -> list[str]:
-    """Names of the bridge components that sit in the Hugging Face model's module tree."""
+    """Paths of the bridge components that sit in the Hugging Face model's own module tree
+    (a component's own sub-components aside: the tree goes on through the module it wraps)."""
     from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
-    return sorted(name for name, m in model.original_model.named_modules()
-                  if isinstance(m, GeneralizedComponent))
+    found, todo = [], [("", model.original_model)]
+    while todo:
+        path, module = todo.pop()
+        for key, child in module._modules.items():
+            if child is None:
+                continue
+            name = f"{path}.{key}" if path else key
+            if isinstance(child, GeneralizedComponent):
+                found.append(name)
+                child = child._modules.get("_original_component")
+            if child is not None:
+                todo.append((name, child))
+    return sorted(found)
 
 
 @contextlib.contextmanager
@@ -67,15 +79,22 @@ def test_idle_components_run_as_their_modules_and_come_back(tiny):
     before = _tree_components(tiny)
     configs = [tiny.original_model.config]
     impl = configs[0]._attn_implementation
+    blocks = [type(b).__name__ for b in tiny.blocks]
     with direct_modules(tiny) as plan:
         inside = _tree_components(tiny)
         assert plan.attention_layers == list(range(tiny.cfg.n_layers))
         assert tiny.original_model.config._attn_implementation == ATTENTION_FUNCTION
+        # the bridge's names still lead to its components; blocks call their layers
+        assert [type(b).__name__ for b in tiny.blocks] == blocks
+        assert type(tiny.blocks[0].attn).__name__ == "PositionEmbeddingsAttentionBridge"
+        assert all("forward" in b.__dict__ for b in tiny.blocks)
     assert _tree_components(tiny) == before
     assert tiny.original_model.config._attn_implementation == impl
-    # only what is left to the bridge stays in the tree: mixture-of-experts blocks
-    assert all("experts" in name or "mlp" in name for name in inside), inside
-    assert bool(inside) == (type(tiny.original_model).__name__ == "MixtralForCausalLM")
+    assert not any("forward" in b.__dict__ for b in tiny.blocks)
+    # only the blocks and what is left to the bridge stay in the tree: mixture-of-experts blocks
+    left = [name for name in inside if not name.rstrip("0123456789").endswith("layers.")]
+    assert all("mlp" in name for name in left), left
+    assert bool(left) == (type(tiny.original_model).__name__ == "MixtralForCausalLM")
     with pytest.raises(KeyError), direct_modules(tiny):
         raise KeyError("boom")
     assert _tree_components(tiny) == before
