@@ -61,7 +61,7 @@ from .sdpa import sdpa_attention
 
 __all__ = ["auto_batch_size", "greedy_decode_batch", "prompt_bytes"]
 
-#: ``"auto"`` on a CPU: this many prompts. Four score 1.32x as many samples per second as one
+#: ``"auto"`` on a CPU: this many prompts. Four score 1.3x as many samples per second as one
 #: on ``make demo``'s grid (SmolLM2, 500 and 1,000 tokens, an idle 2-core machine;
 #: ``benchmarks/bench_speed.py --batch 4``): the batch halves the decode steps' cost, while the
 #: compute-bound prefill costs the same.

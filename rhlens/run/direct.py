@@ -44,9 +44,9 @@ hooked tensors and tokens are those of the grouped bridge bit for bit
 other points).
 
 Measured on SmolLM2 at 2,000 keys (CPU, 2 threads, median of 25 alternated steps): a decode
-step with the recorder went from 51.5 ms through the lean grouped bridge to 43.8 ms, against
-46.2 ms for a Hugging Face step (which copies its KV cache at every step); ``rhlens score``
-went from 1.056x ``generate``'s time per sample to 1.001x (``benchmarks/bench_speed.py``).
+step with the recorder went from 51.6 ms through the lean grouped bridge to 45.6 ms, against
+45.1 ms for a Hugging Face step (which copies its KV cache at every step); ``rhlens score``
+went from 1.056x ``generate``'s time per sample to 0.995x (``benchmarks/bench_speed.py``).
 
 Like :mod:`rhlens.run.gqa` and :mod:`rhlens.run.lean`, this works around TransformerLens from
 outside, behind one context manager, and can go when the bridge skips idle components itself.
