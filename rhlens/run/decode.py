@@ -166,7 +166,9 @@ def greedy_decode(
         decode_attention: ``"grouped"`` (default) computes grouped-query attention at the
             decode steps without copying the shared keys and values
             (:func:`rhlens.run.gqa.grouped_decode_attention`, same hooks, same rows up to float
-            rounding); ``"eager"`` runs the bridge's own attention (the reference).
+            rounding) and runs every component whose hooks are idle as the module it wraps
+            (:mod:`rhlens.run.direct`, bit for bit); ``"eager"`` runs the bridge's own attention
+            and components (the reference). See :func:`decode_path`.
 
     Returns:
         a :class:`DecodeTrace`.
