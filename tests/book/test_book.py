@@ -197,6 +197,25 @@ def _string_literals(source: str) -> list[str]:
     return strings
 
 
+def test_every_notebook_cell_has_a_unique_id():
+    """nbformat 4.5 requires a cell id (nbformat warns of a cell without one now and will refuse
+    it later): every cell of every chapter and exercise notebook has one, unique in its
+    notebook, of the schema's characters."""
+    import nbformat
+
+    bad = []
+    for path in [*sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+                 *sorted((ROOT / "notebooks" / "exercises").glob("*.ipynb"))]:
+        nb = json.loads(path.read_text())
+        assert (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5), path.name
+        ids = [cell.get("id") for cell in nb["cells"]]
+        if None in ids or len(set(ids)) != len(ids) or not all(
+                re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for i in ids):
+            bad.append(path.relative_to(ROOT))
+        nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
+    assert not bad, f"cells without a unique valid id: {bad}"
+
+
 def test_string_literals_are_told_apart_from_comments():
     src = ('x = load("notebooks/data/a.csv")  # made by: rhlens score --out rhlens/data/a.csv\n'
            '!ls ../data\ny = f"{z}/runs"\n')
