@@ -13,9 +13,10 @@ runs as the module it wraps when none of its hook points has a hook, so that the
 fire, with the same tensors, and the others cost nothing. Concretely, on entry (after the
 hooks of the run are attached):
 
-* each **linear projection, gated MLP, embedding, unembedding and rotary embedding** whose
-  hook points have no hooks is replaced, in its parent's module table, by the module it wraps
-  (their forwards are ``hook_in``, the module, ``hook_out``, nothing more); one with a hook
+* each **linear projection, gated MLP, mixture-of-experts block, embedding, unembedding and
+  rotary embedding** whose hook points have no hooks is replaced, in its parent's module table,
+  by the module it wraps (their forwards are ``hook_in``, the module, ``hook_out``, and for a
+  mixture of experts ``hook_router_scores`` on what the module returns); one with a hook
   stays. So ``hook_z`` (the output projection's input, where ``"zero"``/``"mean"`` masks and
   patches act), ``hook_q``/``hook_k``/``hook_v`` and the MLP's hooks still fire where they
   are used;
@@ -35,8 +36,8 @@ hooks of the run are attached):
   ``hook_pattern`` as its own forward does. Uniform head masks (on ``hook_attn_scores``) and
   the argmax recorder (on ``hook_pattern``) act there.
 
-Everything else is left to the bridge: mixture-of-experts blocks and their routers, any
-component of another or a derived type, and every component whose hook points are in use. A
+Everything else is left to the bridge: mixture-of-experts routers (whose hooks rebuild the
+expert weights), any component of another or a derived type, and every component whose hook points are in use. A
 global PyTorch module hook turns the whole thing off. Nothing is computed differently: the
 modules that run are the ones the components call, with the same inputs, so logits, cache,
 hooked tensors and tokens are those of the grouped bridge bit for bit
@@ -129,11 +130,12 @@ def _transparent_types() -> tuple[type, ...]:
         EmbeddingBridge,
         GatedMLPBridge,
         LinearBridge,
+        MoEBridge,
         RotaryEmbeddingBridge,
         UnembeddingBridge,
     )
 
-    return (LinearBridge, GatedMLPBridge, EmbeddingBridge, UnembeddingBridge,
+    return (LinearBridge, GatedMLPBridge, MoEBridge, EmbeddingBridge, UnembeddingBridge,
             RotaryEmbeddingBridge)
 
 
