@@ -75,7 +75,8 @@ __all__ = ["direct_modules", "DirectPlan", "ATTENTION_FUNCTION"]
 ATTENTION_FUNCTION = "rhlens_grouped"
 #: Hook points of an attention component that the attention function fires itself.
 _FIRED = frozenset({"hook_attn_scores", "hook_pattern"})
-#: Bridge components run as their module while they are swapped out: hf module id -> component.
+#: The attention components swapped out, by the id of the Hugging Face module in their place
+#: (the attention function finds a module's hook points here).
 _ACTIVE: dict[int, Any] = {}
 
 
@@ -95,9 +96,10 @@ def _module_hooks(module: torch.nn.Module, idle: frozenset[int] = frozenset()) -
                 or module._backward_hooks or getattr(module, "_backward_pre_hooks", None))
 
 
-def _idle_capture_hooks(model) -> frozenset[int]:
+def _idle_capture_hooks(model) -> frozenset[int] | None:
     """Ids of the blocks' capture pre-hooks (on ``ln1``/``ln2``: the split-qkv residual and
-    ``hook_mlp_in``) when the flags that read what they capture are all off."""
+    ``hook_mlp_in``) when the flags that read what they capture are all off; ``None`` when one
+    is on (the blocks' own forwards then manage what is captured)."""
     from transformer_lens.model_bridge.generalized_components import BlockBridge
 
     flags = ("use_split_qkv_input", "use_attn_in", "use_hook_mlp_in")
@@ -106,7 +108,7 @@ def _idle_capture_hooks(model) -> frozenset[int]:
         if isinstance(module, BlockBridge):
             if any(getattr(cfg, flag, False) for cfg in (model.cfg, module.config)
                    for flag in flags) or getattr(module, "_use_hook_mlp_in", False):
-                return frozenset()
+                return None
             ids.update(handle.id for handle in getattr(module, "_capture_hook_handles", ()))
     return frozenset(ids)
 
@@ -139,9 +141,9 @@ def _transparent_types() -> tuple[type, ...]:
             RotaryEmbeddingBridge)
 
 
-def _swappable(component, idle: frozenset[int]) -> bool:
+def _swappable(component, idle: frozenset[int] | None) -> bool:
     """Whether ``component`` may run as its module (attention aside); ``idle``: the ids of
-    pre-hooks that do nothing (:func:`_idle_capture_hooks`)."""
+    pre-hooks that do nothing (:func:`_idle_capture_hooks`; ``None``: capture is on)."""
     from transformer_lens.model_bridge.generalized_components import (
         BlockBridge,
         NormalizationBridge,
@@ -160,7 +162,8 @@ def _swappable(component, idle: frozenset[int]) -> bool:
             return False  # a scaled embedding
         return _own_points_idle(component)
     if type(component) is BlockBridge:
-        return (getattr(component, "_stop_at_layer_idx", None) is None
+        return (idle is not None
+                and getattr(component, "_stop_at_layer_idx", None) is None
                 and getattr(component, "_start_at_layer_idx", None) is None
                 and _own_points_idle(component))
     if type(component) in (NormalizationBridge, RMSNormalizationBridge):
@@ -169,7 +172,7 @@ def _swappable(component, idle: frozenset[int]) -> bool:
         native = component.use_native_layernorm_autograd or getattr(
             component.config, "layer_norm_folding", False)
         return (bool(native) and not isinstance(inner, torch.nn.Identity)
-                and _own_points_idle(component, idle=idle))
+                and _own_points_idle(component, idle=idle or frozenset()))
     return False
 
 

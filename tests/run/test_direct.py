@@ -248,3 +248,27 @@ def test_the_attention_function_is_eager_attention_for_a_module_no_block_swapped
     out, weights = function(module, q, k, v, None, scaling=0.5)
     ref_out, ref_weights = eager_attention_forward(module, q, k, v, None, scaling=0.5)
     assert torch.equal(out, ref_out) and torch.equal(weights, ref_weights)
+
+
+def test_hook_mlp_in_still_fires_when_switched_on(tiny_llama):
+    """With ``use_hook_mlp_in`` on, the blocks' capture hooks matter: no block or norm is
+    swapped, and ``hook_mlp_in`` fires with the bridge's tensor."""
+    model, ids = tiny_llama, _ids(120, seed=3)
+    cache = new_cache(model)
+    with sdpa_attention(model):
+        prefill(model, ids[:-1], cache)
+    model.set_use_hook_mlp_in(True)
+    try:
+        seen: dict[bool, list[torch.Tensor]] = {False: [], True: []}
+        for fast in (False, True):
+            hook = (act_name("mlp_in", 1), lambda t, hook, _s=seen[fast]: _s.append(t.clone()))
+            with model.hooks(fwd_hooks=[hook]), _steps(model, fast) as plan:
+                model(ids[-1:][None], return_type="logits_and_cache",
+                      past_key_values=copy.deepcopy(cache))
+            if fast:
+                assert not any(name.startswith("blocks.") and name.count(".") == 1
+                               or name.endswith(("ln1", "ln2")) for name in plan.components)
+        assert len(seen[True]) == len(seen[False]) == 1
+        assert torch.equal(seen[True][0], seen[False][0])
+    finally:
+        model.set_use_hook_mlp_in(False)
