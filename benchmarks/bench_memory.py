@@ -4,9 +4,14 @@ Method (CPU): every case runs in a fresh subprocess. After the model is loaded a
 warm-up decode has run (allocator pools and lazy buffers exist), the process resets its peak
 RSS (``echo 5 > /proc/self/clear_refs`` resets ``VmHWM``), records ``VmRSS``, runs
 ``greedy_decode`` on a needle-in-a-haystack prompt, then reads ``VmHWM``. Extra peak =
-``VmHWM - VmRSS(before)``: what the decode itself needed (KV cache, attention of a chunk,
-logits), not the weights. The same runs with ``chunk_size >= n`` (one-shot prefill, n x n
-attention per layer) are the baseline that shows what chunking buys.
+``VmHWM - VmRSS(before)``: what the decode itself needed (KV cache, the prefill's transients,
+logits), not the weights.
+
+``--prefill sdpa`` (the default) measures what rhlens runs: the prompt prefilled in one pass with
+SDPA attention, which builds no score matrix. ``--prefill eager`` measures the path a hook on the
+prompt's attention takes (``prefill_hooks``, a mask with ``prefill=True``): the bridge's eager
+attention in chunks of ``--chunk-size`` tokens, with the same runs in one pass (n x n scores per
+layer) as the baseline that shows what chunking buys.
 
 Method (GPU, when CUDA is available): a random-weight model with the Llama-2-7B shape (32
 layers, 32 heads, d_model 4096, bf16) is built on the GPU, and ``torch.cuda.max_memory_allocated``
@@ -15,8 +20,9 @@ is read around a chunked ``greedy_decode`` at 8K, 16K and 32K tokens (goal: 32K 
 Run::
 
     python benchmarks/bench_memory.py                 # CPU P2 with SmolLM2 (minutes)
+    python benchmarks/bench_memory.py --prefill eager # the chunked eager prefill and its baseline
     python benchmarks/bench_memory.py --gpu           # adds the 7B-shaped GPU measurement
-    python benchmarks/bench_memory.py --case 2000 512  # one case, prints JSON
+    python benchmarks/bench_memory.py --case 2000 512 --prefill eager  # one case, prints JSON
 """
 
 from __future__ import annotations
@@ -50,8 +56,9 @@ def _sample(model, length: int):
     return build_sample(model.tokenizer, NEEDLES[0], default_haystack(), length, 0.5)
 
 
-def run_case(length: int, chunk_size: int, new_tokens: int = 4) -> dict:
-    """One CPU measurement in this process (call it in a fresh one)."""
+def run_case(length: int, chunk_size: int, prefill: str = "sdpa", new_tokens: int = 4) -> dict:
+    """One CPU measurement in this process (call it in a fresh one); ``chunk_size`` 0: the
+    whole prompt in one pass."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -61,43 +68,49 @@ def run_case(length: int, chunk_size: int, new_tokens: int = 4) -> dict:
 
     model = load_model("smollm2-135m", device="cpu")
     sample = _sample(model, length)
-    greedy_decode(model, sample.input_ids[:64], max_new_tokens=2, chunk_size=chunk_size)
+    chunk = chunk_size or sample.input_ids.numel()
+    greedy_decode(model, sample.input_ids[:64], max_new_tokens=2, chunk_size=chunk,
+                  prefill_attention=prefill)
     gc.collect()
     _reset_peak()
     before = _status_kb("VmRSS")
     t0 = time.perf_counter()
     trace = greedy_decode(model, sample.input_ids, max_new_tokens=new_tokens,
-                          stop_at_newline=False, chunk_size=chunk_size)
+                          stop_at_newline=False, chunk_size=chunk, prefill_attention=prefill)
     seconds = time.perf_counter() - t0
     peak = _status_kb("VmHWM")
-    return {"length": int(sample.input_ids.numel()), "chunk_size": chunk_size,
+    return {"length": int(sample.input_ids.numel()), "prefill": prefill, "chunk_size": chunk,
             "extra_peak_mb": (peak - before) / 1024, "rss_before_mb": before / 1024,
             "seconds": round(seconds, 1), "output": trace.text}
 
 
-def _subprocess_case(length: int, chunk_size: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--case", str(length), str(chunk_size)],
-                         capture_output=True, text=True, check=True)
+def _subprocess_case(length: int, chunk_size: int, prefill: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--case", str(length), str(chunk_size),
+                          "--prefill", prefill], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def cpu_p2(short: int = 2000, long: int = 8000, chunk_size: int = 512,
+def cpu_p2(short: int = 2000, long: int = 8000, chunk_size: int = 512, prefill: str = "sdpa",
            baseline: bool = True) -> list[dict]:
-    cases = [(short, chunk_size), (long, chunk_size)]
+    """P2 of ``prefill``: SDPA in one pass, or eager in chunks with the one-pass baseline."""
+    chunk = 0 if prefill == "sdpa" else chunk_size
+    cases = [(short, chunk), (long, chunk)]
+    baseline = baseline and prefill == "eager"
     if baseline:
-        cases += [(short, 10**6), (long, 10**6)]
+        cases += [(short, 0), (long, 0)]
     rows = []
-    for length, chunk in cases:
-        row = _subprocess_case(length, chunk)
+    for length, size in cases:
+        row = _subprocess_case(length, size, prefill)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    chunked = rows[1]["extra_peak_mb"] / rows[0]["extra_peak_mb"]
-    print(f"P2 chunked (chunk_size={chunk_size}): extra peak {rows[1]['extra_peak_mb']:.0f} MB at "
+    ratio = rows[1]["extra_peak_mb"] / rows[0]["extra_peak_mb"]
+    how = "SDPA in one pass" if prefill == "sdpa" else f"eager in chunks of {chunk_size}"
+    print(f"P2 ({how}): extra peak {rows[1]['extra_peak_mb']:.0f} MB at "
           f"{rows[1]['length']} / {rows[0]['extra_peak_mb']:.0f} MB at {rows[0]['length']} tokens"
-          f" = {chunked:.2f}  (target <= 5: {'PASS' if chunked <= 5 else 'FAIL'})")
+          f" = {ratio:.2f}  (target <= 5: {'PASS' if ratio <= 5 else 'FAIL'})")
     if baseline:
         full = rows[3]["extra_peak_mb"] / rows[2]["extra_peak_mb"]
-        print(f"baseline one-shot prefill: {rows[3]['extra_peak_mb']:.0f} MB / "
+        print(f"baseline, eager in one pass: {rows[3]['extra_peak_mb']:.0f} MB / "
               f"{rows[2]['extra_peak_mb']:.0f} MB = {full:.2f}")
     return rows
 
@@ -137,17 +150,21 @@ def gpu_7b(lengths=(8192, 16384, 32768), chunk_size: int = 512) -> list[dict]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", nargs=2, type=int, metavar=("LENGTH", "CHUNK"))
+    p.add_argument("--case", nargs=2, type=int, metavar=("LENGTH", "CHUNK"),
+                   help="one case in this process (CHUNK 0: the whole prompt in one pass)")
+    p.add_argument("--prefill", choices=("sdpa", "eager"), default="sdpa",
+                   help="sdpa: what rhlens runs (default); eager: the hooked prefill in chunks")
     p.add_argument("--short", type=int, default=2000)
     p.add_argument("--long", type=int, default=8000)
     p.add_argument("--chunk-size", type=int, default=512)
-    p.add_argument("--no-baseline", action="store_true", help="skip the one-shot prefill runs")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="with --prefill eager, skip the one-pass eager runs")
     p.add_argument("--gpu", action="store_true", help="also measure a 7B-shaped model on CUDA")
     args = p.parse_args(argv)
     if args.case:
-        print(json.dumps(run_case(*args.case)))
+        print(json.dumps(run_case(*args.case, prefill=args.prefill)))
         return
-    cpu_p2(args.short, args.long, args.chunk_size, baseline=not args.no_baseline)
+    cpu_p2(args.short, args.long, args.chunk_size, args.prefill, baseline=not args.no_baseline)
     if args.gpu:
         import torch
 
