@@ -3,6 +3,7 @@ what the command-line tests share (offline, a folder of input files, running ``r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -33,6 +34,23 @@ def tiny(request):
 @pytest.fixture(scope="session")
 def tiny_llama():
     return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def script():
+    """Load a script of the repository (``benchmarks/...``, ``scripts/...``) as a module, fresh
+    at each call: ``script("benchmarks/bench_gpu.py")``."""
+    root = Path(__file__).resolve().parents[1]
+
+    def load(relative: str):
+        path = root / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None, f"no script at {relative}"
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -3,21 +3,14 @@ is made by a script no CI machine can time, so its code path is checked here, no
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(script):
+    return script("benchmarks/bench_gpu.py")
 
 
 def test_the_tiny_run_writes_every_row_and_the_extrapolated_grid(bench, tmp_path, capsys):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -14,18 +13,11 @@ from rhlens.cli.main import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_speed", ROOT / "benchmarks" / "bench_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_batch_ratio_runs_the_demo_grid():
+def test_the_batch_ratio_runs_the_demo_grid(script):
     makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     (command,) = re.findall(r"rhlens (score [^\n]*)", makefile)
     args = build_parser().parse_args(shlex.split(command))
-    demo = _bench().DEMO
+    demo = script("benchmarks/bench_speed.py").DEMO
     assert tuple(args.lengths) == demo["lengths"]
     assert tuple(args.depths) == demo["depths"]
     assert int(args.needles) == demo["needles"]

@@ -353,20 +353,11 @@ def test_build_executes_every_chapter_and_fails_on_errors():
 # --------------------------------------------------------------------------- install source
 
 
-def _set_repository():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("set_repository", ROOT / "scripts" / "set_repository.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_install_source_and_badges_agree_with_config():
+def test_install_source_and_badges_agree_with_config(script):
     """One source of truth for where rhlens installs from: _config.yml's repository. Every
     set-up cell, Colab badge, README and intro install line must name it (fix with
     `python scripts/set_repository.py`)."""
-    tool = _set_repository()
+    tool = script("scripts/set_repository.py")
     url, branch = tool.repository()
     assert url.startswith("https://github.com/")
     assert tool.disagreements() == []
@@ -377,8 +368,8 @@ def test_install_source_and_badges_agree_with_config():
         assert badge in text, f"{path.name}: no Colab badge opening {badge}"
 
 
-def test_install_source_check_finds_a_stale_copy(monkeypatch):
-    tool = _set_repository()
+def test_install_source_check_finds_a_stale_copy(monkeypatch, script):
+    tool = script("scripts/set_repository.py")
     monkeypatch.setattr(tool, "repository", lambda: ("https://github.com/someone/fork", "main"))
     bad = tool.disagreements()
     assert any("README.md" in b for b in bad) and any(".ipynb" in b for b in bad)
