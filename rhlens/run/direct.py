@@ -67,6 +67,7 @@ from typing import Any
 import torch
 
 from .gqa import grouped_attention, plain_rope_attention
+from .hooks import module_hooked
 from .sdpa import attention_components, attention_configs
 
 __all__ = ["direct_modules", "DirectPlan", "ATTENTION_FUNCTION"]
@@ -90,12 +91,6 @@ class DirectPlan:
     attention_layers: list[int] = field(default_factory=list)
 
 
-def _module_hooks(module: torch.nn.Module, idle: frozenset[int] = frozenset()) -> bool:
-    """Any PyTorch hook on ``module`` itself, but the forward pre-hooks whose ids are ``idle``."""
-    return bool(module._forward_hooks or set(module._forward_pre_hooks) - idle
-                or module._backward_hooks or getattr(module, "_backward_pre_hooks", None))
-
-
 def _idle_capture_hooks(model) -> frozenset[int] | None:
     """Ids of the blocks' capture pre-hooks (on ``ln1``/``ln2``: the split-qkv residual and
     ``hook_mlp_in``) when the flags that read what they capture are all off; ``None`` when one
@@ -104,12 +99,12 @@ def _idle_capture_hooks(model) -> frozenset[int] | None:
 
     flags = ("use_split_qkv_input", "use_attn_in", "use_hook_mlp_in")
     ids: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, BlockBridge):
-            if any(getattr(cfg, flag, False) for cfg in (model.cfg, module.config)
-                   for flag in flags) or getattr(module, "_use_hook_mlp_in", False):
+    for block in model._modules.get("blocks") or ():
+        if isinstance(block, BlockBridge):
+            if any(getattr(cfg, flag, False) for cfg in (model.cfg, block.config)
+                   for flag in flags) or getattr(block, "_use_hook_mlp_in", False):
                 return None
-            ids.update(handle.id for handle in getattr(module, "_capture_hook_handles", ()))
+            ids.update(handle.id for handle in getattr(block, "_capture_hook_handles", ()))
     return frozenset(ids)
 
 
@@ -119,9 +114,9 @@ def _own_points_idle(component, allowed: frozenset[str] = frozenset(),
     (those of its sub-components are theirs), ``allowed`` names excepted."""
     from transformer_lens.hook_points import HookPoint
 
-    if _module_hooks(component, idle):
+    if module_hooked(component, idle):
         return False
-    return not any(isinstance(m, HookPoint) and name not in allowed and _module_hooks(m)
+    return not any(isinstance(m, HookPoint) and name not in allowed and module_hooked(m)
                    for name, m in component._modules.items())
 
 
@@ -205,10 +200,6 @@ def _attention_function(module, query, key, value, attention_mask, scaling=None,
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     out, pattern = grouped_attention(attn, query, key, value, attention_mask, scaling)
-    o_weight = getattr(attn.o.original_component, "weight", None)
-    if (isinstance(o_weight, torch.Tensor) and o_weight.dtype.is_floating_point
-            and out.dtype != o_weight.dtype):
-        out = out.to(o_weight.dtype)  # as the bridge casts before its output projection
     return out.transpose(1, 2), pattern  # [batch, q, heads, d], as transformers expects
 
 
@@ -232,9 +223,15 @@ def _plan(model) -> tuple[list[tuple[torch.nn.Module, str, torch.nn.Module]], li
     attention = {id(attn): i for i, attn in attention_components(model)}
     idle = _idle_capture_hooks(model)
     names: dict[int, str] = {}  # component -> its TransformerLens name (blocks.0.attn.o)
-    for name, module in model.named_modules(remove_duplicate=False):
-        if isinstance(module, GeneralizedComponent) and "_original_component" not in name:
-            names.setdefault(id(module), name)
+    walk: list[tuple[str, torch.nn.Module]] = [("", model)]
+    while walk:  # the bridge's own tree: every component under its name, the wrapped modules aside
+        path, module = walk.pop()
+        for key, child in module._modules.items():
+            if child is not None and key != "_original_component":
+                name = f"{path}.{key}" if path else key
+                if isinstance(child, GeneralizedComponent):
+                    names.setdefault(id(child), name)
+                walk.append((name, child))
     slots: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     attentions: list = []
     blocks: list = []

@@ -168,10 +168,6 @@ def _forward(attn, *args: Any, **kwargs: Any):
     scaling = getattr(hf, "scaling", head_dim**-0.5)
     out, pattern = grouped_attention(attn, query, key, value, attention_mask, scaling)
     out = out.reshape(batch, 1, -1)  # [b, heads, 1, d] -> [b, 1, heads * d]: a free view at q = 1
-    o_weight = getattr(attn.o.original_component, "weight", None)
-    if (isinstance(o_weight, torch.Tensor) and o_weight.dtype.is_floating_point
-            and out.dtype != o_weight.dtype):
-        out = out.to(o_weight.dtype)
     out = attn.hook_out(attn.o(out))
     return out, pattern
 
@@ -185,8 +181,9 @@ def grouped_attention(attn, query: torch.Tensor, key: torch.Tensor, value: torch
     causal or sliding-window mask applied by the component itself).
 
     Returns ``(out, pattern)``: the heads' outputs ``[batch, heads, q, d]`` (before the output
-    projection) and the pattern the hooks returned. The one computation of both decode paths:
-    :func:`grouped_decode_attention` and :mod:`rhlens.run.direct`.
+    projection, in its dtype, as the bridge casts them) and the pattern the hooks returned.
+    The one computation of both decode paths: :func:`grouped_decode_attention` and
+    :mod:`rhlens.run.direct`.
     """
     batch, n_heads, q_len, head_dim = query.shape
     kv_heads, n = key.shape[1], key.shape[-2]
@@ -206,6 +203,10 @@ def grouped_attention(attn, query: torch.Tensor, key: torch.Tensor, value: torch
     pattern = attn._scrub_compatibility_pattern_nans(pattern)
     pattern = attn.hook_pattern(pattern)
     out = torch.matmul(pattern.reshape(batch, kv_heads, group * q_len, n), value)
+    o_weight = getattr(attn.o.original_component, "weight", None)
+    if (isinstance(o_weight, torch.Tensor) and o_weight.dtype.is_floating_point
+            and out.dtype != o_weight.dtype):
+        out = out.to(o_weight.dtype)
     return out.view(batch, n_heads, q_len, head_dim), pattern
 
 

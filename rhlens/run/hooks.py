@@ -40,6 +40,14 @@ def every_layer(name: str) -> Callable[[str], bool]:
     return lambda hook_name: hook_name.startswith("blocks.") and hook_name.endswith("." + suffix)
 
 
+def module_hooked(module, idle: frozenset[int] = frozenset()) -> bool:
+    """Whether a PyTorch hook sits on ``module`` itself (TransformerLens attaches its hooks to
+    hook points as these), the forward pre-hooks whose handle ids are in ``idle`` aside."""
+    pre = module._forward_pre_hooks
+    return bool(module._forward_hooks or (pre and (not idle or set(pre) - idle))
+                or module._backward_hooks or getattr(module, "_backward_pre_hooks", None))
+
+
 def layer_of(hook_name: str) -> int:
     """The layer of a block's hook name (``blocks.12.attn.hook_z`` -> 12)."""
     return int(hook_name.split(".")[1])

@@ -44,6 +44,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from .hooks import module_hooked
+
 __all__ = ["RoomyLayer", "reserve", "lean_bridge"]
 
 
@@ -141,17 +143,11 @@ def reserve(cache, room: int):
 # --------------------------------------------------------------------------- the bridge
 
 
-def _hooked(point) -> bool:
-    """Any PyTorch hook on a hook point (TransformerLens registers its hooks as these)."""
-    return bool(point._forward_hooks or point._forward_pre_hooks or point._backward_hooks
-                or getattr(point, "_backward_pre_hooks", None))
-
-
 def _norm_forward(norm, hidden_states, **kwargs):
     """``NormalizationBridge.forward`` when neither intermediate hook point has a hook: what
     its native path returns then, the Hugging Face module's output, without the Python norm
     it computes for those hooks."""
-    if (_hooked(norm.hook_scale) or _hooked(norm.hook_normalized)
+    if (module_hooked(norm.hook_scale) or module_hooked(norm.hook_normalized)
             or torch.nn.modules.module._global_forward_hooks
             or not (norm.use_native_layernorm_autograd
                     or getattr(norm.config, "layer_norm_folding", False))
