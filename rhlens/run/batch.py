@@ -51,9 +51,11 @@ from .decode import (
     DecodeAttention,
     DecodeTrace,
     Hook,
+    check_decode_attention,
     decode_path,
     model_device,
     new_cache,
+    prefill,
     stops,
 )
 from .hooks import every_layer, layer_of
@@ -112,10 +114,7 @@ def auto_batch_size(model, tokens: int, *, eager_prefill: bool = False) -> int:
 def _check(model, prompts: Sequence[torch.Tensor], max_new_tokens: int,
            decode_attention: str) -> torch.Tensor:
     """The prompts as one ``[B, n]`` tensor, after checking every argument."""
-    if decode_attention not in ("grouped", "eager"):
-        raise ValueError(
-            f"decode_attention must be 'grouped' or 'eager', not {decode_attention!r}."
-        )
+    check_decode_attention(decode_attention)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}.")
     if not prompts:
@@ -179,20 +178,16 @@ def greedy_decode_batch(
         argmax[rows["now"], step["t"], layer_of(hook.name)] = pattern[:, :, -1].argmax(-1)
         return pattern
 
-    from .lean import lean_bridge, reserve
+    from .lean import reserve
 
     cache = reserve(new_cache(model), max_new_tokens)  # decode steps write in place
     t0 = time.perf_counter()
     if prefill_hooks:  # the hooked (eager) attention, one chunk of the batch at a time
-        with model.hooks(fwd_hooks=prefill_hooks), lean_bridge(model):
-            for start in range(0, ids.shape[1] - 1, EAGER_CHUNK):
-                _, cache = model(ids[:, start : min(start + EAGER_CHUNK, ids.shape[1] - 1)],
-                                 return_type="logits_and_cache", past_key_values=cache,
-                                 logits_to_keep=1)
+        with model.hooks(fwd_hooks=prefill_hooks):
+            prefill(model, ids[:, :-1], cache, EAGER_CHUNK)
     else:
-        with sdpa_attention(model), lean_bridge(model):
-            _, cache = model(ids[:, :-1], return_type="logits_and_cache", past_key_values=cache,
-                             logits_to_keep=1)
+        with sdpa_attention(model):
+            prefill(model, ids[:, :-1], cache, ids.shape[1] - 1)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t1 = time.perf_counter()

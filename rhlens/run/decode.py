@@ -105,9 +105,11 @@ def stops(tokenizer, token: int, generated: Sequence[int], stop_at_newline: bool
 
 @torch.no_grad()
 def prefill(model, ids: torch.Tensor, cache, chunk_size: int = 512) -> torch.Tensor | None:
-    """Run ``ids`` (``[n]``) through the model into ``cache``, ``chunk_size`` tokens at a time.
+    """Run ``ids`` (``[n]``, or ``[batch, n]`` prompts of one length) through the model into
+    ``cache``, ``chunk_size`` tokens at a time.
 
-    Returns the logits of the last position (``[vocab]``), or ``None`` when ``ids`` is empty;
+    Returns the logits of the last position (``[vocab]``, or ``[batch, vocab]``), or ``None``
+    when ``ids`` is empty;
     only that position goes through the unembedding (``logits_to_keep=1``). The attention is
     the bridge's own (hooked, eager) unless called inside :func:`rhlens.run.sdpa.sdpa_attention`.
     The bridge runs lean (:func:`rhlens.run.lean.lean_bridge`): its normalization bridges
@@ -117,13 +119,13 @@ def prefill(model, ids: torch.Tensor, cache, chunk_size: int = 512) -> torch.Ten
     """
     from .lean import lean_bridge
 
+    rows = ids if ids.ndim == 2 else ids.unsqueeze(0)
     logits = None
     with lean_bridge(model):
-        for start in range(0, ids.shape[0], chunk_size):
-            chunk = ids[start : start + chunk_size].unsqueeze(0)
-            out, cache = model(chunk, return_type="logits_and_cache", past_key_values=cache,
-                               logits_to_keep=1)
-            logits = out[0, -1]
+        for start in range(0, rows.shape[1], chunk_size):
+            out, cache = model(rows[:, start : start + chunk_size], return_type="logits_and_cache",
+                               past_key_values=cache, logits_to_keep=1)
+            logits = out[:, -1] if ids.ndim == 2 else out[0, -1]
     return logits
 
 
@@ -179,7 +181,7 @@ def greedy_decode(
         raise ValueError(
             f"prefill_attention must be 'sdpa' or 'eager', not {prefill_attention!r}."
         )
-    _check_decode_attention(decode_attention)
+    check_decode_attention(decode_attention)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of tokens, not {chunk_size}.")
     n_ctx = model.cfg.n_ctx
@@ -275,7 +277,8 @@ def decode_path(model, decode_attention: DecodeAttention = "grouped") -> Iterato
         yield
 
 
-def _check_decode_attention(decode_attention) -> None:
+def check_decode_attention(decode_attention) -> None:
+    """Refuse a ``decode_attention`` other than ``"grouped"`` and ``"eager"``."""
     if decode_attention not in ("grouped", "eager"):
         raise ValueError(
             f"decode_attention must be 'grouped' or 'eager', not {decode_attention!r}."
@@ -354,7 +357,7 @@ def decode_conditions(
     names = list(conditions)
     if not names:
         raise ValueError("conditions is empty: pass at least {'none': []}.")
-    _check_decode_attention(decode_attention)
+    check_decode_attention(decode_attention)
     tok = model.tokenizer
     ids = input_ids.to(model_device(model))
     cache = new_cache(model)
